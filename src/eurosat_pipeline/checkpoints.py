@@ -1,0 +1,103 @@
+"""Loading checkpoints safely, rebuilding the model from one, and deciding whether to resume.
+
+Checkpoints are loaded with ``weights_only=True``: a file that carries a pickled payload (code that
+would run on load) is refused, not executed. Nothing but plain data and tensors is ever needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eurosat_pipeline.config import Config, config_from_mapping
+from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.errors import CheckpointError, ConfigError
+from eurosat_pipeline.model import Classifier, build_model
+
+log = logging.getLogger(__name__)
+
+# Keys that change what training computes; the others (tracking, resume itself) do not.
+_NOT_TRAINING = {"wandb_mode", "wandb_project", "wandb_entity", "resume", "tsne_interval"}
+FINGERPRINT_KEY = "pipeline_fingerprint"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint of this pipeline as plain data, refusing anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found. Train first (`dvc repro train`).")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains Python objects outside the allow-list for "
+            f"weights-only loading, which could run code ({_first_line(err)}). Use a checkpoint "
+            "written by this pipeline."
+        ) from err
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(err)}).") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict').")
+    if "config" not in checkpoint.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path}: not a checkpoint of this pipeline (no stored config).")
+    return checkpoint
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
+    """Rebuild the model from the config stored in the checkpoint and load its weights."""
+    checkpoint = load_checkpoint(path)
+    try:
+        config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
+        model = build_model(config, load_pretrained=False)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: its stored config is not usable: {err}") from err
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: its weights do not fit a {config.model_name} classifier with "
+            f"{len(CLASSES)} classes ({_first_line(err)})."
+        ) from err
+    return model.eval(), config
+
+
+def fingerprint(config: Config, *inputs: Path) -> str:
+    """What a run computes from: its training params and the bytes of its inputs."""
+    digest = hashlib.sha256()
+    params = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    for path in inputs:
+        with Path(path).open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def resumable(last: Path, run_fingerprint: str, max_epochs: int) -> Path | None:
+    """``last`` if it is an unfinished run of exactly this config and data, else ``None``."""
+    if not last.is_file():
+        return None
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file means: start afresh
+        log.warning("Not resuming: %s is unreadable (%s); training from the start.", last, _first_line(err))
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get(FINGERPRINT_KEY) != run_fingerprint:
+        log.warning("Not resuming from %s: params or data changed since it was written.", last)
+        return None
+    if checkpoint.get("epoch", 0) + 1 >= max_epochs:
+        return None
+    log.warning("Resuming from %s (after epoch %d).", last, checkpoint["epoch"] + 1)
+    return last
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

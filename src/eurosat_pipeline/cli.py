@@ -1,0 +1,47 @@
+"""The ``eurosat`` command: the demo and the tools around a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from eurosat_pipeline.errors import PipelineError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the whole pipeline offline on synthetic data (CPU, minutes)")
+    demo.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="extra param override, as for `dvc exp run -S` (repeatable)")
+    demo.add_argument("--queue", action="store_true", help="queue the experiment(s) instead of running now")
+    demo.add_argument("--name", help="experiment name")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.demo import run_demo
+
+    return run_demo(args.overrides, queue=args.queue, name=args.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

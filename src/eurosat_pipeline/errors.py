@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every error the pipeline raises for bad input derives from :class:`PipelineError`; the
+command-line entry points print its message (no stack trace) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A problem with the user's input, explained in the message."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """An unknown key, wrong type or impossible value in ``params.yaml``."""
+
+
+class DatasetError(PipelineError):
+    """The data source is missing, corrupt or not shaped like EuroSAT."""
+
+
+class CheckpointError(PipelineError):
+    """A file is not a usable checkpoint of this pipeline."""
+
+
+class TrainingError(PipelineError):
+    """Training cannot go on (for example, the loss became NaN)."""

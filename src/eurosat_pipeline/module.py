@@ -1,0 +1,203 @@
+"""The LightningModule: two-phase fine-tuning of the classifier with batched on-device augmentation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.checkpoints import FINGERPRINT_KEY
+from eurosat_pipeline.config import Config, config_from_mapping
+from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.errors import TrainingError
+from eurosat_pipeline.model import build_model, split_decay
+from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
+
+# How often the deferred non-finite-loss flag is read back from the device; reading it every step
+# would force a host sync per step on a GPU.
+NONFINITE_CHECK_EVERY = 20
+
+
+class LandUseClassifier(L.LightningModule):
+    """Phase 1 trains the head on a frozen backbone (BatchNorm in eval, no backward through it);
+    phase 2 unfreezes everything under a fresh cosine schedule (see :mod:`.schedule`)."""
+
+    def __init__(self, config: dict[str, Any], load_pretrained: bool = True) -> None:
+        super().__init__()
+        # Only the plain-dict config is saved: the checkpoint alone rebuilds the model.
+        self.save_hyperparameters("config")
+        self.config: Config = config_from_mapping(config, source="checkpoint config")
+        self.model = build_model(self.config, load_pretrained=load_pretrained)
+        jitter = (
+            self.config.jitter_brightness,
+            self.config.jitter_contrast,
+            self.config.jitter_saturation,
+            self.config.jitter_hue,
+        )
+        self.transform = BatchTransform(
+            self.config.image_size, self.config.random_flips, jitter, self.config.channels_last
+        )
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(num_classes=len(CLASSES), average="micro")
+        self.backbone_frozen = False
+        self.fingerprint = ""  # of config and data; decides whether a later run may resume
+        self.val_record: dict[str, float] = {}
+        self._epoch_lrs: dict[str, float] = {}
+        self._epoch_started = 0.0
+        self._train_seconds = 0.0
+        self._train_images = 0
+        # Kept on the device, so watching for a non-finite loss needs no host round trip per step.
+        self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
+
+    # ----- phases -------------------------------------------------------------------------------
+    def phase(self, epoch: int | None = None) -> int:
+        epoch = self.current_epoch if epoch is None else epoch
+        return 1 if epoch < self.config.phase1_epochs else 2
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        self.backbone_frozen = frozen
+        for parameter in self.model.backbone.parameters():
+            parameter.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> LandUseClassifier:
+        super().train(mode)
+        # A frozen backbone keeps its ImageNet BatchNorm statistics.
+        if mode and self.backbone_frozen:
+            self.model.backbone.eval()
+        return self
+
+    # ----- data ---------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        return self.transform(images, train=self.trainer.training), labels
+
+    # ----- steps --------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.model.backbone(images)
+        return features, self.model.head(features)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        if self.backbone_frozen:
+            # No graph through the backbone: phase 1 costs one forward pass of it, no backward.
+            with torch.no_grad():
+                features = self.model.backbone(images)
+            logits = self.model.head(features)
+        else:
+            logits = self.model(images)
+        loss = self.criterion(logits, labels)
+        self._watch_for_nonfinite(loss)
+        self.train_loss.update(loss.detach())
+        self._train_images += labels.shape[0]
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        images, labels = batch
+        features, logits = self.features_and_logits(images)
+        self.val_loss.update(self.criterion(logits, labels), weight=labels.shape[0])
+        self.val_acc.update(logits, labels)
+        return {"features": features, "logits": logits, "labels": labels}
+
+    # ----- epoch bookkeeping ----------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Each epoch's shuffle, augmentation and dropout draw from a seed of (seed, epoch, rank),
+        # so a run resumed from a checkpoint repeats an uninterrupted run exactly.
+        torch.manual_seed(self.config.seed + 1000 * self.current_epoch + self.global_rank)
+        self.set_backbone_frozen(self.phase() == 1)
+        # The rates this epoch starts with (after the epoch, the scheduler already points past it).
+        self._epoch_lrs = {f"lr_{g['part']}": g["lr"] for g in self.optimizers().param_groups}
+        self._sync_for_timing()
+        self._epoch_started = time.perf_counter()
+        self._train_images = 0
+
+    def on_validation_epoch_start(self) -> None:
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            # Before validation, so no checkpoint of a broken state is ever written.
+            self.check_finite()
+            self._sync_for_timing()
+            self._train_seconds = time.perf_counter() - self._epoch_started
+
+    def on_validation_epoch_end(self) -> None:
+        loss, acc = self.val_loss.compute(), self.val_acc.compute()
+        self.val_loss.reset()
+        self.val_acc.reset()
+        if self.trainer.sanity_checking:
+            return
+        self.log("val/loss", loss, sync_dist=False)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=False)
+        self.val_record = {"val_loss": float(loss), "val_acc": float(acc)}
+
+    def epoch_record(self) -> dict[str, float]:
+        """This epoch's history row; valid from the end of validation until the next epoch."""
+        self.check_finite()
+        record: dict[str, float] = {
+            "epoch": self.current_epoch + 1,
+            "phase": self.phase(),
+            "train_loss": float(self.train_loss.compute()),
+            **self.val_record,
+            "train_seconds": self._train_seconds,
+            "images_per_s": self._train_images * self.trainer.world_size / max(self._train_seconds, 1e-9),
+            **self._epoch_lrs,
+        }
+        return record
+
+    def on_train_epoch_end(self) -> None:
+        record = self.epoch_record()
+        self.train_loss.reset()
+        self.log("train/loss", record["train_loss"])
+        self.log("perf/images_per_s", record["images_per_s"])
+        self.log("perf/epoch_seconds", record["train_seconds"])
+
+    def _sync_for_timing(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FINGERPRINT_KEY] = self.fingerprint
+
+    # ----- non-finite loss ----------------------------------------------------------------------
+    def _watch_for_nonfinite(self, loss: Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        first = self._first_bad_step
+        self._first_bad_step = torch.where(bad & (first < 0), self.global_step, first)
+        if self.global_step % NONFINITE_CHECK_EVERY == 0:
+            self.check_finite()
+
+    def check_finite(self) -> None:
+        """Stop at once if any loss so far was NaN or infinite; no checkpoint of it is written."""
+        step = int(self._first_bad_step)
+        if step >= 0:
+            epoch = step // max(1, self.trainer.num_training_batches) + 1
+            raise TrainingError(
+                f"The training loss became non-finite at epoch {epoch}, step {step} (global). "
+                "Training stopped and no checkpoint of this state was kept. Lower phase1_lr / "
+                "phase2_lr, or check the data."
+            )
+
+    # ----- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = []
+        for part, module in ((HEAD, self.model.head), (BACKBONE, self.model.backbone)):
+            decay, no_decay = split_decay(module)
+            groups.append({"params": decay, "weight_decay": self.config.weight_decay, "name": f"{part}", "part": part})
+            groups.append({"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay", "part": part})
+        # All four groups exist from the start (the backbone's at rate 0, without gradients in
+        # phase 1), so the optimizer has one shape for the whole run and resumes cleanly.
+        optimizer = torch.optim.AdamW(groups, lr=1.0, betas=(0.9, 0.999), eps=1e-8)
+        steps_per_epoch = self.trainer.estimated_stepping_batches // self.trainer.max_epochs
+        schedule = TwoPhaseSchedule.from_config(self.config, int(steps_per_epoch))
+        scheduler = two_phase_scheduler(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -1,0 +1,218 @@
+"""``train(config, paths)``: the train stage as a function that returns its summary."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+
+from eurosat_pipeline.callbacks import BestCheckpoints, HistoryWriter
+from eurosat_pipeline.checkpoints import fingerprint, resumable
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.errors import TrainingError
+from eurosat_pipeline.files import atomic_path, read_json, write_json
+from eurosat_pipeline.loading import EuroSATDataModule
+from eurosat_pipeline.module import LandUseClassifier
+from eurosat_pipeline.split import read_split
+from eurosat_pipeline.tracking import make_loggers
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where the train stage reads and writes; ``dvc.yaml`` passes every one of them."""
+
+    archive: Path
+    split: Path
+    dataset_info: Path
+    checkpoints: Path
+    best: Path
+    last: Path
+    history: Path
+    summary: Path
+    live_dir: Path
+
+    @classmethod
+    def under(cls, data: Path, models: Path, reports: Path) -> TrainPaths:
+        """The layout ``dvc.yaml`` uses, rooted elsewhere (tests, notebooks)."""
+        return cls(
+            archive=data / "eurosat.zip",
+            split=data / "split.csv",
+            dataset_info=data / "dataset.json",
+            checkpoints=models / "checkpoints",
+            best=models / "best.ckpt",
+            last=models / "last.ckpt",
+            history=reports / "history.csv",
+            summary=reports / "summary.json",
+            live_dir=reports / "live",
+        )
+
+
+# On purpose: the module, not the data module, owns the on-device batch transform.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+
+
+def train(config: Config, paths: TrainPaths) -> dict[str, Any]:
+    """Fine-tune on the train split, validate every epoch, keep the best checkpoints."""
+    started = time.perf_counter()
+    L.seed_everything(config.seed, workers=True)
+    dataset_info = read_json(paths.dataset_info)
+    run_fingerprint = fingerprint(config, paths.archive, paths.split)
+    resume_from = resumable(paths.last, run_fingerprint, config.max_epochs) if config.resume else None
+    if resume_from is None:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    module = LandUseClassifier(config.to_dict(), load_pretrained=resume_from is None)
+    module.fingerprint = run_fingerprint
+    accelerator = _accelerator(config)
+    if config.compile:
+        module.model.backbone.compile()
+        module.model.head.compile()
+    if config.channels_last:
+        module.model.to(memory_format=torch.channels_last)
+    history = HistoryWriter(paths.history)
+    best = BestCheckpoints(paths.checkpoints)
+    callbacks: list[Callback] = [
+        best,
+        ModelCheckpoint(dirpath=paths.last.parent, filename=paths.last.stem, enable_version_counter=False),
+        LearningRateMonitor(logging_interval="step"),
+        history,
+        RunSummary(history),
+    ]
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs,
+        accelerator=accelerator,
+        devices=_devices(config),
+        num_nodes=config.num_nodes,
+        strategy=_strategy(config),
+        precision=_precision(config, accelerator),
+        logger=make_loggers(config, paths.live_dir, resume=resume_from is not None),
+        callbacks=callbacks,
+        # Bit-exact reruns on CPU; on a GPU cuDNN's autotuner is worth more than bit-exactness.
+        deterministic=accelerator == "cpu",
+        benchmark=accelerator != "cpu",
+        log_every_n_steps=_log_interval(paths.split, config.batch_size),
+        enable_model_summary=False,
+        default_root_dir=str(paths.checkpoints.parent),
+    )
+    datamodule = EuroSATDataModule(paths.archive, paths.split, config.batch_size)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from)
+
+
+def _finish(
+    config: Config,
+    paths: TrainPaths,
+    trainer: L.Trainer,
+    best: BestCheckpoints,
+    history: HistoryWriter,
+    dataset_info: dict[str, Any],
+    started: float,
+    resumed_from: Path | None,
+) -> dict[str, Any]:
+    if not best.best_model_path:
+        raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
+    with atomic_path(paths.best) as tmp:
+        shutil.copyfile(best.best_model_path, tmp)
+    summary = {
+        "best_checkpoint": Path(best.best_model_path).name,
+        "best_val_acc": max(r["val_acc"] for r in history.rows),
+        "final_val_acc": history.rows[-1]["val_acc"],
+        "epochs": len(history.rows),
+        "resumed_after_epoch": history.resumed_after if resumed_from else None,
+        "wall_seconds": time.perf_counter() - started,
+        "hardware": _hardware(trainer),
+        "precision": str(trainer.precision),
+        "world_size": trainer.world_size,
+        "data": dataset_info,
+        "config": config.to_dict(),
+    }
+    write_json(paths.summary, summary)
+    return summary
+
+
+class RunSummary(Callback):
+    """Run-level numbers for `dvc exp show` (DVCLive's metrics.json) and the W&B run summary."""
+
+    def __init__(self, history: HistoryWriter) -> None:
+        self.history = history
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = self.history.rows
+        if not rows or not trainer.is_global_zero:
+            return
+        numbers = {
+            "best_val_acc": max(r["val_acc"] for r in rows),
+            "final_val_acc": rows[-1]["val_acc"],
+            "epochs": len(rows),
+        }
+        for phase in (1, 2):
+            phase_rows = [r for r in rows if r["phase"] == phase]
+            if phase_rows:
+                numbers[f"epoch_seconds_phase{phase}"] = statistics.median(r["train_seconds"] for r in phase_rows)
+                numbers[f"images_per_s_phase{phase}"] = statistics.median(r["images_per_s"] for r in phase_rows)
+        for logger in trainer.loggers:
+            experiment = logger.experiment
+            if hasattr(experiment, "log_metric"):  # DVCLive
+                for name, value in numbers.items():
+                    experiment.log_metric(name, value, plot=False)
+            elif hasattr(experiment, "summary"):  # W&B
+                experiment.summary.update(numbers)
+
+
+def _accelerator(config: Config) -> str:
+    if config.accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.accelerator
+
+
+def _devices(config: Config) -> int | str | list[int]:
+    if isinstance(config.devices, str) and "," in config.devices:
+        return [int(part) for part in config.devices.split(",") if part.strip()]
+    return config.devices
+
+
+def _world_size(config: Config) -> int:
+    devices = _devices(config)
+    if devices == "auto":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
+    else:
+        count = len(devices) if isinstance(devices, list) else int(devices)
+    return count * config.num_nodes
+
+
+def _strategy(config: Config) -> str | Strategy:
+    if _world_size(config) > 1 and config.strategy in ("auto", "ddp") and config.phase1_epochs > 0:
+        # The frozen backbone produces no gradients in phase 1; DDP must be told to expect that.
+        return DDPStrategy(find_unused_parameters=True)
+    return config.strategy
+
+
+def _precision(config: Config, accelerator: str) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if accelerator in ("cuda", "gpu") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _log_interval(split_csv: Path, batch_size: int) -> int:
+    """Every 50 steps, but at least four points per epoch so short runs still draw curves."""
+    steps = sum(1 for row in read_split(split_csv) if row.split == "train") // batch_size
+    return max(1, min(50, steps // 4))
+
+
+def _hardware(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return f"{trainer.world_size} x {torch.cuda.get_device_name(device)}"
+    return f"{trainer.world_size} x CPU ({torch.get_num_threads()} threads)"

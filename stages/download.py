@@ -1,0 +1,25 @@
+"""DVC stage: fetch the data source, verify every image, write the canonical archive."""
+
+from __future__ import annotations
+
+import argparse
+
+from eurosat_pipeline.config import load_config
+from eurosat_pipeline.dataset import prepare_dataset
+from eurosat_pipeline.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--archive", required=True, help="canonical zip to write")
+    parser.add_argument("--info", required=True, help="JSON description of the data to write")
+    args = parser.parse_args()
+    config = load_config(args.params)
+    info = prepare_dataset(config.data_source, args.archive, args.info, config.synthetic_images_per_class)
+    note = " (SYNTHETIC)" if info["synthetic"] else ""
+    print(f"{info['num_images']} images from {info['source']}{note} -> {args.archive}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,22 @@
+"""DVC stage: the best checkpoint on the test split; metrics, per-class scores, predictions."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eurosat_pipeline.evaluation import EvalPaths, evaluate
+from eurosat_pipeline.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("checkpoint", "archive", "split", "dataset-info", "metrics", "per-class", "confusion"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    metrics = evaluate(EvalPaths(**vars(args)))
+    print(f"test accuracy {metrics['test']['acc']:.4f} on {metrics['test']['images']} images")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,26 @@
+"""DVC stage: a stratified, seeded train/val/test split written as a CSV."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+from eurosat_pipeline.config import load_config
+from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--archive", required=True)
+    parser.add_argument("--out", required=True, help="split CSV to write")
+    args = parser.parse_args()
+    config = load_config(args.params)
+    rows = split_archive(args.archive, args.out, config.val_fraction, config.test_fraction, config.split_seed)
+    counts = collections.Counter(row.split for row in rows)
+    print(", ".join(f"{name}: {counts[name]}" for name in ("train", "val", "test")))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,27 @@
+"""DVC stage: two-phase fine-tuning; writes checkpoints, history, DVCLive metrics and a summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eurosat_pipeline.config import load_config
+from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.training import TrainPaths, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    for name in ("archive", "split", "dataset-info", "checkpoints", "best", "last", "history", "summary", "live-dir"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    config = load_config(args.params)
+    paths = TrainPaths(**{k: v for k, v in vars(args).items() if k != "params"})
+    summary = train(config, paths)
+    if summary:
+        print(f"best val acc {summary['best_val_acc']:.4f} ({summary['best_checkpoint']}) -> {paths.best}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
