@@ -29,8 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run the whole pipeline offline on synthetic data (CPU, minutes)")
-    demo.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="extra param override, as for `dvc exp run -S` (repeatable)")
+    demo.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra param override, as for `dvc exp run -S` (repeatable)",
+    )
     demo.add_argument("--queue", action="store_true", help="queue the experiment(s) instead of running now")
     demo.add_argument("--name", help="experiment name")
     demo.set_defaults(run=_demo)

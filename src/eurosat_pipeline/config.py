@@ -146,9 +146,7 @@ def _check_type(source: str, key: str, value: Any, hint: Any) -> Any:
     hint_text = ""
     if float in allowed and isinstance(value, str):
         hint_text = " (write numbers without quotes, e.g. 1.0e-4)"
-    raise ConfigError(
-        f"{source}: key '{key}' must be {expected}, got {type(value).__name__} {value!r}{hint_text}."
-    )
+    raise ConfigError(f"{source}: key '{key}' must be {expected}, got {type(value).__name__} {value!r}{hint_text}.")
 
 
 def _require(condition: bool, source: str, key: str, message: str, value: Any) -> None:
@@ -167,16 +165,17 @@ def _check_values(c: Config, source: str) -> None:
         req(getattr(c, key) >= 0, key, "must be >= 0")
     req(c.max_epochs >= 1, "phase2_epochs", "must make phase1_epochs + phase2_epochs at least 1")
     req(
-        c.phase1_warmup_epochs <= c.phase1_epochs,
-        "phase1_warmup_epochs",
-        f"must not exceed phase1_epochs ({c.phase1_epochs})",
+        c.min_lr < min(c.phase1_lr, c.phase2_lr * c.backbone_lr_scale),
+        "min_lr",
+        "must be below every peak learning rate (phase1_lr, phase2_lr * backbone_lr_scale)",
     )
-    req(c.min_lr < min(c.phase1_lr, c.phase2_lr * c.backbone_lr_scale), "min_lr",
-        "must be below every peak learning rate (phase1_lr, phase2_lr * backbone_lr_scale)")
     req(0 < c.val_fraction < 1, "val_fraction", "must be between 0 and 1")
     req(0 < c.test_fraction < 1, "test_fraction", "must be between 0 and 1 (the evaluate stage needs a test split)")
-    req(c.val_fraction + c.test_fraction < 0.95, "test_fraction",
-        "must leave a training set: val_fraction + test_fraction must be below 0.95")
+    req(
+        c.val_fraction + c.test_fraction < 0.95,
+        "test_fraction",
+        "must leave a training set: val_fraction + test_fraction must be below 0.95",
+    )
     req(c.synthetic_images_per_class >= 10, "synthetic_images_per_class", "must be >= 10")
     req(c.batch_size >= 2, "batch_size", "must be >= 2 (BatchNorm needs two samples)")
     req(32 <= c.image_size <= 1024, "image_size", "must be between 32 and 1024 pixels")
@@ -189,11 +188,17 @@ def _check_values(c: Config, source: str) -> None:
     req(0 <= c.jitter_hue <= 0.5, "jitter_hue", "must be between 0 and 0.5")
     req(c.num_nodes >= 1, "num_nodes", "must be >= 1")
     req(c.model_name.strip() != "", "model_name", "must name a timm model")
-    req(c.data_source.strip() != "", "data_source",
-        "must be 'eurosat', 'synthetic' or a path to a local EuroSAT zip or folder")
+    req(
+        c.data_source.strip() != "",
+        "data_source",
+        "must be 'eurosat', 'synthetic' or a path to a local EuroSAT zip or folder",
+    )
     if isinstance(c.devices, str):
-        req(c.devices == "auto" or _is_device_list(c.devices), "devices",
-            "must be a count >= 1, 'auto', or a comma-separated list of GPU ids like '0,1'")
+        req(
+            c.devices == "auto" or _is_device_list(c.devices),
+            "devices",
+            "must be a count >= 1, 'auto', or a comma-separated list of GPU ids like '0,1'",
+        )
     else:
         req(c.devices >= 1, "devices", "must be >= 1")
     for key, choices in (

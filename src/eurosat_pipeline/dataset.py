@@ -42,8 +42,7 @@ CLASSES: tuple[str, ...] = (
 IMAGE_SIZE = 64
 # The address torchvision's EuroSAT dataset uses (a pinned revision) and the official zip's md5.
 EUROSAT_URL = (
-    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
-    "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"
+    "https://huggingface.co/datasets/torchgeo/eurosat/resolve/c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"
 )
 EUROSAT_MD5 = "c8fa014336c82ac7804f0398fcb19387"
 MAX_LISTED_PROBLEMS = 20
@@ -73,9 +72,7 @@ class Sample:
         return f"{self.class_name}/{self.file_name}"
 
 
-def prepare_dataset(
-    source: str, archive: str | Path, info_path: str | Path, synthetic_images_per_class: int
-) -> dict:
+def prepare_dataset(source: str, archive: str | Path, info_path: str | Path, synthetic_images_per_class: int) -> dict:
     """Fetch ``source``, verify it, and write the canonical archive and its description."""
     archive, info_path = Path(archive), Path(info_path)
     description: dict = {"source": source, "synthetic": source == "synthetic"}
@@ -142,8 +139,7 @@ def _read_zip(path: Path) -> list[Sample]:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise DatasetError(
-            f"{path}: not a readable zip archive ({err}). It may be truncated or corrupt: "
-            "download it again."
+            f"{path}: not a readable zip archive ({err}). It may be truncated or corrupt: download it again."
         ) from err
     files, folders, problems = [], set(), []
     with archive:
@@ -205,9 +201,7 @@ def _ignored(parts: tuple[str, ...]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
-def _organise(
-    files: list[ImageFile], folders: set[tuple[str, ...]], problems: list[str], where: str
-) -> list[Sample]:
+def _organise(files: list[ImageFile], folders: set[tuple[str, ...]], problems: list[str], where: str) -> list[Sample]:
     """Find the folder that holds the class folders and check the layout around it."""
     depths = collections.Counter(f.parts[:-2] for f in files if len(f.parts) >= 2)
     root = depths.most_common(1)[0][0] if depths else ()
@@ -292,12 +286,11 @@ def _raise_if(problems: list[str], where: str) -> None:
 
 def write_archive(samples: Iterable[Sample], target: str | Path) -> None:
     """Write the canonical archive atomically: sorted, uncompressed, fixed timestamps."""
-    with atomic_path(target) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for sample in sorted(samples, key=lambda s: (s.class_name, s.file_name)):
-                entry = zipfile.ZipInfo(sample.member, date_time=(1980, 1, 1, 0, 0, 0))
-                entry.external_attr = 0o644 << 16
-                archive.writestr(entry, sample.data)
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for sample in sorted(samples, key=lambda s: (s.class_name, s.file_name)):
+            entry = zipfile.ZipInfo(sample.member, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, sample.data)
 
 
 def read_archive(path: str | Path) -> dict[str, bytes]:

@@ -61,8 +61,14 @@ def _write_per_class(report: dict[str, Any], matrix: Any, out: Path) -> None:
     for index, name in enumerate(CLASSES):
         row = report[name]
         writer.writerow(
-            [name, f"{row['precision']:.6f}", f"{row['recall']:.6f}", f"{row['f1-score']:.6f}",
-             int(row["support"]), *matrix[index].tolist()]
+            [
+                name,
+                f"{row['precision']:.6f}",
+                f"{row['recall']:.6f}",
+                f"{row['f1-score']:.6f}",
+                int(row["support"]),
+                *matrix[index].tolist(),
+            ]
         )
     write_text(out, buffer.getvalue())
 
@@ -74,6 +80,6 @@ def _write_predictions(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])
-    for path, a, p, c in zip(paths, actual, predicted, confidence):
+    for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True):
         writer.writerow([path, CLASSES[a], CLASSES[p], f"{c:.4f}"])
     write_text(out, buffer.getvalue())

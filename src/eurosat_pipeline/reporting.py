@@ -15,8 +15,18 @@ from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
 from eurosat_pipeline.files import read_json, write_text
 
 KEY_PARAMS = (
-    "model_name", "pretrained", "phase1_epochs", "phase1_lr", "phase2_epochs", "phase2_lr",
-    "backbone_lr_scale", "batch_size", "image_size", "weight_decay", "label_smoothing", "seed",
+    "model_name",
+    "pretrained",
+    "phase1_epochs",
+    "phase1_lr",
+    "phase2_epochs",
+    "phase2_lr",
+    "backbone_lr_scale",
+    "batch_size",
+    "image_size",
+    "weight_decay",
+    "label_smoothing",
+    "seed",
 )
 
 
@@ -55,8 +65,11 @@ def _phase2_start(config: dict[str, Any]) -> float | None:
 def _mark_phase2(figure: go.Figure, phase2_start: float | None) -> go.Figure:
     if phase2_start is not None:
         figure.add_vline(
-            x=phase2_start, line_dash="dash", line_color="grey",
-            annotation_text="Phase 2 start", annotation_position="top left",
+            x=phase2_start,
+            line_dash="dash",
+            line_color="grey",
+            annotation_text="Phase 2 start",
+            annotation_position="top left",
         )
     return figure
 
@@ -64,7 +77,9 @@ def _mark_phase2(figure: go.Figure, phase2_start: float | None) -> go.Figure:
 def accuracy_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go.Figure:
     epochs = [r["epoch"] for r in history]
     figure = go.Figure(go.Scatter(x=epochs, y=[r["val_acc"] for r in history], mode="lines+markers", name="val acc"))
-    figure.update_layout(title="Validation accuracy", xaxis_title="epoch", yaxis_title="accuracy", yaxis_tickformat=".1%")
+    figure.update_layout(
+        title="Validation accuracy", xaxis_title="epoch", yaxis_title="accuracy", yaxis_tickformat=".1%"
+    )
     return _mark_phase2(figure, phase2_start)
 
 
@@ -73,16 +88,23 @@ def loss_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go
     figure = go.Figure()
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
         figure.add_trace(go.Scatter(x=epochs, y=[r[key] for r in history], mode="lines+markers", name=label))
-    figure.update_layout(title="Train and validation loss", xaxis_title="epoch", yaxis_title="cross-entropy (label smoothing)")
+    figure.update_layout(
+        title="Train and validation loss", xaxis_title="epoch", yaxis_title="cross-entropy (label smoothing)"
+    )
     return _mark_phase2(figure, phase2_start)
 
 
 def confusion_figure(per_class: list[dict[str, Any]]) -> go.Figure:
     matrix = [[row[name] for name in CLASSES] for row in per_class]
-    figure = go.Figure(go.Heatmap(z=matrix, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", text=matrix, texttemplate="%{text}"))
+    figure = go.Figure(
+        go.Heatmap(z=matrix, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", text=matrix, texttemplate="%{text}")
+    )
     figure.update_layout(
-        title="Confusion matrix (test split)", xaxis_title="predicted", yaxis_title="actual",
-        yaxis_autorange="reversed", height=600,
+        title="Confusion matrix (test split)",
+        xaxis_title="predicted",
+        yaxis_title="actual",
+        yaxis_autorange="reversed",
+        height=600,
     )
     return figure
 
@@ -92,13 +114,19 @@ def _read_per_class(path: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(handle))
     numeric = ("precision", "recall", "f1")
     return [
-        {"class": r["class"], **{k: float(r[k]) for k in numeric}, "support": int(r["support"]),
-         **{name: int(r[name]) for name in CLASSES}}
+        {
+            "class": r["class"],
+            **{k: float(r[k]) for k in numeric},
+            "support": int(r["support"]),
+            **{name: int(r[name]) for name in CLASSES},
+        }
         for r in rows
     ]
 
 
-def _page(summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]], figures: list[go.Figure]) -> str:
+def _page(
+    summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]], figures: list[go.Figure]
+) -> str:
     plots = [
         figure.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, config={"displaylogo": False})
         for i, figure in enumerate(figures)

@@ -36,7 +36,8 @@ class TwoPhaseSchedule:
         return cls(
             steps_per_epoch=max(1, steps_per_epoch),
             phase1_epochs=config.phase1_epochs,
-            warmup_epochs=config.phase1_warmup_epochs,
+            # Capped, so `-S phase1_epochs=0` works without also changing the warm-up.
+            warmup_epochs=min(config.phase1_warmup_epochs, config.phase1_epochs),
             phase2_epochs=config.phase2_epochs,
             phase1_lr=config.phase1_lr,
             phase2_lr=config.phase2_lr,

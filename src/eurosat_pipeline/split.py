@@ -34,7 +34,7 @@ def make_split(
     """Assign every image to a split, keeping class proportions in each."""
     try:
         rest, test = train_test_split(
-            list(zip(paths, labels)), test_size=test_fraction, stratify=labels, random_state=seed
+            list(zip(paths, labels, strict=True)), test_size=test_fraction, stratify=labels, random_state=seed
         )
         rest_labels = [label for _, label in rest]
         train, val = train_test_split(
@@ -48,7 +48,8 @@ def make_split(
             f"Cannot split {len(paths)} images with val_fraction={val_fraction} and "
             f"test_fraction={test_fraction}: {err} Use more images or larger fractions."
         ) from err
-    rows = [SplitRow(p, label, name) for name, part in zip(SPLITS, (train, val, test)) for p, label in part]
+    parts = zip(SPLITS, (train, val, test), strict=True)
+    rows = [SplitRow(path, label, name) for name, part in parts for path, label in part]
     return sorted(rows, key=lambda row: row.path)
 
 
@@ -83,7 +84,6 @@ def read_split(path: str | Path) -> list[SplitRow]:
     bad = [r for r in rows if r.split not in SPLITS or r.label not in CLASSES]
     if bad:
         raise DatasetError(
-            f"{path}: {len(bad)} row(s) with an unknown split or label, e.g. {bad[0]}; "
-            "run `dvc repro -f split`."
+            f"{path}: {len(bad)} row(s) with an unknown split or label, e.g. {bad[0]}; run `dvc repro -f split`."
         )
     return rows

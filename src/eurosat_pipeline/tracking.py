@@ -74,7 +74,8 @@ def make_loggers(config: Config, live_dir: str | Path, resume: bool = False) -> 
 def _wandb_logger(config: Config, mode: str) -> Logger:
     from lightning.pytorch.loggers import WandbLogger
 
-    save_dir = Path(os.environ.get("WANDB_DIR", "wandb"))
+    # W&B makes its own "wandb/" folder inside save_dir.
+    save_dir = Path(os.environ.get("WANDB_DIR", "."))
     save_dir.mkdir(parents=True, exist_ok=True)
     tags = ["synthetic-data"] if config.is_synthetic else []
     return WandbLogger(

@@ -6,6 +6,7 @@ import shutil
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ class TrainPaths:
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 
-def train(config: Config, paths: TrainPaths) -> dict[str, Any]:
+def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fine-tune on the train split, validate every epoch, keep the best checkpoints."""
     started = time.perf_counter()
     L.seed_everything(config.seed, workers=True)
@@ -85,6 +86,7 @@ def train(config: Config, paths: TrainPaths) -> dict[str, Any]:
         LearningRateMonitor(logging_interval="step"),
         history,
         RunSummary(history),
+        *extra_callbacks,
     ]
     trainer = L.Trainer(
         max_epochs=config.max_epochs,

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny EuroSAT-shaped data made on the spot, and a tiny training config."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.split import split_archive
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_EUROSAT = REPO_ROOT.parent / "shared" / "eurosat" / "EuroSAT.zip"
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 64), mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+    pixels = rng.integers(0, 255, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze() if channels == 1 else pixels, mode=mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_eurosat_folder(root: Path, per_class: int = 3, prefix: str = "2750") -> Path:
+    """The official layout, ``root/<prefix>/<Class>/<Class>_<n>.jpg``, with random pixels."""
+    base = root / prefix if prefix else root
+    for c, name in enumerate(CLASSES):
+        folder = base / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, per_class + 1):
+            (folder / f"{name}_{n}.jpg").write_bytes(jpeg_bytes(1000 * c + n))
+    return root
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return target
+
+
+@pytest.fixture
+def eurosat_folder(tmp_path: Path) -> Path:
+    return make_eurosat_folder(tmp_path / "EuroSAT")
+
+
+@pytest.fixture
+def eurosat_zip(tmp_path: Path, eurosat_folder: Path) -> Path:
+    return zip_folder(eurosat_folder, tmp_path / "EuroSAT.zip")
+
+
+def tiny_config(**changes: object) -> Config:
+    """A recipe-shaped config small enough to train in seconds on a CPU."""
+    base = Config(
+        data_source="synthetic",
+        synthetic_images_per_class=12,
+        model_name="test_efficientnet",
+        pretrained=False,
+        phase1_epochs=1,
+        phase1_warmup_epochs=1,
+        phase2_epochs=2,
+        phase1_lr=3e-3,
+        phase2_lr=3e-3,
+        batch_size=16,
+        image_size=32,
+        tsne_interval=0,
+        wandb_mode="disabled",
+        resume=False,
+    )
+    return base.replace(**changes) if changes else base
+
+
+@pytest.fixture
+def prepared_data(tmp_path: Path) -> Path:
+    """A synthetic canonical archive, its description and a split, under ``tmp_path/data``."""
+    config = tiny_config()
+    data = tmp_path / "data"
+    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
+    split_archive(
+        data / "eurosat.zip", data / "split.csv", config.val_fraction, config.test_fraction, config.split_seed
+    )
+    return data

@@ -1,0 +1,75 @@
+"""`dvc repro` and `dvc exp run` on the real dvc.yaml, in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import tiny_config
+from .pipeline_repo import PipelineRepo
+
+TINY = {k: v for k, v in tiny_config().to_dict().items() if k != "resume"}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
+    repo = PipelineRepo(tmp_path_factory.mktemp("e2e") / "repo", TINY)
+    repo.run("dvc", "repro")
+    return repo
+
+
+def test_repro_writes_every_output(repo: PipelineRepo) -> None:
+    root = repo.root
+    assert (root / "data" / "eurosat.zip").is_file() and (root / "data" / "split.csv").is_file()
+    names = sorted(p.name for p in (root / "models" / "checkpoints").iterdir())
+    assert len(names) == 3 and all(re.fullmatch(r"best-\d{3}-\d\.\d{3}\.ckpt", n) for n in names)
+    metrics = json.loads((root / "reports" / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["acc"] <= 1 and metrics["synthetic_data"] is True
+    report = (root / "reports" / "report.html").read_text()
+    assert "Phase 2 start" in report and "SYNTHETIC" in report
+    assert "<script" in report and not re.search(r"<script[^>]+src=", report)  # opens offline
+
+
+def test_second_repro_runs_nothing(repo: PipelineRepo) -> None:
+    result = repo.run("dvc", "repro")
+    assert "up to date" in (result.stdout + result.stderr)
+    assert repo.dvc_json("status") == {}
+
+
+def test_dvc_metrics_show_reads_both_metric_files(repo: PipelineRepo) -> None:
+    metrics = repo.dvc_json("metrics", "show")
+    found: dict[str, Any] = next(iter(metrics.values()))["data"]
+    assert "best_val_acc" in found["reports/train/live/metrics.json"]["data"]
+    assert "acc" in found["reports/eval/metrics.json"]["data"]["test"]
+
+
+def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
+    params = repo.root / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace('wandb_project: "eurosat-pipeline"', 'wandb_project: "elsewhere"'))
+        assert repo.dvc_json("status") == {}
+    finally:
+        params.write_text(original)
+
+
+def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo: PipelineRepo) -> None:
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "baseline run")
+    output = repo.run("dvc", "exp", "run", "-S", "phase2_lr=3e-4", "--name", "lr3e-4").stdout
+    assert "Stage 'download' didn't change" in output and "Stage 'split' didn't change" in output
+    for stage in ("train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in output
+    shown = repo.dvc_json("exp", "show")
+    experiments = [e for row in shown for e in (row.get("experiments") or [])]
+    runs = [rev["data"] for e in experiments for rev in e["revs"] if e["revs"][0]["name"] == "lr3e-4"]
+    assert runs, json.dumps(shown)[:2000]
+    data = runs[0]
+    assert data["params"]["params.yaml"]["data"]["phase2_lr"] == pytest.approx(0.0003)
+    assert "acc" in data["metrics"]["reports/eval/metrics.json"]["data"]["test"]
+    assert "best_val_acc" in data["metrics"]["reports/train/live/metrics.json"]["data"]
+    assert Path(repo.root / "params.yaml").read_text().count("phase2_lr") == 1
