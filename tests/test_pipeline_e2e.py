@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,16 @@ import pytest
 from .conftest import tiny_config
 from .pipeline_repo import PipelineRepo
 
-TINY = {k: v for k, v in tiny_config().to_dict().items() if k != "resume"}
+TINY = {k: v for k, v in tiny_config(tsne_interval=2).to_dict().items() if k != "resume"}
+DECLARED_PLOTS = {
+    "Validation accuracy",
+    "Train and validation loss",
+    "Learning rate per parameter group",
+    "Train loss per step",
+    "Confusion matrix (test split)",
+    "reports/train/live/plots/images/tsne",
+}
+TSNE_DIR = "reports/train/live/plots/images/tsne"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +57,21 @@ def test_dvc_metrics_show_reads_both_metric_files(repo: PipelineRepo) -> None:
     assert "acc" in found["reports/eval/metrics.json"]["data"]["test"]
 
 
+def test_plots_show_draws_every_declared_plot(repo: PipelineRepo) -> None:
+    shown = repo.dvc_json("plots", "show")
+    assert shown.get("errors", []) == []
+    data = shown["data"]
+    vega = {name for name, items in data.items() if items and items[0]["type"] == "vega"}
+    assert vega == DECLARED_PLOTS - {TSNE_DIR}
+    for name in vega:
+        assert data[name][0]["content"]["data"]["values"], name
+    pictures = sorted(int(Path(name).stem) for name in data if name.startswith(TSNE_DIR + "/"))
+    assert pictures == [2, 3], "one picture every tsne_interval epochs and at the last epoch"
+    html = repo.run("dvc", "plots", "show", "-o", "plots_html")
+    assert "WARNING" not in html.stdout + html.stderr
+    assert (repo.root / "plots_html" / "index.html").is_file()
+
+
 def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
     params = repo.root / "params.yaml"
     original = params.read_text()
@@ -73,3 +98,44 @@ def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo
     assert "acc" in data["metrics"]["reports/eval/metrics.json"]["data"]["test"]
     assert "best_val_acc" in data["metrics"]["reports/train/live/metrics.json"]["data"]
     assert Path(repo.root / "params.yaml").read_text().count("phase2_lr") == 1
+
+
+def test_queued_sweep_runs_and_exp_show_compares_the_runs(repo: PipelineRepo) -> None:
+    repo.run("dvc", "exp", "run", "-S", "phase2_lr=1e-3,1e-4", "--queue")
+    repo.run("dvc", "queue", "start", "-j", "1")
+    _wait_for_queue(repo)
+    shown = repo.dvc_json("exp", "show")
+    runs = {
+        rev["data"]["params"]["params.yaml"]["data"]["phase2_lr"]: rev["data"]
+        for row in shown
+        for e in (row.get("experiments") or [])
+        for rev in e["revs"]
+    }
+    assert {0.0003, 0.001, 0.0001} <= set(runs)
+    for lr in (0.001, 0.0001):
+        metrics = runs[lr]["metrics"]
+        assert "acc" in metrics["reports/eval/metrics.json"]["data"]["test"], lr
+        assert "best_val_acc" in metrics["reports/train/live/metrics.json"]["data"], lr
+
+
+def _wait_for_queue(repo: PipelineRepo, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = repo.run("dvc", "queue", "status").stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            assert "Failed" not in status, status + repo.run("dvc", "queue", "logs", "--help").stdout
+            return
+        time.sleep(2)
+    raise AssertionError(f"queue did not finish: {status}")
+
+
+def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
+    report = Path(repo.run("eurosat", "compare", "--rev", "HEAD", "--out", "cml").stdout.strip())
+    text = (repo.root / report).read_text()
+    params, metrics = text.split("## Metrics")[0], text.split("## Metrics")[1].split("## Plots")[0]
+    assert re.search(r"\|\s*params.yaml\s*\|\s*phase2_lr\s*\|", params), params
+    assert "test.acc" in metrics and "best_val_acc" in metrics, metrics
+    images = re.findall(r"!\[[^\]]*\]\(\./([^)]+)\)", text)
+    assert len(images) >= 6
+    for name in images:
+        assert (repo.root / "cml" / name).read_bytes().startswith(b"\x89PNG"), name

@@ -41,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--queue", action="store_true", help="queue the experiment(s) instead of running now")
     demo.add_argument("--name", help="experiment name")
     demo.set_defaults(run=_demo)
+
+    compare = commands.add_parser(
+        "compare", help="Markdown + PNG comparison of the workspace with a git revision (the CML comment)"
+    )
+    compare.add_argument("--rev", default="main", help="git revision to compare with (default: main)")
+    compare.add_argument("--out", default="cml", help="folder for report.md and the PNGs (default: cml)")
+    compare.set_defaults(run=_compare)
     return parser
 
 
@@ -48,6 +55,13 @@ def _demo(args: argparse.Namespace) -> int:
     from eurosat_pipeline.demo import run_demo
 
     return run_demo(args.overrides, queue=args.queue, name=args.name)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.compare import compare
+
+    print(compare(args.rev, args.out))
+    return 0
 
 
 if __name__ == "__main__":

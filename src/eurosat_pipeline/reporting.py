@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 
 from eurosat_pipeline.callbacks import read_history
 from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
+from eurosat_pipeline.embeddings import read_tsne_csv, tsne_figure
 from eurosat_pipeline.files import read_json, write_text
 
 KEY_PARAMS = (
@@ -36,6 +37,8 @@ class ReportPaths:
     train_summary: Path
     eval_metrics: Path
     per_class: Path
+    lr_dir: Path
+    tsne: Path
     out: Path
 
 
@@ -48,8 +51,12 @@ def build_report(paths: ReportPaths) -> Path:
     figures = [
         accuracy_figure(history, phase2_start),
         loss_figure(history, phase2_start),
+        lr_figure(_read_lr_curves(paths.lr_dir)),
         confusion_figure(per_class),
     ]
+    tsne = read_tsne_csv(paths.tsne)
+    if tsne:
+        figures.append(tsne_figure(tsne, "t-SNE of validation embeddings (slide through the logged epochs)"))
     page = _page(summary, metrics, per_class, figures)
     write_text(paths.out, page)
     return paths.out
@@ -92,6 +99,30 @@ def loss_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go
         title="Train and validation loss", xaxis_title="epoch", yaxis_title="cross-entropy (label smoothing)"
     )
     return _mark_phase2(figure, phase2_start)
+
+
+def lr_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
+    figure = go.Figure()
+    for name, points in sorted(curves.items()):
+        steps, rates = zip(*points, strict=True) if points else ((), ())
+        figure.add_trace(go.Scatter(x=steps, y=rates, mode="lines", name=name))
+    figure.update_layout(
+        title="Learning rate per parameter group (phase 2 restarts the schedule)",
+        xaxis_title="optimizer step",
+        yaxis_title="learning rate",
+        yaxis_type="log",
+    )
+    return figure
+
+
+def _read_lr_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """DVCLive's per-step tables, one per group: ``step<TAB><group>``."""
+    curves = {}
+    for table in sorted(Path(folder).glob("*.tsv")):
+        with table.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))[1:]
+        curves[table.stem] = [(int(step), float(rate)) for step, rate, *_ in rows if float(rate) > 0]
+    return curves
 
 
 def confusion_figure(per_class: list[dict[str, Any]]) -> go.Figure:

