@@ -24,6 +24,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
 WANDB_MODES = ("offline", "online", "disabled", "auto")
+INPUT_PIPELINES = ("device", "per_sample")
 BUILTIN_SOURCES = ("eurosat", "synthetic")
 
 
@@ -63,6 +64,8 @@ class Config:
     jitter_contrast: float = 0.2
     jitter_saturation: float = 0.2
     jitter_hue: float = 0.1
+    input_pipeline: str = "device"
+    num_workers: int = 0
     # hardware
     accelerator: str = "auto"
     devices: int | str = 1
@@ -187,6 +190,7 @@ def _check_values(c: Config, source: str) -> None:
         req(0 <= getattr(c, key) < 1, key, "must be >= 0 and < 1")
     req(0 <= c.jitter_hue <= 0.5, "jitter_hue", "must be between 0 and 0.5")
     req(c.num_nodes >= 1, "num_nodes", "must be >= 1")
+    req(c.num_workers >= 0, "num_workers", "must be >= 0")
     req(c.model_name.strip() != "", "model_name", "must name a timm model")
     req(
         c.data_source.strip() != "",
@@ -206,6 +210,7 @@ def _check_values(c: Config, source: str) -> None:
         ("precision", PRECISIONS),
         ("strategy", STRATEGIES),
         ("wandb_mode", WANDB_MODES),
+        ("input_pipeline", INPUT_PIPELINES),
     ):
         req(getattr(c, key) in choices, key, f"must be one of {', '.join(choices)}")
 

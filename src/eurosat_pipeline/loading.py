@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import decode_jpeg
 
+from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
 from eurosat_pipeline.split import read_split
@@ -47,8 +48,17 @@ def decode_jpegs(blobs: Sequence[bytes]) -> torch.Tensor:
     return torch.stack(out) if out else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
 
 
-def load_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, ImageSet]:
-    """Decode the images of the named splits; the archive is read once."""
+@dataclass
+class EncodedSet:
+    """Images of one split still as JPEG bytes (what the per-sample pipeline decodes each epoch)."""
+
+    blobs: list[bytes]
+    labels: list[int]
+    paths: list[str]
+
+
+def read_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, EncodedSet]:
+    """The JPEG bytes and labels of the named splits; the archive is read once."""
     rows = read_split(split_csv)
     blobs = read_archive(archive)
     missing = [r.path for r in rows if r.path not in blobs]
@@ -62,10 +72,19 @@ def load_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]
         chosen = [r for r in rows if r.split == name]
         if not chosen:
             raise DatasetError(f"{split_csv} has no '{name}' images; check the split fractions.")
-        images = decode_jpegs([blobs[r.path] for r in chosen])
-        labels = torch.tensor([CLASSES.index(r.label) for r in chosen], dtype=torch.long)
-        sets[name] = ImageSet(images, labels, [r.path for r in chosen])
+        sets[name] = EncodedSet(
+            [blobs[r.path] for r in chosen], [CLASSES.index(r.label) for r in chosen], [r.path for r in chosen]
+        )
     return sets
+
+
+def decode_set(encoded: EncodedSet) -> ImageSet:
+    return ImageSet(decode_jpegs(encoded.blobs), torch.tensor(encoded.labels, dtype=torch.long), encoded.paths)
+
+
+def load_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, ImageSet]:
+    """Decode the images of the named splits into uint8 tensors."""
+    return {name: decode_set(encoded) for name, encoded in read_splits(archive, split_csv, names).items()}
 
 
 class InMemoryImages(Dataset):
@@ -100,29 +119,54 @@ def batch_loader(images: ImageSet, batch_size: int, shuffle: bool, drop_last: bo
 
 
 class EuroSATDataModule(L.LightningDataModule):
-    """Train and validation images, decoded once and kept on the training device."""
+    """Train and validation batches: decoded once and kept on the training device (``device``),
+    or the original recipe's per-sample PIL pipeline (``per_sample``, kept for comparison)."""
 
-    def __init__(self, archive: str | Path, split_csv: str | Path, batch_size: int) -> None:
+    def __init__(self, archive: str | Path, split_csv: str | Path, config: Config) -> None:
         super().__init__()
-        self.archive, self.split_csv, self.batch_size = archive, split_csv, batch_size
-        self.sets: dict[str, ImageSet] = {}
+        self.archive, self.split_csv, self.config = archive, split_csv, config
+        self.datasets: dict[str, Dataset] = {}
 
     def setup(self, stage: str) -> None:
-        if self.sets:
+        if self.datasets:
             return
-        sets = load_splits(self.archive, self.split_csv, ("train", "val"))
-        if len(sets["train"]) < self.batch_size:
+        encoded = read_splits(self.archive, self.split_csv, ("train", "val"))
+        if len(encoded["train"].labels) < self.config.batch_size:
             raise ConfigError(
-                f"batch_size ({self.batch_size}) is larger than the training set "
-                f"({len(sets['train'])} images); lower batch_size or use more data."
+                f"batch_size ({self.config.batch_size}) is larger than the training set "
+                f"({len(encoded['train'].labels)} images); lower batch_size or use more data."
             )
+        if self.config.input_pipeline == "per_sample":
+            from eurosat_pipeline.per_sample import PerSampleImages
+
+            self.datasets = {
+                name: PerSampleImages(s, self.config, train=name == "train") for name, s in encoded.items()
+            }
+            return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         # On a GPU the whole set fits in memory; batches then never cross the PCIe bus.
-        self.sets = {name: s.to(device) if device.type == "cuda" else s for name, s in sets.items()}
+        self.datasets = {
+            name: InMemoryImages(decode_set(s).to(device) if device.type == "cuda" else decode_set(s))
+            for name, s in encoded.items()
+        }
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        if isinstance(self.datasets[name], InMemoryImages):
+            # drop_last: a final batch of one sample would break the head's BatchNorm.
+            return batch_loader(self.datasets[name].set, self.config.batch_size, shuffle=train, drop_last=train)
+        workers = self.config.num_workers
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.config.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
-        # drop_last: a final batch of one sample would break the head's BatchNorm.
-        return batch_loader(self.sets["train"], self.batch_size, shuffle=True, drop_last=True)
+        return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.sets["val"], self.batch_size, shuffle=False)
+        return self._loader("val", train=False)

@@ -43,6 +43,7 @@ class LandUseClassifier(L.LightningModule):
         self.transform = BatchTransform(
             self.config.image_size, self.config.random_flips, jitter, self.config.channels_last
         )
+        self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
@@ -78,6 +79,8 @@ class LandUseClassifier(L.LightningModule):
     # ----- data ---------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
+        if self.config.input_pipeline == "per_sample":  # already resized, jittered and normalised
+            return images.contiguous(memory_format=self._memory_format), labels
         return self.transform(images, train=self.trainer.training), labels
 
     # ----- steps --------------------------------------------------------------------------------

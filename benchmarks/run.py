@@ -1,0 +1,354 @@
+"""Speed of the input pipeline and of training, against the original recipe's per-sample loader.
+
+    python benchmarks/run.py                      # CPU suites, real EuroSAT if ../shared has it
+    python benchmarks/run.py --suites recipe      # the full 17-epoch recipe (GPU only)
+    python benchmarks/run.py --data synthetic     # no real data needed (labelled as synthetic)
+
+Prints a Markdown table and writes the same figures as JSON (``--out``). Suites:
+
+- ``loader``: images/s of finished 224 px training batches (flips, jitter, resize, normalise):
+  the original per-sample PIL loader with 0 and N worker processes against ours (batched, on the
+  CPU and, when there is one, on the GPU with the data resident there).
+- ``train``: steady-state images/s of real training steps (Lightning, the pipeline's own module)
+  in phase 1 (frozen backbone) and phase 2, with either loader.
+- ``recipe``: GPU only. Wall time of the whole 17-epoch recipe at 224 px through ``train()``: ours
+  with bf16 + channels_last, fp32, and without channels_last; the per-sample loader for one epoch
+  (extrapolated to 17), and GPU utilisation sampled during phase 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.dataset import prepare_dataset
+from eurosat_pipeline.loading import EuroSATDataModule, decode_set, read_splits
+from eurosat_pipeline.module import LandUseClassifier
+from eurosat_pipeline.per_sample import PerSampleImages
+from eurosat_pipeline.split import split_archive
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "eurosat" / "EuroSAT.zip"
+BATCH = 64
+
+
+def main() -> None:
+    args = _arguments()
+    torch.backends.cudnn.benchmark = True
+    cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory(prefix="eurosat-bench-") as tmp:
+        data, source = _prepare(args.data, Path(tmp))
+        results: list[dict[str, Any]] = []
+        if "loader" in args.suites:
+            results += loader_suite(data, args.batches, cuda)
+        if "train" in args.suites:
+            results += train_suite(data, args.steps, cuda)
+        if "recipe" in args.suites:
+            results += recipe_suite(data, Path(tmp)) if cuda else [_skipped("recipe", "no CUDA device")]
+    report = {
+        "machine": _machine(),
+        "data": source,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "results": results,
+    }
+    print(_table(report))
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"{_machine_tag()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data",
+        default=str(REAL_DATA) if REAL_DATA.exists() else "synthetic",
+        help="EuroSAT zip or folder, or 'synthetic' (default: ../shared/eurosat/EuroSAT.zip if present)",
+    )
+    parser.add_argument("--suites", default="loader,train", help="comma-separated: loader, train, recipe")
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per loader measurement")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps per training measurement (0 = auto)")
+    parser.add_argument("--out", help="JSON file to write (default: benchmarks/results/<machine>.json)")
+    args = parser.parse_args()
+    args.suites = set(args.suites.split(","))
+    return args
+
+
+def _prepare(source: str, root: Path) -> tuple[Path, str]:
+    data = root / "data"
+    info = prepare_dataset(source, data / "eurosat.zip", data / "dataset.json", synthetic_images_per_class=300)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    label = f"{info['num_images']} images from {source}" + (" (SYNTHETIC)" if info["synthetic"] else "")
+    return data, label
+
+
+# ----- loader suite -------------------------------------------------------------------------------
+def loader_suite(data: Path, batches: int, cuda: bool) -> list[dict[str, Any]]:
+    config = Config()
+    train = read_splits(data / "eurosat.zip", data / "split.csv", ("train",))["train"]
+    rows = []
+    for workers in sorted({0, os.cpu_count() or 1}):
+        loader = DataLoader(
+            PerSampleImages(train, config, train=True),
+            batch_size=BATCH,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+        rate = _median_rate(lambda loader=loader: _drain(iter(loader), batches), batches * BATCH)
+        rows.append(
+            {
+                "suite": "loader",
+                "name": f"original per-sample PIL, num_workers={workers}",
+                "device": "cpu",
+                "images_per_s": rate,
+            }
+        )
+    images = decode_set(train)
+    for device in ["cpu"] + (["cuda"] if cuda else []):
+        resident = images.images.to(device)
+        transform = BatchTransform(config.image_size).to(device)
+
+        def run(resident: torch.Tensor = resident, transform: BatchTransform = transform, device: str = device) -> None:
+            order = torch.randperm(len(resident), device=device)
+            batch = None
+            for i in range(batches):
+                # Like a training loop, the previous batch is still alive while the next one is made.
+                batch = transform(resident[order[i * BATCH : (i + 1) * BATCH]], train=True)  # noqa: F841
+            _sync(device)
+
+        rows.append(
+            {
+                "suite": "loader",
+                "name": "ours: decoded once, batched transform",
+                "device": device,
+                "images_per_s": _median_rate(run, batches * BATCH),
+            }
+        )
+    baseline = rows[0]["images_per_s"]
+    for row in rows:
+        row["vs_original_workers0"] = row["images_per_s"] / baseline
+    return rows
+
+
+def _drain(iterator: Any, batches: int) -> None:
+    batch = None
+    for _ in range(batches):
+        batch = next(iterator)  # noqa: F841 - held like a training loop holds it
+
+
+def _median_rate(run: Any, images: int, repeats: int = 3) -> float:
+    run()  # warm-up: worker start, allocator, cuDNN autotuning
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+# ----- train suite --------------------------------------------------------------------------------
+class StepTimer(L.Callback):
+    """Steady-state images/s between the end of batch ``warmup`` and the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.images, self.rate = warmup, 0.0, 0, 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        _sync(pl_module.device.type)
+        if batch_idx == self.warmup - 1:
+            self.started, self.images = time.perf_counter(), 0
+        elif batch_idx >= self.warmup:
+            self.images += len(batch[1])
+            self.rate = self.images / (time.perf_counter() - self.started)
+
+
+def train_suite(data: Path, steps: int, cuda: bool) -> list[dict[str, Any]]:
+    steps = steps or (60 if cuda else 4)
+    batch = BATCH if cuda else 16
+    rows = []
+    for pipeline in ("per_sample", "device"):
+        for phase in (1, 2):
+            config = Config(
+                pretrained=False,
+                phase1_epochs=1 if phase == 1 else 0,
+                phase2_epochs=1,
+                batch_size=batch,
+                input_pipeline=pipeline,
+                num_workers=0 if pipeline == "device" else (os.cpu_count() or 1),
+                wandb_mode="disabled",
+                tsne_interval=0,
+            )
+            rate = _train_rate(config, data, steps + 2, warmup=2)
+            rows.append(
+                {
+                    "suite": "train",
+                    "name": f"phase {phase}, {pipeline} loader",
+                    "device": "cuda" if cuda else "cpu",
+                    "batch_size": batch,
+                    "precision": _precision(cuda),
+                    "images_per_s": rate,
+                }
+            )
+    return rows
+
+
+def _train_rate(config: Config, data: Path, batches: int, warmup: int) -> float:
+    L.seed_everything(0, verbose=False)
+    timer = StepTimer(warmup)
+    module = LandUseClassifier(config.to_dict(), load_pretrained=False)
+    module.model.to(memory_format=torch.channels_last)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+        precision=_precision(torch.cuda.is_available()),
+    )
+    trainer.fit(module, datamodule=EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config))
+    return timer.rate
+
+
+def _precision(cuda: bool) -> str:
+    return "bf16-mixed" if cuda else "32-true"
+
+
+# ----- recipe suite (GPU) -------------------------------------------------------------------------
+def recipe_suite(data: Path, root: Path) -> list[dict[str, Any]]:
+    from eurosat_pipeline.training import TrainPaths, train
+
+    variants = [
+        ("ours, bf16, channels_last", {}, None),
+        ("ours, fp32, channels_last", {"precision": "32-true"}, None),
+        ("ours, bf16, no channels_last", {"channels_last": False}, None),
+        ("original per-sample loader, num_workers=0, bf16", {"input_pipeline": "per_sample", "num_workers": 0}, 1),
+        (
+            f"original per-sample loader, num_workers={os.cpu_count()}, bf16",
+            {"input_pipeline": "per_sample", "num_workers": os.cpu_count() or 1},
+            1,
+        ),
+    ]
+    rows = []
+    for name, changes, epochs in variants:
+        config = Config(pretrained=False, wandb_mode="disabled", resume=False, **changes)
+        if epochs:  # too slow for 17 epochs in a benchmark: time one phase-2 epoch and extrapolate
+            config = config.replace(phase1_epochs=0, phase1_warmup_epochs=0, phase2_epochs=epochs)
+        run_dir = root / f"run-{len(rows)}"
+        with GpuSampler() as sampler:
+            started = time.perf_counter()
+            summary = train(config, TrainPaths.under(data, run_dir / "models", run_dir / "reports"))
+            wall = time.perf_counter() - started
+        row = {
+            "suite": "recipe",
+            "name": name,
+            "device": "cuda",
+            "epochs": summary["epochs"],
+            "train_wall_s": wall,
+            "gpu_util_mean_pct": sampler.mean(),
+            "best_val_acc": summary["best_val_acc"],
+        }
+        if epochs:
+            row["extrapolated_17_epoch_s"] = wall / epochs * 17
+        rows.append(row)
+    return rows
+
+
+class GpuSampler:
+    """Mean GPU utilisation (nvidia-smi's figure, through NVML) while the block runs."""
+
+    def __enter__(self) -> GpuSampler:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self._handle, self._samples, self._stop = pynvml.nvmlDeviceGetHandleByIndex(0), [], threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import pynvml
+
+        while not self._stop.wait(0.5):
+            self._samples.append(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean(self) -> float:
+        return statistics.fmean(self._samples) if self._samples else float("nan")
+
+
+# ----- reporting ----------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _skipped(suite: str, why: str) -> dict[str, Any]:
+    return {"suite": suite, "name": f"skipped: {why}", "device": "-"}
+
+
+def _machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _machine_tag() -> str:
+    machine = _machine()
+    gpu = machine["gpu"]
+    return gpu.lower().replace(" ", "-") if gpu else f"cpu-{machine['cpu_cores']}-cores"
+
+
+def _table(report: dict[str, Any]) -> str:
+    lines = [
+        f"Data: {report['data']}; machine: {report['machine']}",
+        "",
+        "| suite | what | device | images/s | vs original (workers=0) | other |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for row in report["results"]:
+        rate = f"{row['images_per_s']:.0f}" if "images_per_s" in row else ""
+        ratio = f"{row['vs_original_workers0']:.1f}x" if "vs_original_workers0" in row else ""
+        other = ", ".join(
+            f"{k}={_fmt(v)}"
+            for k, v in row.items()
+            if k not in ("suite", "name", "device", "images_per_s", "vs_original_workers0")
+        )
+        lines.append(f"| {row['suite']} | {row['name']} | {row['device']} | {rate} | {ratio} | {other} |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    main()

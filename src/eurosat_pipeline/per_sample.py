@@ -1,0 +1,44 @@
+"""The original recipe's input pipeline, kept as ``input_pipeline: per_sample`` for comparisons.
+
+Every epoch, every image is decoded with PIL and resized, flipped and jittered on its own, in the
+data-loader process(es): exactly the reference tutorial's loader, which a GPU outruns many times.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from eurosat_pipeline.augment import IMAGENET_MEAN, IMAGENET_STD
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.loading import EncodedSet
+
+
+def original_transform(config: Config, train: bool) -> T.Compose:
+    """Resize -> (flips, ColorJitter) -> ToTensor -> Normalize, per PIL image."""
+    steps: list = [T.Resize((config.image_size, config.image_size))]
+    if train:
+        if config.random_flips:
+            steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
+        steps.append(
+            T.ColorJitter(config.jitter_brightness, config.jitter_contrast, config.jitter_saturation, config.jitter_hue)
+        )
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return T.Compose(steps)
+
+
+class PerSampleImages(Dataset):
+    def __init__(self, encoded: EncodedSet, config: Config, train: bool) -> None:
+        self.encoded = encoded
+        self.transform = original_transform(config, train)
+
+    def __len__(self) -> int:
+        return len(self.encoded.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = Image.open(io.BytesIO(self.encoded.blobs[index])).convert("RGB")
+        return self.transform(image), self.encoded.labels[index]

@@ -1,0 +1,104 @@
+"""The batched on-device augmentation against torchvision's per-image formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from eurosat_pipeline.augment import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    SATURATION,
+    BatchTransform,
+    ColorJitterBatch,
+    random_flips,
+)
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.per_sample import original_transform
+
+torch.manual_seed(0)
+# Mid-range pixels and mild factors: no step leaves [0, 1], so torchvision's per-step clamps are no-ops.
+IMAGES = 0.35 + 0.3 * torch.rand(6, 3, 16, 16)
+FACTORS = torch.tensor([0.8, 0.9, 1.0, 1.05, 1.1, 1.2])
+ONES, ZEROS = torch.ones(6), torch.zeros(6)
+JITTER = ColorJitterBatch(0.2, 0.2, 0.2, 0.1)
+
+
+def per_image(function, factors: torch.Tensor) -> torch.Tensor:
+    return torch.stack([function(image, float(f)) for image, f in zip(IMAGES, factors, strict=True)])
+
+
+@pytest.mark.parametrize(
+    ("step", "reference"),
+    [
+        (BRIGHTNESS, TF.adjust_brightness),
+        (CONTRAST, TF.adjust_contrast),
+        (SATURATION, TF.adjust_saturation),
+    ],
+)
+def test_each_step_matches_torchvision(step: int, reference) -> None:
+    factors = [ONES, ONES, ONES, ZEROS]
+    factors[step] = FACTORS
+    ours = JITTER.apply(IMAGES, *factors, order=[step])
+    torch.testing.assert_close(ours, per_image(reference, FACTORS), atol=1e-5, rtol=0)
+
+
+def test_composed_steps_match_torchvision_in_the_same_order() -> None:
+    b, c, s = FACTORS, FACTORS.flip(0), 0.5 * (FACTORS + 1)
+    ours = JITTER.apply(IMAGES, b, c, s, ZEROS, order=[SATURATION, BRIGHTNESS, CONTRAST])
+    expected = torch.stack(
+        [
+            TF.adjust_contrast(TF.adjust_brightness(TF.adjust_saturation(img, float(fs)), float(fb)), float(fc))
+            for img, fb, fc, fs in zip(IMAGES, b, c, s, strict=True)
+        ]
+    )
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_hue_rotation_keeps_grey_and_brightness_and_is_periodic() -> None:
+    hue = torch.tensor([0.0, 0.1, -0.1, 0.25, 0.5, 1.0])
+    shifted = JITTER.apply(IMAGES, ONES, ONES, ONES, hue, order=[HUE])
+    torch.testing.assert_close(shifted[0], IMAGES[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(shifted[5], IMAGES[5], atol=1e-5, rtol=0)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((shifted * luma).sum(1), (IMAGES * luma).sum(1), atol=2e-3, rtol=0)
+    grey = torch.full((6, 3, 4, 4), 0.4)
+    torch.testing.assert_close(JITTER.apply(grey, ONES, ONES, ONES, hue, order=[HUE]), grey, atol=1e-5, rtol=0)
+    assert not torch.allclose(shifted[1], IMAGES[1], atol=1e-2)
+
+
+def test_random_jitter_stays_in_range_and_varies_per_image() -> None:
+    images = torch.rand(64, 3, 8, 8)
+    out = JITTER(images)
+    assert out.min() >= 0 and out.max() <= 1
+    changes = (out - images).abs().mean(dim=(1, 2, 3))
+    assert changes.std() > 1e-3, "factors must be drawn per image, not per batch"
+
+
+def test_flips_are_independent_per_image() -> None:
+    torch.manual_seed(1)
+    base = torch.arange(16.0).view(1, 1, 4, 4).expand(400, 1, 4, 4)
+    out = random_flips(base)
+    kinds = {"none": base[0], "h": base[0].flip(-1), "v": base[0].flip(-2), "hv": base[0].flip(-1).flip(-2)}
+    counts = {k: sum(bool(torch.equal(o, ref)) for o in out) for k, ref in kinds.items()}
+    assert sum(counts.values()) == 400
+    assert all(60 < n < 140 for n in counts.values()), counts
+
+
+def test_eval_transform_is_the_validation_preprocessing() -> None:
+    torch.manual_seed(2)
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    ours = BatchTransform(224, channels_last=True)(images, train=False)
+    assert ours.shape == (4, 3, 224, 224) and ours.is_contiguous(memory_format=torch.channels_last)
+    reference = torch.stack([original_transform(Config(), train=False)(TF.to_pil_image(img)) for img in images])
+    # PIL resizes 8-bit pixels, we resize floats: they agree to within rounding.
+    assert (ours - reference).abs().mean() < 0.01
+
+
+def test_train_transform_keeps_shape_and_normalised_range() -> None:
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
+    out = BatchTransform(96)(images, train=True)
+    assert out.shape == (8, 3, 96, 96) and out.dtype == torch.float32
+    assert out.min() > -2.2 and out.max() < 2.7
