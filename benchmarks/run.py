@@ -3,6 +3,7 @@
     python benchmarks/run.py                      # CPU suites, real EuroSAT if ../shared has it
     python benchmarks/run.py --suites recipe      # the full 17-epoch recipe (GPU only)
     python benchmarks/run.py --data synthetic     # no real data needed (labelled as synthetic)
+    python benchmarks/run.py --smoke              # every suite in seconds on a tiny model (tests)
 
 Prints a Markdown table and writes the same figures as JSON (``--out``). Suites:
 
@@ -45,21 +46,36 @@ from eurosat_pipeline.split import split_archive
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "eurosat" / "EuroSAT.zip"
 BATCH = 64
+SMOKE = Config(
+    model_name="test_efficientnet",
+    pretrained=False,
+    image_size=32,
+    batch_size=8,
+    phase1_epochs=1,
+    phase2_epochs=1,
+    wandb_mode="disabled",
+    tsne_interval=0,
+    resume=False,
+)
 
 
 def main() -> None:
     args = _arguments()
     torch.backends.cudnn.benchmark = True
     cuda = torch.cuda.is_available()
+    base = SMOKE if args.smoke else Config(pretrained=False, wandb_mode="disabled", tsne_interval=0, resume=False)
     with tempfile.TemporaryDirectory(prefix="eurosat-bench-") as tmp:
-        data, source = _prepare(args.data, Path(tmp))
+        data, source = _prepare(args.data, Path(tmp), images_per_class=30 if args.smoke else 300)
         results: list[dict[str, Any]] = []
         if "loader" in args.suites:
-            results += loader_suite(data, args.batches, cuda)
+            results += loader_suite(data, args.batches, cuda, base)
         if "train" in args.suites:
-            results += train_suite(data, args.steps, cuda)
+            results += train_suite(data, args.steps, cuda, base)
         if "recipe" in args.suites:
-            results += recipe_suite(data, Path(tmp)) if cuda else [_skipped("recipe", "no CUDA device")]
+            if cuda or args.smoke:
+                results += recipe_suite(data, Path(tmp), base)
+            else:
+                results.append(_skipped("recipe", "no CUDA device"))
     report = {
         "machine": _machine(),
         "data": source,
@@ -80,26 +96,31 @@ def _arguments() -> argparse.Namespace:
         default=str(REAL_DATA) if REAL_DATA.exists() else "synthetic",
         help="EuroSAT zip or folder, or 'synthetic' (default: ../shared/eurosat/EuroSAT.zip if present)",
     )
-    parser.add_argument("--suites", default="loader,train", help="comma-separated: loader, train, recipe")
+    parser.add_argument(
+        "--suites", default="loader,train,recipe", help="comma-separated: loader, train, recipe (GPU only)"
+    )
     parser.add_argument("--batches", type=int, default=30, help="timed batches per loader measurement")
     parser.add_argument("--steps", type=int, default=0, help="timed steps per training measurement (0 = auto)")
     parser.add_argument("--out", help="JSON file to write (default: benchmarks/results/<machine>.json)")
+    parser.add_argument("--smoke", action="store_true", help="all suites on a tiny model and data: checks, not figures")
     args = parser.parse_args()
+    if args.smoke:
+        args.data, args.suites, args.batches, args.steps = "synthetic", "loader,train,recipe", 2, 2
     args.suites = set(args.suites.split(","))
     return args
 
 
-def _prepare(source: str, root: Path) -> tuple[Path, str]:
+def _prepare(source: str, root: Path, images_per_class: int) -> tuple[Path, str]:
     data = root / "data"
-    info = prepare_dataset(source, data / "eurosat.zip", data / "dataset.json", synthetic_images_per_class=300)
+    info = prepare_dataset(source, data / "eurosat.zip", data / "dataset.json", images_per_class)
     split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
     label = f"{info['num_images']} images from {source}" + (" (SYNTHETIC)" if info["synthetic"] else "")
     return data, label
 
 
 # ----- loader suite -------------------------------------------------------------------------------
-def loader_suite(data: Path, batches: int, cuda: bool) -> list[dict[str, Any]]:
-    config = Config()
+def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dict[str, Any]]:
+    config = base
     train = read_splits(data / "eurosat.zip", data / "split.csv", ("train",))["train"]
     rows = []
     for workers in sorted({0, os.cpu_count() or 1}):
@@ -178,21 +199,19 @@ class StepTimer(L.Callback):
             self.rate = self.images / (time.perf_counter() - self.started)
 
 
-def train_suite(data: Path, steps: int, cuda: bool) -> list[dict[str, Any]]:
+def train_suite(data: Path, steps: int, cuda: bool, base: Config) -> list[dict[str, Any]]:
     steps = steps or (60 if cuda else 4)
-    batch = BATCH if cuda else 16
+    batch = min(base.batch_size, BATCH if cuda else 16)
     rows = []
     for pipeline in ("per_sample", "device"):
         for phase in (1, 2):
-            config = Config(
-                pretrained=False,
+            workers = 0 if pipeline == "device" else (os.cpu_count() or 1)
+            config = base.replace(
                 phase1_epochs=1 if phase == 1 else 0,
                 phase2_epochs=1,
                 batch_size=batch,
                 input_pipeline=pipeline,
-                num_workers=0 if pipeline == "device" else (os.cpu_count() or 1),
-                wandb_mode="disabled",
-                tsne_interval=0,
+                num_workers=workers,
             )
             rate = _train_rate(config, data, steps + 2, warmup=2)
             rows.append(
@@ -234,7 +253,7 @@ def _precision(cuda: bool) -> str:
 
 
 # ----- recipe suite (GPU) -------------------------------------------------------------------------
-def recipe_suite(data: Path, root: Path) -> list[dict[str, Any]]:
+def recipe_suite(data: Path, root: Path, base: Config) -> list[dict[str, Any]]:
     from eurosat_pipeline.training import TrainPaths, train
 
     variants = [
@@ -250,7 +269,7 @@ def recipe_suite(data: Path, root: Path) -> list[dict[str, Any]]:
     ]
     rows = []
     for name, changes, epochs in variants:
-        config = Config(pretrained=False, wandb_mode="disabled", resume=False, **changes)
+        config = base.replace(**changes)
         if epochs:  # too slow for 17 epochs in a benchmark: time one phase-2 epoch and extrapolate
             config = config.replace(phase1_epochs=0, phase1_warmup_epochs=0, phase2_epochs=epochs)
         run_dir = root / f"run-{len(rows)}"
@@ -277,23 +296,26 @@ class GpuSampler:
     """Mean GPU utilisation (nvidia-smi's figure, through NVML) while the block runs."""
 
     def __enter__(self) -> GpuSampler:
-        import pynvml
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if torch.cuda.is_available():
+            import pynvml
 
-        pynvml.nvmlInit()
-        self._handle, self._samples, self._stop = pynvml.nvmlDeviceGetHandleByIndex(0), [], threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._thread = threading.Thread(target=self._sample, args=(pynvml, handle), daemon=True)
+            self._thread.start()
         return self
 
-    def _sample(self) -> None:
-        import pynvml
-
+    def _sample(self, pynvml: Any, handle: Any) -> None:
         while not self._stop.wait(0.5):
-            self._samples.append(pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self._samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def mean(self) -> float:
         return statistics.fmean(self._samples) if self._samples else float("nan")

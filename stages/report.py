@@ -11,7 +11,17 @@ from eurosat_pipeline.stage import run_stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("history", "train-summary", "eval-metrics", "per-class", "lr-dir", "tsne", "out"):
+    for name in (
+        "history",
+        "train-summary",
+        "eval-metrics",
+        "per-class",
+        "lr-dir",
+        "tsne",
+        "split",
+        "out",
+        "model-card",
+    ):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
     print(f"report -> {build_report(ReportPaths(**vars(args)))}")

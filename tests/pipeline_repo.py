@@ -33,6 +33,13 @@ class PipelineRepo:
         self.git("add", "-A")
         self.git("commit", "-qm", "pipeline")
 
+    @classmethod
+    def existing(cls, root: Path) -> PipelineRepo:
+        """A handle on a repository that is already there (a clone, say)."""
+        repo = cls.__new__(cls)
+        repo.root = root
+        return repo
+
     def write_params(self, params: dict[str, Any]) -> None:
         lines = [f"{key}: {json.dumps(value)}" for key, value in params.items()]
         (self.root / "params.yaml").write_text("\n".join(lines) + "\n")

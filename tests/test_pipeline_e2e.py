@@ -102,7 +102,7 @@ def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo
 
 def test_queued_sweep_runs_and_exp_show_compares_the_runs(repo: PipelineRepo) -> None:
     repo.run("dvc", "exp", "run", "-S", "phase2_lr=1e-3,1e-4", "--queue")
-    repo.run("dvc", "queue", "start", "-j", "1")
+    repo.run("dvc", "queue", "start", "-j", "2")  # two workers at once, as with one GPU each
     _wait_for_queue(repo)
     shown = repo.dvc_json("exp", "show")
     runs = {
@@ -139,3 +139,20 @@ def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
     assert len(images) >= 6
     for name in images:
         assert (repo.root / "cml" / name).read_bytes().startswith(b"\x89PNG"), name
+
+
+def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    repo.run("dvc", "remote", "add", "--default", "storage", str(remote))
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "run with a remote")
+    repo.run("dvc", "push")
+    stored = [p for p in remote.rglob("*") if p.is_file()]
+    # The dataset travels as one archive, not one object per image.
+    assert 0 < len(stored) < 40, len(stored)
+    clone = tmp_path / "clone"
+    repo.run("git", "clone", "-q", str(repo.root), str(clone))
+    fresh = PipelineRepo.existing(clone)
+    fresh.run("dvc", "pull")
+    assert fresh.dvc_json("status") == {}
+    assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()

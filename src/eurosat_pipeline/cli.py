@@ -48,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--rev", default="main", help="git revision to compare with (default: main)")
     compare.add_argument("--out", default="cml", help="folder for report.md and the PNGs (default: cml)")
     compare.set_defaults(run=_compare)
+
+    predict = commands.add_parser("predict", help="classify image files or folders (top-k with probabilities)")
+    predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    predict.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
+    predict.add_argument("--onnx", help="use this ONNX file (from the export stage) instead of a checkpoint")
+    predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
+    predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    predict.add_argument("--output", help="write here instead of standard output")
+    predict.add_argument("--batch-size", type=int, default=256)
+    predict.set_defaults(run=_predict)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
+    export.add_argument("--checkpoint", default="models/best.ckpt")
+    export.add_argument("--out", default="models/model.onnx")
+    export.add_argument("--report", default="reports/export.json")
+    export.set_defaults(run=_export)
     return parser
 
 
@@ -61,6 +77,22 @@ def _compare(args: argparse.Namespace) -> int:
     from eurosat_pipeline.compare import compare
 
     print(compare(args.rev, args.out))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.predict import emit, predict
+
+    predictions = predict(args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size)
+    emit(predictions, args.format, args.output)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.export import export_onnx
+
+    report = export_onnx(args.checkpoint, args.out, args.report)
+    print(f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e}")
     return 0
 
 

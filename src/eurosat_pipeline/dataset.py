@@ -9,7 +9,6 @@ JPEG bytes are kept as they came, so nothing is re-encoded.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import shutil
 import stat
@@ -75,6 +74,7 @@ class Sample:
 def prepare_dataset(source: str, archive: str | Path, info_path: str | Path, synthetic_images_per_class: int) -> dict:
     """Fetch ``source``, verify it, and write the canonical archive and its description."""
     archive, info_path = Path(archive), Path(info_path)
+    _remove_stale_temporaries(archive, info_path)
     description: dict = {"source": source, "synthetic": source == "synthetic"}
     if source == "synthetic":
         from eurosat_pipeline.synthetic import synthetic_images
@@ -97,6 +97,19 @@ def prepare_dataset(source: str, archive: str | Path, info_path: str | Path, syn
     )
     write_json(info_path, description)
     return description
+
+
+def _remove_stale_temporaries(*outputs: Path) -> None:
+    """What a killed earlier run left behind: partial downloads and half-written outputs."""
+    for output in outputs:
+        folder = output.parent
+        if not folder.is_dir():
+            continue
+        for stale in [*folder.glob(".download-*"), *folder.glob(f".{output.name}.*.tmp")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def _download_official(work_root: Path) -> tuple[list[Sample], str]:
@@ -303,7 +316,3 @@ def read_archive(path: str | Path) -> dict[str, bytes]:
         raise DatasetError(f"{path} not found: run `dvc repro download` first.") from err
     except (zipfile.BadZipFile, zlib.error, OSError) as err:
         raise DatasetError(f"{path}: unreadable ({err}); run `dvc repro -f download`.") from err
-
-
-def md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()

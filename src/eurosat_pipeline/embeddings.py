@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from sklearn.manifold import TSNE
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.files import write_text
@@ -169,8 +170,8 @@ class TSNELogger(Callback):
         features, labels, predicted = (torch.cat(parts) for parts in zip(*self._batches, strict=True))
         self._batches = []
         if trainer.world_size > 1:
-            # DistributedSampler pads every rank to the same length, so the shapes line up.
-            features, labels, predicted = (pl_module.all_gather(t).flatten(0, 1) for t in (features, labels, predicted))
+            # Validation shards are not padded, so they may differ in length by one.
+            features, labels, predicted = (torch.cat(gather_all_tensors(t)) for t in (features, labels, predicted))
         if not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch + 1

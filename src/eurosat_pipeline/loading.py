@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.io import decode_jpeg
 
 from eurosat_pipeline.config import Config
@@ -108,13 +110,17 @@ def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Te
     return batch
 
 
-def batch_loader(images: ImageSet, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+def batch_loader(
+    images: ImageSet, batch_size: int, shuffle: bool = False, drop_last: bool = False, **loader: Any
+) -> DataLoader:
+    """Batches of the in-memory images; ``loader`` goes to the DataLoader (sampler, generator)."""
     return DataLoader(
         InMemoryImages(images),
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if loader.get("sampler") is None else None,
         drop_last=drop_last,
         collate_fn=_already_batched,
+        **loader,
     )
 
 
@@ -151,18 +157,42 @@ class EuroSATDataModule(L.LightningDataModule):
         }
 
     def _loader(self, name: str, train: bool) -> DataLoader:
-        if isinstance(self.datasets[name], InMemoryImages):
+        dataset = self.datasets[name]
+        sampling = {
+            "sampler": self._train_sampler(dataset) if train else self._validation_sampler(dataset),
+            # The loader's own generator: creating its iterator must not draw from the global RNG,
+            # which the module reseeds every epoch for augmentation and dropout.
+            "generator": torch.Generator().manual_seed(self.config.seed),
+        }
+        if isinstance(dataset, InMemoryImages):
             # drop_last: a final batch of one sample would break the head's BatchNorm.
-            return batch_loader(self.datasets[name].set, self.config.batch_size, shuffle=train, drop_last=train)
+            return batch_loader(dataset.set, self.config.batch_size, drop_last=train, **sampling)
         workers = self.config.num_workers
         return DataLoader(
-            self.datasets[name],
+            dataset,
             batch_size=self.config.batch_size,
-            shuffle=train,
             drop_last=train,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
+            **sampling,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
+    def _train_sampler(self, dataset: Dataset) -> Sampler:
+        """Each rank's shard of a shuffle that depends only on (seed, epoch): Lightning calls
+        ``set_epoch``, so a resumed run sees the same order as an uninterrupted one."""
+        world, rank = self._world()
+        return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.config.seed)
+
+    def _validation_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, shards that are not padded with repeated images: the validation accuracy is
+        then exactly the single-process accuracy."""
+        world, rank = self._world()
+        return (
+            UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,9 +19,9 @@ from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.model import build_model, split_decay
 from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
 
-# How often the deferred non-finite-loss flag is read back from the device; reading it every step
-# would force a host sync per step on a GPU.
-NONFINITE_CHECK_EVERY = 20
+# How often the deferred non-finite-loss flag is read back from a GPU; reading it every step would
+# force a host sync per step. On a CPU it is free, so it is read every step.
+NONFINITE_CHECK_EVERY_ON_GPU = 20
 
 
 class LandUseClassifier(L.LightningModule):
@@ -176,7 +176,7 @@ class LandUseClassifier(L.LightningModule):
         bad = ~torch.isfinite(loss.detach())
         first = self._first_bad_step
         self._first_bad_step = torch.where(bad & (first < 0), self.global_step, first)
-        if self.global_step % NONFINITE_CHECK_EVERY == 0:
+        if loss.device.type == "cpu" or self.global_step % NONFINITE_CHECK_EVERY_ON_GPU == 0:
             self.check_finite()
 
     def check_finite(self) -> None:
@@ -185,9 +185,9 @@ class LandUseClassifier(L.LightningModule):
         if step >= 0:
             epoch = step // max(1, self.trainer.num_training_batches) + 1
             raise TrainingError(
-                f"The training loss became non-finite at epoch {epoch}, step {step} (global). "
-                "Training stopped and no checkpoint of this state was kept. Lower phase1_lr / "
-                "phase2_lr, or check the data."
+                f"The training loss became non-finite (NaN or inf) at epoch {epoch}, optimizer step {step}. "
+                "Training stopped; no checkpoint of this state was written. Lower phase1_lr / phase2_lr, "
+                "or check the data."
             )
 
     # ----- optimisation -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from eurosat_pipeline.callbacks import read_history
 from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
 from eurosat_pipeline.embeddings import read_tsne_csv, tsne_figure
 from eurosat_pipeline.files import read_json, write_text
+from eurosat_pipeline.model_card import model_card
 
 KEY_PARAMS = (
     "model_name",
@@ -39,7 +40,9 @@ class ReportPaths:
     per_class: Path
     lr_dir: Path
     tsne: Path
+    split: Path
     out: Path
+    model_card: Path
 
 
 def build_report(paths: ReportPaths) -> Path:
@@ -58,6 +61,7 @@ def build_report(paths: ReportPaths) -> Path:
     if tsne:
         figures.append(tsne_figure(tsne, "t-SNE of validation embeddings (slide through the logged epochs)"))
     page = _page(summary, metrics, per_class, figures)
+    write_text(paths.model_card, model_card(summary, metrics, per_class, paths.split))
     write_text(paths.out, page)
     return paths.out
 
@@ -85,7 +89,7 @@ def accuracy_figure(history: list[dict[str, Any]], phase2_start: float | None) -
     epochs = [r["epoch"] for r in history]
     figure = go.Figure(go.Scatter(x=epochs, y=[r["val_acc"] for r in history], mode="lines+markers", name="val acc"))
     figure.update_layout(
-        title="Validation accuracy", xaxis_title="epoch", yaxis_title="accuracy", yaxis_tickformat=".1%"
+        title="Validation accuracy", xaxis_title="epoch", yaxis_title="accuracy", yaxis_tickformat=".1%", xaxis_dtick=1
     )
     return _mark_phase2(figure, phase2_start)
 
@@ -96,7 +100,10 @@ def loss_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss")):
         figure.add_trace(go.Scatter(x=epochs, y=[r[key] for r in history], mode="lines+markers", name=label))
     figure.update_layout(
-        title="Train and validation loss", xaxis_title="epoch", yaxis_title="cross-entropy (label smoothing)"
+        title="Train and validation loss",
+        xaxis_title="epoch",
+        yaxis_title="cross-entropy (label smoothing)",
+        xaxis_dtick=1,
     )
     return _mark_phase2(figure, phase2_start)
 

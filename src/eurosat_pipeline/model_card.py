@@ -1,0 +1,113 @@
+"""The model card the report stage writes next to the HTML report (``reports/model_card.md``)."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
+from eurosat_pipeline.split import read_split
+
+RECIPE_KEYS = (
+    "model_name",
+    "pretrained",
+    "image_size",
+    "batch_size",
+    "phase1_epochs",
+    "phase1_lr",
+    "phase1_warmup_epochs",
+    "phase2_epochs",
+    "phase2_lr",
+    "backbone_lr_scale",
+    "min_lr",
+    "weight_decay",
+    "label_smoothing",
+    "random_flips",
+    "jitter_brightness",
+    "jitter_contrast",
+    "jitter_saturation",
+    "jitter_hue",
+    "input_pipeline",
+    "precision",
+    "seed",
+)
+
+
+def model_card(
+    summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]], split_csv: Path
+) -> str:
+    config, data, test = summary["config"], summary["data"], metrics["test"]
+    split_counts = collections.Counter(row.split for row in read_split(split_csv))
+    warning = (
+        f"> **WARNING: {SYNTHETIC_WARNING}** Its numbers say nothing about real imagery.\n\n"
+        if data.get("synthetic")
+        else ""
+    )
+    lines = [
+        f"# Model card: EuroSAT land-use classifier ({config['model_name']})",
+        "",
+        warning + "Classifies 64x64 RGB Sentinel-2 patches into the ten EuroSAT land-use classes.",
+        "",
+        "## Model",
+        "",
+        f"- Backbone: timm `{config['model_name']}`, "
+        + ("ImageNet-pretrained" if config["pretrained"] else "trained from scratch (no ImageNet weights)")
+        + f"; head: Dropout({config['head_dropout']}) -> Linear(features, {config['head_hidden']}) -> "
+        f"BatchNorm1d -> ReLU -> Dropout({config['head_hidden_dropout']}) -> Linear({config['head_hidden']}, 10).",
+        f"- Input: 3-band RGB, resized to {config['image_size']} px, ImageNet mean/std normalisation.",
+        f"- Output: probabilities over {', '.join(CLASSES)}.",
+        f"- Files: `models/best.ckpt` ({summary['best_checkpoint']}; a Lightning checkpoint holding its own "
+        "config, loadable with `weights_only=True`) and `models/model.onnx` (export stage).",
+        "",
+        "## Data",
+        "",
+        f"- Source: `{data['source']}`"
+        + (" (SYNTHETIC)" if data.get("synthetic") else "")
+        + f", {data['num_images']:,} images: "
+        + ", ".join(f"{name} {data['class_counts'][name]:,}" for name in CLASSES)
+        + ".",
+        f"- Split (stratified, seed {config['split_seed']}, `data/split.csv`): train {split_counts['train']:,}, "
+        f"validation {split_counts['val']:,}, test {split_counts['test']:,}.",
+        "",
+        "## Training recipe",
+        "",
+        "| param | value |",
+        "|---|---|",
+        *[f"| {key} | {config[key]} |" for key in RECIPE_KEYS],
+        "",
+        "## Results",
+        "",
+        f"Test split ({test['images']:,} images never used for training or model selection): accuracy "
+        f"**{test['acc']:.2%}**, macro F1 {test['macro_f1']:.4f}. Best validation accuracy "
+        f"{summary['best_val_acc']:.2%} (epoch of `{summary['best_checkpoint']}`).",
+        "",
+        "| class | precision | recall | F1 | test images |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
+            for r in per_class
+        ],
+        "",
+        "## Training time and hardware",
+        "",
+        f"{summary['epochs']} epochs in {summary['wall_seconds']:.0f} s on {summary['hardware']} "
+        f"({summary['precision']} precision).",
+        "",
+        "## Intended use",
+        "",
+        "Land-use / land-cover labelling of Sentinel-2 RGB patches like EuroSAT's: research, teaching, "
+        "baselines and pre-screening that a person reviews.",
+        "",
+        "## Known limits",
+        "",
+        "- RGB only: the 13-band multispectral EuroSAT and other sensors are out of scope.",
+        "- 64x64 patches at Sentinel-2's 10 m resolution; other sizes are resized, other resolutions are "
+        "out of distribution.",
+        "- Trained on European regions (EuroSAT covers 34 European countries); other climates and "
+        "landscapes may be misclassified.",
+        "- Exactly ten classes: anything else (clouds, snow, mixed patches) is forced into one of them.",
+        "- Not for decisions about people or property without human review.",
+        "",
+    ]
+    return "\n".join(lines)

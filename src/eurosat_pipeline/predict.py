@@ -1,0 +1,200 @@
+"""``eurosat predict``: the top classes for image files and folders, from a checkpoint or ONNX file.
+
+Any size of 3-band RGB image is accepted and preprocessed as in validation (resize to the
+model's ``image_size``, ImageNet normalisation). When images sit in folders named after EuroSAT
+classes (as in the dataset), the command also says how many it got right.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.files import write_text
+from eurosat_pipeline.inference import default_device
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+MAX_LISTED = 20
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    classes: list[str]
+    probabilities: list[float]
+
+    @property
+    def expected(self) -> str | None:
+        """The class named by the image's folder, when there is one (EuroSAT's own layout)."""
+        return next((part for part in reversed(self.path.parent.parts) if part in CLASSES), None)
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    found, missing = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            found.append(item)
+        else:
+            missing.append(str(item))
+    if missing:
+        raise PipelineError(f"not found: {', '.join(missing)}")
+    if not found:
+        raise PipelineError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}")
+    return found
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """A 3-band image as uint8 ``3 x H x W``; palette images are expanded, anything else refused."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            bands = image.getbands()
+            if image.mode == "P":
+                image, bands = image.convert("RGB"), ("R", "G", "B")
+            if image.mode != "RGB":
+                raise PipelineError(
+                    f"{path}: has {len(bands)} band(s) ({image.mode}); the model takes 3-band RGB images "
+                    "(EuroSAT RGB, not the 13-band multispectral version)"
+                )
+            return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise PipelineError(f"{path}: cannot be read as an image ({err})") from err
+
+
+class TorchPredictor:
+    def __init__(self, checkpoint: str | Path, device: torch.device | None = None) -> None:
+        from eurosat_pipeline.checkpoints import load_classifier
+
+        self.model, config = load_classifier(checkpoint)
+        self.device = device or default_device()
+        self.model.to(self.device)
+        self.image_size = config.image_size
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        return self.model(images.to(self.device)).float().softmax(dim=1).cpu().numpy()
+
+
+class OnnxPredictor:
+    def __init__(self, onnx_file: str | Path) -> None:
+        import onnxruntime
+
+        if not Path(onnx_file).is_file():
+            raise PipelineError(f"{onnx_file}: ONNX file not found. Run `dvc repro export` first.")
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+        ]
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx_file), providers=providers)
+        except Exception as err:
+            raise PipelineError(f"{onnx_file}: not a loadable ONNX model ({err})") from err
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "image_size" not in metadata:
+            raise PipelineError(f"{onnx_file}: not exported by this pipeline (no image_size metadata)")
+        self.image_size = int(metadata["image_size"])
+
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.session.get_inputs()[0].name: images.numpy()})
+        return torch.from_numpy(logits).softmax(dim=1).numpy()
+
+
+def predict(
+    inputs: Sequence[str | Path],
+    checkpoint: str | Path = "models/best.ckpt",
+    onnx_file: str | Path | None = None,
+    top_k: int = 3,
+    batch_size: int = 256,
+) -> list[Prediction]:
+    paths = find_images(inputs)
+    images, problems = [], []
+    for path in paths:
+        try:
+            images.append(read_rgb(path))
+        except PipelineError as err:
+            problems.append(str(err))
+    if problems:
+        listed = "\n  - ".join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise PipelineError(f"{len(problems)} input(s) cannot be used:\n  - {listed}{more}")
+    model = OnnxPredictor(onnx_file) if onnx_file else TorchPredictor(checkpoint)
+    transform = BatchTransform(model.image_size, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0))
+    # Images of any size: each is resized on its own, then they travel in batches.
+    probabilities = np.concatenate(
+        [
+            model(torch.cat([transform(image[None], train=False) for image in images[start : start + batch_size]]))
+            for start in range(0, len(images), batch_size)
+        ]
+    )
+    k = max(1, min(top_k, len(CLASSES)))
+    order = np.argsort(-probabilities, axis=1)[:, :k]
+    return [
+        Prediction(path, [CLASSES[i] for i in row], [float(probabilities[n, i]) for i in row])
+        for n, (path, row) in enumerate(zip(paths, order, strict=True))
+    ]
+
+
+def agreement(predictions: Iterable[Prediction]) -> tuple[int, int]:
+    """(correct, labelled): predictions whose top class matches the class named by their folder."""
+    labelled = [p for p in predictions if p.expected]
+    return sum(p.classes[0] == p.expected for p in labelled), len(labelled)
+
+
+def render(predictions: list[Prediction], fmt: str) -> str:
+    if fmt == "json":
+        rows = [
+            {
+                "path": str(p.path),
+                "predictions": [
+                    {"class": c, "probability": round(q, 6)} for c, q in zip(p.classes, p.probabilities, strict=True)
+                ],
+            }
+            for p in predictions
+        ]
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        k = len(predictions[0].classes)
+        writer.writerow(["path", *[f"{kind}{i}" for i in range(1, k + 1) for kind in ("class", "probability")]])
+        for p in predictions:
+            writer.writerow(
+                [str(p.path), *[v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")]]
+            )
+        return buffer.getvalue()
+    lines = []
+    for p in predictions:
+        top = "  ".join(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probabilities, strict=True))
+        lines.append(f"{p.path}  {top}")
+    return "\n".join(lines) + "\n"
+
+
+def emit(predictions: list[Prediction], fmt: str, output: str | None, stream: TextIO = sys.stdout) -> None:
+    text = render(predictions, fmt)
+    if output:
+        write_text(output, text)
+    else:
+        stream.write(text)
+    correct, labelled = agreement(predictions)
+    if labelled:
+        print(
+            f"{len(predictions)} image(s); {correct}/{labelled} ({correct / labelled:.1%}) predicted as the "
+            "class their folder names",
+            file=sys.stderr,
+        )
+    else:
+        print(f"{len(predictions)} image(s) classified", file=sys.stderr)

@@ -1,0 +1,22 @@
+"""DVC stage: the best checkpoint as ONNX (dynamic batch), verified against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from eurosat_pipeline.export import export_onnx
+from eurosat_pipeline.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    for name in ("checkpoint", "out", "report"):
+        parser.add_argument(f"--{name}", required=True, type=Path)
+    args = parser.parse_args()
+    report = export_onnx(args.checkpoint, args.out, args.report)
+    print(f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,162 @@
+"""Using a trained model: checkpoints loaded safely, ONNX export with parity, the predict command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eurosat_pipeline.checkpoints import load_checkpoint, load_classifier
+from eurosat_pipeline.cli import main as cli
+from eurosat_pipeline.dataset import CLASSES, prepare_dataset, read_archive
+from eurosat_pipeline.errors import CheckpointError, PipelineError
+from eurosat_pipeline.export import PARITY_TOLERANCE, export_onnx
+from eurosat_pipeline.predict import agreement, predict, render
+from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.training import TrainPaths, train
+
+from .conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("model")
+    config = tiny_config(synthetic_images_per_class=20, phase2_epochs=3)
+    data = root / "data"
+    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    paths = TrainPaths.under(data, root / "models", root / "reports")
+    train(config, paths)
+    images = root / "images"
+    for member, blob in list(read_archive(data / "eurosat.zip").items())[::7]:
+        (images / member).parent.mkdir(parents=True, exist_ok=True)
+        (images / member).write_bytes(blob)
+    return {"root": root, "checkpoint": paths.best, "images": images}
+
+
+@pytest.fixture(scope="module")
+def exported(trained: dict[str, Any]) -> dict[str, Any]:
+    onnx_file, report = trained["root"] / "model.onnx", trained["root"] / "export.json"
+    return {"onnx": onnx_file, "report": export_onnx(trained["checkpoint"], onnx_file, report)}
+
+
+def test_onnx_export_matches_pytorch(exported: dict[str, Any]) -> None:
+    report = exported["report"]
+    assert report["max_abs_diff"] < PARITY_TOLERANCE
+    assert report["batch_sizes"] == [1, 7]  # the batch axis is dynamic
+
+
+def test_predict_folder_reports_top_k_and_agreement(trained: dict[str, Any]) -> None:
+    predictions = predict([trained["images"]], trained["checkpoint"], top_k=3)
+    assert len(predictions) == len(list(trained["images"].rglob("*.jpg")))
+    for p in predictions:
+        assert len(p.classes) == 3 and set(p.classes) <= set(CLASSES)
+        assert p.probabilities == sorted(p.probabilities, reverse=True) and sum(p.probabilities) <= 1 + 1e-6
+    correct, labelled = agreement(predictions)
+    assert labelled == len(predictions) and 0 <= correct <= labelled
+
+
+def test_onnx_predictions_equal_checkpoint_predictions(trained: dict[str, Any], exported: dict[str, Any]) -> None:
+    from_torch = predict([trained["images"]], trained["checkpoint"], top_k=2)
+    from_onnx = predict([trained["images"]], onnx_file=exported["onnx"], top_k=2)
+    assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
+    diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
+    assert diff.max() < 1e-4
+
+
+def test_any_size_rgb_is_accepted_and_formats_parse(trained: dict[str, Any], tmp_path: Path) -> None:
+    big = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(big)
+    predictions = predict([big], trained["checkpoint"], top_k=10)
+    assert len(predictions[0].classes) == 10 and abs(sum(predictions[0].probabilities) - 1) < 1e-5
+    rows = json.loads(render(predictions, "json"))
+    assert rows[0]["path"] == str(big) and len(rows[0]["predictions"]) == 10
+    assert render(predictions, "csv").splitlines()[0].startswith("path,class1,probability1,class2")
+
+
+def test_cli_writes_csv_and_says_how_many_were_right(
+    trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "predictions.csv"
+    code = cli(
+        [
+            "predict",
+            str(trained["images"]),
+            "--checkpoint",
+            str(trained["checkpoint"]),
+            "--format",
+            "csv",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0 and out.read_text().startswith("path,class1")
+    assert "predicted as the class their folder names" in capsys.readouterr().err
+
+
+def test_unusable_inputs_are_all_named(trained: dict[str, Any], tmp_path: Path) -> None:
+    Image.new("L", (64, 64)).save(tmp_path / "grey.png")
+    Image.new("RGBA", (64, 64)).save(tmp_path / "alpha.png")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with pytest.raises(PipelineError) as err:
+        predict([tmp_path], trained["checkpoint"])
+    message = str(err.value)
+    assert "3 input(s) cannot be used" in message
+    assert "grey.png: has 1 band(s) (L)" in message and "alpha.png: has 4 band(s) (RGBA)" in message
+    assert "notes.jpg: cannot be read as an image" in message
+    with pytest.raises(PipelineError, match="not found: nowhere"):
+        predict(["nowhere"], trained["checkpoint"])
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
+        load_checkpoint(bogus)
+    torch.save({"weights": torch.zeros(2)}, bogus)
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        load_checkpoint(bogus)
+
+
+def test_a_checkpoint_of_another_model_or_class_count_is_refused(trained: dict[str, Any], tmp_path: Path) -> None:
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    other_model = tmp_path / "other-model.ckpt"
+    checkpoint["hyper_parameters"]["config"]["model_name"] = "resnet18"
+    torch.save(checkpoint, other_model)
+    with pytest.raises(CheckpointError, match="weights do not fit a resnet18 classifier with 10 classes"):
+        load_classifier(other_model)
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    five_classes = tmp_path / "five-classes.ckpt"
+    checkpoint["state_dict"]["model.head.5.weight"] = checkpoint["state_dict"]["model.head.5.weight"][:5]
+    checkpoint["state_dict"]["model.head.5.bias"] = checkpoint["state_dict"]["model.head.5.bias"][:5]
+    torch.save(checkpoint, five_classes)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        load_classifier(five_classes)
+
+
+class Payload:
+    """Pickled, this would create a file when loaded: code execution on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickled_payload_is_refused_and_never_runs(trained: dict[str, Any], tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    checkpoint["hyper_parameters"]["extra"] = Payload(marker)
+    evil = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, evil)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_classifier(evil)
+    with pytest.raises(PipelineError):
+        predict([trained["images"]], evil)
+    assert not marker.exists()
