@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.stage import configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         return int(args.run(args) or 0)
     except PipelineError as err:

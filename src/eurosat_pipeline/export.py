@@ -35,6 +35,7 @@ def export_onnx(checkpoint: str | Path, onnx_path: str | Path, report_path: str 
             model,
             (example,),
             dynamo=True,
+            verbose=False,
             input_names=[INPUT],
             output_names=[OUTPUT],
             dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},

@@ -9,9 +9,15 @@ from collections.abc import Callable
 from eurosat_pipeline.errors import PipelineError
 
 
+def configure_logging() -> None:
+    """Our messages at INFO; other libraries' (ONNX optimiser passes and the like) only when they warn."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("eurosat_pipeline").setLevel(logging.INFO)
+
+
 def run_stage(main: Callable[[], object]) -> None:
     """Run ``main``; a :class:`PipelineError` prints its message (no stack trace) and exits 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     try:
         main()
     except PipelineError as err:
