@@ -139,8 +139,9 @@ class LandUseClassifier(L.LightningModule):
         self.val_acc.reset()
         if self.trainer.sanity_checking:
             return
-        self.log("val/loss", loss, sync_dist=False)
-        self.log("val/acc", acc, prog_bar=True, sync_dist=False)
+        # Already global (torchmetrics syncs in compute); sync_dist only quiets the DDP warning.
+        self.log("val/loss", loss, sync_dist=True)
+        self.log("val/acc", acc, prog_bar=True, sync_dist=True)
         self.val_record = {"val_loss": float(loss), "val_acc": float(acc)}
 
     def epoch_record(self) -> dict[str, float]:
