@@ -12,11 +12,13 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import write_text
+from eurosat_pipeline.stage import tool_environment
 
 
 def compare(rev: str, out_dir: str | Path, title: str = "EuroSAT pipeline") -> Path:
@@ -96,7 +98,8 @@ def _plots_json(rev: str) -> dict[str, list[dict[str, Any]]]:
 
 def _dvc(*args: str) -> str:
     # Arguments as a list, never a shell string: the revision comes from the user.
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "dvc", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=tool_environment())
     if result.returncode != 0:
         raise PipelineError(f"`dvc {' '.join(args)}` failed: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.stage import tool_environment
 
 DEMO_OVERRIDES: dict[str, str] = {
     "data_source": "synthetic",
@@ -53,7 +54,7 @@ def run_demo(extra_overrides: Sequence[str] = (), queue: bool = False, name: str
         raise PipelineError("Run the demo from the repository root (where dvc.yaml and .dvc/ are).")
     restore_backup(root)
     backup(root)
-    command = ["dvc", "exp", "run", *demo_args(extra_overrides)]
+    command = [sys.executable, "-m", "dvc", "exp", "run", *demo_args(extra_overrides)]
     if queue:
         command.append("--queue")
     elif name:
@@ -61,7 +62,7 @@ def run_demo(extra_overrides: Sequence[str] = (), queue: bool = False, name: str
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         started = time.perf_counter()
-        result = subprocess.run(command, check=False)
+        result = subprocess.run(command, check=False, env=tool_environment())
         elapsed = time.perf_counter() - started
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,10 +1,12 @@
-"""What every stage script shares: one way to report a user's mistake and exit."""
+"""What the command-line entry points share: logging, reporting a user's mistake, tool lookup."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from eurosat_pipeline.errors import PipelineError
 
@@ -23,3 +25,10 @@ def run_stage(main: Callable[[], object]) -> None:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def tool_environment() -> dict[str, str]:
+    """This interpreter's bin folder first on PATH, for the ``dvc`` and stage processes we start:
+    their ``python`` is then the one with the pipeline installed, even in a non-activated venv."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
