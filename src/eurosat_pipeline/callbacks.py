@@ -49,17 +49,14 @@ class BestCheckpoints(ModelCheckpoint):
         return super().format_checkpoint_name(metrics, *args, **kwargs)
 
 
-class HistoryWriter(Callback):
-    """One CSV row per trained epoch, written when the epoch ends (never for sanity checks or
-    ``validate()``), with that epoch's own train loss."""
+class EpochRows(Callback):
+    """Per-epoch rows kept in the checkpoint, so a resumed run continues them; on start, rows of
+    epochs that will run again are dropped."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
-        self.resumed_after = 0
 
     def state_dict(self) -> dict[str, Any]:
-        # Saved in the checkpoint, so a resumed run continues the same history.
         return {"rows": self.rows}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -67,6 +64,19 @@ class HistoryWriter(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
+
+
+class HistoryWriter(EpochRows):
+    """One CSV row per trained epoch, written when the epoch ends (never for sanity checks or
+    ``validate()``), with that epoch's own train loss."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.resumed_after = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         self.resumed_after = len(self.rows)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eurosat_pipeline.errors import PipelineError
-from eurosat_pipeline.files import write_text
+from eurosat_pipeline.files import atomic_path, write_text
 from eurosat_pipeline.stage import tool_environment
 
 
@@ -62,14 +62,16 @@ def render_plots(plots: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[
         for item in items:
             if item.get("type") == "vega":
                 target = out_dir / f"{_slug(name)}.png"
-                target.write_bytes(vl_convert.vegalite_to_png(vl_spec=item["content"], scale=1.5))
+                with atomic_path(target) as tmp:
+                    tmp.write_bytes(vl_convert.vegalite_to_png(vl_spec=item["content"], scale=1.5))
                 written.append((name, target))
             elif item.get("type") == "image":
                 pictures.setdefault(str(Path(name).parent), []).append(item)
     for folder, items in pictures.items():
         for revision, item in _newest_per_revision(items).items():
             target = out_dir / f"{_slug(folder)}-{_slug(revision)}.png"
-            shutil.copyfile(item["url"], target)
+            with atomic_path(target) as tmp:
+                shutil.copyfile(item["url"], tmp)
             written.append((f"{Path(folder).name} at epoch {_epoch(item['url'])} ({revision})", target))
     return written
 

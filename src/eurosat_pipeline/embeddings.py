@@ -18,11 +18,11 @@ import matplotlib
 import numpy as np
 import plotly.express as px
 import torch
-from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from sklearn.manifold import TSNE
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from eurosat_pipeline.callbacks import EpochRows
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.files import write_text
 
@@ -121,20 +121,14 @@ def read_tsne_csv(path: str | Path) -> list[dict[str, Any]]:
         ]
 
 
-class TSNELogger(Callback):
+class TSNELogger(EpochRows):
     """Collects validation features on the chosen epochs and logs the t-SNE picture."""
 
     def __init__(self, interval: int, csv_path: str | Path) -> None:
+        super().__init__()
         self.interval = interval
         self.csv_path = Path(csv_path)
-        self.rows: list[dict[str, Any]] = []
         self._batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = list(state_dict["rows"])
 
     def _active(self, trainer: L.Trainer) -> bool:
         if self.interval <= 0 or trainer.sanity_checking or trainer.state.fn != "fit":
@@ -143,7 +137,7 @@ class TSNELogger(Callback):
         return epoch % self.interval == 0 or epoch == trainer.max_epochs
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
+        super().on_train_start(trainer, pl_module)
         if trainer.is_global_zero:
             write_tsne_csv(self.rows, self.csv_path)
 

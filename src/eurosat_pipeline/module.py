@@ -153,17 +153,20 @@ class LandUseClassifier(L.LightningModule):
             "train_loss": float(self.train_loss.compute()),
             **self.val_record,
             "train_seconds": self._train_seconds,
-            "images_per_s": self._train_images * self.trainer.world_size / max(self._train_seconds, 1e-9),
+            "images_per_s": self._images_per_second(),
             **self._epoch_lrs,
         }
         return record
 
     def on_train_epoch_end(self) -> None:
-        record = self.epoch_record()
+        # The history callback has read this epoch's record already (callbacks run first).
+        self.log("train/loss", self.train_loss.compute(), sync_dist=True)  # already global; quiets DDP
         self.train_loss.reset()
-        self.log("train/loss", record["train_loss"])
-        self.log("perf/images_per_s", record["images_per_s"])
-        self.log("perf/epoch_seconds", record["train_seconds"])
+        self.log("perf/images_per_s", self._images_per_second())
+        self.log("perf/epoch_seconds", self._train_seconds)
+
+    def _images_per_second(self) -> float:
+        return self._train_images * self.trainer.world_size / max(self._train_seconds, 1e-9)
 
     def _sync_for_timing(self) -> None:
         if self.device.type == "cuda":
