@@ -42,6 +42,7 @@ from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.loading import EuroSATDataModule, decode_set, read_splits
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.per_sample import PerSampleImages
+from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import split_archive
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +133,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
     rows = []
     for workers in sorted({0, os.cpu_count() or 1}):
         loader = DataLoader(
-            PerSampleImages(train, config, train=True),
+            PerSampleImages(train, config, Preprocessing.legacy(config.image_size), train=True),
             batch_size=BATCH,
             shuffle=True,
             num_workers=workers,
@@ -187,7 +188,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
 def transform_rate(resident: torch.Tensor, image_size: int, batches: int) -> float:
     """images/s of finished training batches made from ``resident`` uint8 images on their device."""
     device = resident.device.type
-    transform = BatchTransform(image_size).to(resident.device)
+    transform = BatchTransform(Preprocessing.legacy(image_size)).to(resident.device)
 
     def run() -> None:
         order = torch.randperm(len(resident), device=resident.device)

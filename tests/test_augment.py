@@ -13,10 +13,12 @@ from eurosat_pipeline.augment import (
     SATURATION,
     BatchTransform,
     ColorJitterBatch,
+    eval_transform,
     random_flips,
 )
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.per_sample import original_transform
+from eurosat_pipeline.preprocessing import Preprocessing
 
 torch.manual_seed(0)
 # Mid-range pixels and mild factors: no step leaves [0, 1], so torchvision's per-step clamps are no-ops.
@@ -87,18 +89,36 @@ def test_flips_are_independent_per_image() -> None:
     assert all(60 < n < 140 for n in counts.values()), counts
 
 
-def test_eval_transform_is_the_validation_preprocessing() -> None:
+@pytest.mark.parametrize(
+    "preprocessing",
+    [Preprocessing.legacy(224), Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")],
+    ids=["imagenet-bilinear", "lite0-bicubic"],
+)
+def test_eval_transform_is_the_validation_preprocessing(preprocessing: Preprocessing) -> None:
     torch.manual_seed(2)
     images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
-    ours = BatchTransform(224, channels_last=True)(images, train=False)
+    ours = BatchTransform(preprocessing, channels_last=True)(images, train=False)
     assert ours.shape == (4, 3, 224, 224) and ours.is_contiguous(memory_format=torch.channels_last)
-    reference = torch.stack([original_transform(Config(), train=False)(TF.to_pil_image(img)) for img in images])
-    # PIL resizes 8-bit pixels, we resize floats: they agree to within rounding.
-    assert (ours - reference).abs().mean() < 0.01
+    per_sample = original_transform(Config(), preprocessing, train=False)
+    reference = torch.stack([per_sample(TF.to_pil_image(img)) for img in images])
+    # PIL resizes 8-bit pixels (and clips bicubic overshoot; its cubic kernel is a = -0.5, torch's
+    # -0.75), we resize floats: on random noise, the worst case, they agree to ~4/255 per pixel.
+    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
+    assert ((ours - reference) * std).abs().mean() < 0.02
+
+
+def test_normalisation_follows_the_preprocessing() -> None:
+    images = torch.full((1, 3, 64, 64), 255, dtype=torch.uint8)
+    lite0 = eval_transform(Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))(images, train=False)
+    imagenet = eval_transform(Preprocessing.legacy(64))(images, train=False)
+    assert torch.allclose(lite0, torch.ones_like(lite0))  # (1 - 0.5) / 0.5
+    assert torch.allclose(
+        imagenet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, 2.64]), atol=1e-3
+    )
 
 
 def test_train_transform_keeps_shape_and_normalised_range() -> None:
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
-    out = BatchTransform(96)(images, train=True)
+    out = BatchTransform(Preprocessing.legacy(96))(images, train=True)
     assert out.shape == (8, 3, 96, 96) and out.dtype == torch.float32
     assert out.min() > -2.2 and out.max() < 2.7

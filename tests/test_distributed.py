@@ -96,7 +96,7 @@ def test_validation_accuracy_equals_one_process_on_the_same_checkpoint(ddp_run: 
     assert len(val) == 11
     for checkpoint in paths["checkpoints"].iterdir():
         epoch = int(checkpoint.name[5:8])
-        model, config = load_classifier(checkpoint)
-        logits = predict_logits(model, val.images, config.image_size, device=torch.device("cpu"))
+        model, _ = load_classifier(checkpoint)
+        logits = predict_logits(model, val.images, device=torch.device("cpu"))
         accuracy = (logits.argmax(1) == val.labels).float().mean().item()
         assert accuracy == pytest.approx(history[epoch], abs=1e-6), checkpoint.name

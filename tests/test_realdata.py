@@ -17,6 +17,7 @@ from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, prepare_dataset
 from eurosat_pipeline.loading import load_splits, read_splits
 from eurosat_pipeline.per_sample import PerSampleImages
+from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.training import TrainPaths, train
 
@@ -57,8 +58,8 @@ def test_real_zip_verifies_with_the_published_class_counts(real: Path) -> None:
 def test_batched_validation_preprocessing_matches_the_per_sample_one(real: Path) -> None:
     encoded = read_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
     decoded = load_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
-    per_sample = PerSampleImages(encoded, Config(), train=False)
-    ours = BatchTransform(224)(decoded.images[:64], train=False)
+    per_sample = PerSampleImages(encoded, Config(), Preprocessing.legacy(224), train=False)
+    ours = BatchTransform(Preprocessing.legacy(224))(decoded.images[:64], train=False)
     reference = torch.stack([per_sample[i][0] for i in range(64)])
     assert (ours - reference).abs().mean() < 0.01
 

@@ -1,7 +1,8 @@
 """Batched pixel work on the training device: flips, colour jitter, normalisation, resize.
 
 The recipe's per-sample PIL pipeline (resize 64 -> 224, random flips, ColorJitter(0.2, 0.2, 0.2,
-0.1), ImageNet normalisation) done on whole uint8 batches, where the batch lives. Deliberate
+0.1), normalisation with the backbone's own mean and std) done on whole uint8 batches, where the
+batch lives. Deliberate
 differences from the per-sample version, measured for accuracy in benchmarks/README.md:
 
 - Flips and jitter run at the native 64 px, before the resize: 12x fewer pixels. Flips, the
@@ -21,9 +22,10 @@ import math
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from eurosat_pipeline.preprocessing import Preprocessing
+
 # ITU-R 601 luma, the grey torchvision's contrast and saturation blend towards.
 LUMA = (0.2989, 0.587, 0.114)
 RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
@@ -108,18 +110,20 @@ class BatchTransform(nn.Module):
 
     def __init__(
         self,
-        image_size: int,
+        preprocessing: Preprocessing,
         random_flips: bool = True,
         jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.image_size = image_size
+        self.preprocessing = preprocessing
+        self.image_size = preprocessing.image_size
+        self.interpolation = InterpolationMode(preprocessing.interpolation)
         self.flips = random_flips
         self.channels_last = channels_last
         self.jitter = ColorJitterBatch(*jitter) if any(jitter) else None
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
 
     @torch.no_grad()
     def forward(self, images: Tensor, train: bool) -> Tensor:
@@ -130,15 +134,21 @@ class BatchTransform(nn.Module):
             x = random_flips(x)
         if train and self.jitter is not None:
             x = self.jitter(x)
-        # Normalising before the resize is exact (both are linear) and touches 12x fewer pixels.
-        x = resize(x.sub_(self.mean).div_(self.std), self.image_size)
+        # Normalising before the resize is exact (both are linear, and the resize kernels sum to
+        # one) and touches 12x fewer pixels.
+        x = resize(x.sub_(self.mean).div_(self.std), self.image_size, self.interpolation)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
 
-def resize(x: Tensor, size: int) -> Tensor:
+def eval_transform(preprocessing: Preprocessing) -> BatchTransform:
+    """Validation and inference preprocessing: resize and normalise, nothing random."""
+    return BatchTransform(preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0))
+
+
+def resize(x: Tensor, size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> Tensor:
     if x.shape[-2:] == (size, size):
         return x
     shrinking = x.shape[-1] > size or x.shape[-2] > size
-    return TF.resize(x, [size, size], antialias=shrinking)
+    return TF.resize(x, [size, size], interpolation=interpolation, antialias=shrinking)

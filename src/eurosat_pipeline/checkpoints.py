@@ -19,12 +19,15 @@ from eurosat_pipeline.config import Config, config_from_mapping
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import CheckpointError, ConfigError
 from eurosat_pipeline.model import Classifier, build_model
+from eurosat_pipeline.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
 # Keys that change what training computes; the others (tracking, resume itself) do not.
 _NOT_TRAINING = {"wandb_mode", "wandb_project", "wandb_entity", "resume", "tsne_interval"}
 FINGERPRINT_KEY = "pipeline_fingerprint"
+PREPROCESSING_KEY = "preprocessing"
+WEIGHTS_KEY = "pretrained_weights"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -50,7 +53,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights."""
+    """Rebuild the model from the config stored in the checkpoint and load its weights.
+
+    The model's ``preprocessing`` is the one stored with it (checkpoints from before it was stored
+    were all trained with ImageNet statistics and bilinear resizing).
+    """
     checkpoint = load_checkpoint(path)
     try:
         config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
@@ -65,6 +72,9 @@ def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
             f"{path}: its weights do not fit a {config.model_name} classifier with "
             f"{len(CLASSES)} classes ({_first_line(err)})."
         ) from err
+    stored = checkpoint.get(PREPROCESSING_KEY)
+    model.preprocessing = Preprocessing.from_dict(stored) if stored else Preprocessing.legacy(config.image_size)
+    model.pretrained_weights = checkpoint.get(WEIGHTS_KEY)
     return model.eval(), config
 
 

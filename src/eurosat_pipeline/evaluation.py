@@ -29,9 +29,9 @@ class EvalPaths:
 
 
 def evaluate(paths: EvalPaths) -> dict[str, Any]:
-    model, config = load_classifier(paths.checkpoint)
+    model, _ = load_classifier(paths.checkpoint)
     test = load_splits(paths.archive, paths.split, ("test",))["test"]
-    probabilities = predict_logits(model, test.images, config.image_size).softmax(dim=1)
+    probabilities = predict_logits(model, test.images).softmax(dim=1)
     predicted = probabilities.argmax(dim=1).tolist()
     actual = test.labels.tolist()
     labels = list(range(len(CLASSES)))

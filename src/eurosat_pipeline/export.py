@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.augment import eval_transform
 from eurosat_pipeline.checkpoints import load_classifier
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path, write_json
 from eurosat_pipeline.loading import load_splits
+from eurosat_pipeline.preprocessing import Preprocessing
 
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 64
@@ -35,8 +36,7 @@ def export_onnx(
     import onnx
 
     model, config = load_classifier(checkpoint)
-    size = config.image_size
-    images = parity_images(archive, split, size)
+    images = parity_images(archive, split, model.preprocessing)
     example = images[:2]
     with atomic_path(onnx_path) as tmp:
         program = torch.onnx.export(
@@ -53,7 +53,8 @@ def export_onnx(
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
         metadata = {
-            "image_size": str(size),
+            "image_size": str(model.preprocessing.image_size),
+            "preprocessing": json.dumps(model.preprocessing.to_dict()),
             "classes": json.dumps(list(CLASSES)),
             "config": json.dumps(config.to_dict()),
         }
@@ -71,10 +72,12 @@ def export_onnx(
     return report
 
 
-def parity_images(archive: str | Path, split: str | Path, size: int, count: int = PARITY_IMAGES) -> torch.Tensor:
+def parity_images(
+    archive: str | Path, split: str | Path, preprocessing: Preprocessing, count: int = PARITY_IMAGES
+) -> torch.Tensor:
     """Up to ``count`` validation images, preprocessed exactly as for inference."""
     images = load_splits(archive, split, ("val",))["val"].images[:count]
-    return BatchTransform(size, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0))(images, train=False)
+    return eval_transform(preprocessing)(images, train=False)
 
 
 def parity(model: torch.nn.Module, onnx_file: str | Path, images: torch.Tensor) -> dict[str, Any]:

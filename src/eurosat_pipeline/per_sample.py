@@ -13,28 +13,30 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from eurosat_pipeline.augment import IMAGENET_MEAN, IMAGENET_STD
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.loading import EncodedSet
+from eurosat_pipeline.preprocessing import Preprocessing
 
 
-def original_transform(config: Config, train: bool) -> T.Compose:
-    """Resize -> (flips, ColorJitter) -> ToTensor -> Normalize, per PIL image."""
-    steps: list = [T.Resize((config.image_size, config.image_size))]
+def original_transform(config: Config, preprocessing: Preprocessing, train: bool) -> T.Compose:
+    """Resize -> (flips, ColorJitter) -> ToTensor -> Normalize, per PIL image, with the backbone's
+    own interpolation and statistics."""
+    size = (preprocessing.image_size, preprocessing.image_size)
+    steps: list = [T.Resize(size, interpolation=T.InterpolationMode(preprocessing.interpolation))]
     if train:
         if config.random_flips:
             steps += [T.RandomHorizontalFlip(), T.RandomVerticalFlip()]
         steps.append(
             T.ColorJitter(config.jitter_brightness, config.jitter_contrast, config.jitter_saturation, config.jitter_hue)
         )
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
     return T.Compose(steps)
 
 
 class PerSampleImages(Dataset):
-    def __init__(self, encoded: EncodedSet, config: Config, train: bool) -> None:
+    def __init__(self, encoded: EncodedSet, config: Config, preprocessing: Preprocessing, train: bool) -> None:
         self.encoded = encoded
-        self.transform = original_transform(config, train)
+        self.transform = original_transform(config, preprocessing, train)
 
     def __len__(self) -> int:
         return len(self.encoded.labels)

@@ -1,8 +1,9 @@
 """``eurosat predict``: the top classes for image files and folders, from a checkpoint or ONNX file.
 
 Any size of 3-band RGB image is accepted and preprocessed as in validation (resize to the
-model's ``image_size``, ImageNet normalisation). When images sit in folders named after EuroSAT
-classes (as in the dataset), the command also says how many it got right.
+model's ``image_size``, the backbone's own normalisation, both stored with the model). When
+images sit in folders named after EuroSAT classes (as in the dataset), the command also says how
+many it got right.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from eurosat_pipeline.augment import BatchTransform
+from eurosat_pipeline.augment import eval_transform
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import write_text
 from eurosat_pipeline.inference import default_device
+from eurosat_pipeline.preprocessing import Preprocessing
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_LISTED = 20
@@ -76,21 +78,39 @@ def read_rgb(path: Path) -> torch.Tensor:
         raise PipelineError(f"{path}: cannot be read as an image ({err})") from err
 
 
-class TorchPredictor:
+class Predictor:
+    """Class probabilities for uint8 RGB batches, with the model's own preprocessing."""
+
+    preprocessing: Preprocessing
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    def classify(self, images: torch.Tensor) -> np.ndarray:
+        """Probabilities (``N x classes``) for uint8 ``N x 3 x H x W`` images of one size."""
+        return self(eval_transform(self.preprocessing)(images, train=False))
+
+    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
+        """Probabilities for inputs already preprocessed (``N x 3 x S x S`` float)."""
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None) -> None:
         from eurosat_pipeline.checkpoints import load_classifier
 
-        self.model, config = load_classifier(checkpoint)
+        self.model, _ = load_classifier(checkpoint)
         self.device = device or default_device()
         self.model.to(self.device)
-        self.image_size = config.image_size
+        self.preprocessing = self.model.preprocessing
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        return self.model(images.to(self.device)).float().softmax(dim=1).cpu().numpy()
+    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
+        return self.model(inputs.to(self.device)).float().softmax(dim=1).cpu().numpy()
 
 
-class OnnxPredictor:
+class OnnxPredictor(Predictor):
     def __init__(self, onnx_file: str | Path) -> None:
         import onnxruntime
 
@@ -106,10 +126,13 @@ class OnnxPredictor:
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "image_size" not in metadata:
             raise PipelineError(f"{onnx_file}: not exported by this pipeline (no image_size metadata)")
-        self.image_size = int(metadata["image_size"])
+        stored = metadata.get("preprocessing")
+        self.preprocessing = (
+            Preprocessing.from_dict(json.loads(stored)) if stored else Preprocessing.legacy(int(metadata["image_size"]))
+        )
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        (logits,) = self.session.run(None, {self.session.get_inputs()[0].name: images.numpy()})
+    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
+        (logits,) = self.session.run(None, {self.session.get_inputs()[0].name: inputs.numpy()})
         return torch.from_numpy(logits).softmax(dim=1).numpy()
 
 
@@ -131,8 +154,8 @@ def predict(
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise PipelineError(f"{len(problems)} input(s) cannot be used:\n  - {listed}{more}")
-    model = OnnxPredictor(onnx_file) if onnx_file else TorchPredictor(checkpoint)
-    transform = BatchTransform(model.image_size, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0))
+    model = load_predictor(checkpoint, onnx_file)
+    transform = eval_transform(model.preprocessing)
     # Images of any size: each is resized on its own, then they travel in batches.
     probabilities = np.concatenate(
         [
@@ -146,6 +169,11 @@ def predict(
         Prediction(path, [CLASSES[i] for i in row], [float(probabilities[n, i]) for i in row])
         for n, (path, row) in enumerate(zip(paths, order, strict=True))
     ]
+
+
+def load_predictor(checkpoint: str | Path = "models/best.ckpt", onnx_file: str | Path | None = None) -> Predictor:
+    """ONNX Runtime when ``onnx_file`` is given, else the PyTorch checkpoint."""
+    return OnnxPredictor(onnx_file) if onnx_file else TorchPredictor(checkpoint)
 
 
 def agreement(predictions: Iterable[Prediction]) -> tuple[int, int]:

@@ -108,7 +108,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         enable_model_summary=False,
         default_root_dir=str(paths.checkpoints.parent),
     )
-    datamodule = EuroSATDataModule(paths.archive, paths.split, config)
+    datamodule = EuroSATDataModule(paths.archive, paths.split, config, module.model.preprocessing)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
