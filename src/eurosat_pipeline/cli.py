@@ -28,7 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the whole pipeline offline on synthetic data (CPU, minutes)")
+    demo = commands.add_parser(
+        "demo",
+        help="run the whole pipeline offline with real ImageNet weights: synthetic data, or --data (CPU-sized)",
+    )
+    demo.add_argument(
+        "--data",
+        metavar="PATH",
+        help="a real EuroSAT zip or folder (e.g. ../shared/eurosat/EuroSAT.zip) instead of synthetic data",
+    )
     demo.add_argument(
         "-S",
         "--set",
@@ -72,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from eurosat_pipeline.demo import run_demo
 
-    return run_demo(args.overrides, queue=args.queue, name=args.name)
+    return run_demo(args.overrides, queue=args.queue, name=args.name, data=args.data)
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ class Config:
     phase1_epochs: int = 7
     phase1_lr: float = 2.0e-3
     phase1_warmup_epochs: int = 1
+    phase1_cached_features: bool = False
     phase2_epochs: int = 10
     phase2_lr: float = 1.0e-4
     backbone_lr_scale: float = 0.1
@@ -191,6 +192,11 @@ def _check_values(c: Config, source: str) -> None:
     req(0 <= c.jitter_hue <= 0.5, "jitter_hue", "must be between 0 and 0.5")
     req(c.num_nodes >= 1, "num_nodes", "must be >= 1")
     req(c.num_workers >= 0, "num_workers", "must be >= 0")
+    req(
+        not (c.phase1_cached_features and c.input_pipeline != "device"),
+        "phase1_cached_features",
+        "needs input_pipeline: device (the features are computed from the decoded images)",
+    )
     req(c.model_name.strip() != "", "model_name", "must name a timm model")
     req(
         c.data_source.strip() != "",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from eurosat_pipeline.augment import eval_transform
+from eurosat_pipeline.augment import BatchTransform, eval_transform
 from eurosat_pipeline.model import Classifier
 
 
@@ -29,3 +29,21 @@ def predict_logits(
         for start in range(0, len(images), batch_size)
     ]
     return torch.cat(outputs) if outputs else torch.empty(0, model.head[-1].out_features)
+
+
+@torch.no_grad()
+def backbone_features(model: Classifier, images: Tensor, channels_last: bool = False, batch_size: int = 256) -> Tensor:
+    """Pooled backbone features (eval mode, validation preprocessing) of uint8 images, on their device."""
+    transform = BatchTransform(
+        model.preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0), channels_last=channels_last
+    ).to(images.device)
+    was_training = model.backbone.training
+    model.backbone.eval()
+    try:
+        parts = [
+            model.backbone(transform(images[start : start + batch_size], train=False)).float()
+            for start in range(0, len(images), batch_size)
+        ]
+    finally:
+        model.backbone.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, model.backbone.num_features, device=images.device)

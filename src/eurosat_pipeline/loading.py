@@ -7,6 +7,8 @@ work happens batched on the device in :mod:`eurosat_pipeline.augment`.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +23,12 @@ from torchvision.io import decode_jpeg
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
+from eurosat_pipeline.inference import backbone_features
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import read_split
 
 DECODE_CHUNK = 4096
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,6 +140,8 @@ class EuroSATDataModule(L.LightningDataModule):
         self.archive, self.split_csv, self.config = archive, split_csv, config
         self.preprocessing = preprocessing  # used by the per-sample pipeline, which normalises itself
         self.datasets: dict[str, Dataset] = {}
+        self.cached_features: dict[str, InMemoryImages] = {}
+        self.feature_seconds = 0.0
 
     def setup(self, stage: str) -> None:
         if self.datasets:
@@ -162,7 +168,9 @@ class EuroSATDataModule(L.LightningDataModule):
         }
 
     def _loader(self, name: str, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
+        dataset = self._features_of(name) if self._in_cached_phase() else self.datasets[name]
+        if not self._in_cached_phase():
+            self.cached_features.clear()  # phase 2 trains on images; free the features
         sampling = {
             "sampler": self._train_sampler(dataset) if train else self._validation_sampler(dataset),
             # The loader's own generator: creating its iterator must not draw from the global RNG,
@@ -199,6 +207,27 @@ class EuroSATDataModule(L.LightningDataModule):
         return (
             UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
         )
+
+    def _in_cached_phase(self) -> bool:
+        """Phase 1 with ``phase1_cached_features``: the loaders serve backbone features, not images.
+
+        A frozen backbone in eval mode is a fixed function of its input, so without augmentation
+        its features are the same every epoch: computed once, phase 1 costs one forward pass.
+        """
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        return self.config.phase1_cached_features and epoch < self.config.phase1_epochs
+
+    def _features_of(self, name: str) -> InMemoryImages:
+        if name not in self.cached_features:
+            started = time.perf_counter()
+            images = self.datasets[name].set
+            model = self.trainer.lightning_module.model
+            features = backbone_features(model, images.images, channels_last=self.config.channels_last)
+            self.cached_features[name] = InMemoryImages(ImageSet(features, images.labels, images.paths))
+            elapsed = time.perf_counter() - started
+            self.feature_seconds += elapsed
+            log.info("phase 1: backbone features of %d %s images computed once (%.0f s)", len(images), name, elapsed)
+        return self.cached_features[name]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

