@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import timm
+import torch
 
 from .conftest import tiny_config
 from .pipeline_repo import PipelineRepo
@@ -23,11 +25,22 @@ DECLARED_PLOTS = {
     "reports/train/live/plots/images/tsne",
 }
 TSNE_DIR = "reports/train/live/plots/images/tsne"
+# The check stage runs on every repro by design (it validates params.yaml and hashes the weights).
+UP_TO_DATE = {"check": ["always changed"]}
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
-    repo = PipelineRepo(tmp_path_factory.mktemp("e2e") / "repo", TINY)
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local pretrained-weights file (absolute path: queued runs work in temporary copies)."""
+    file = tmp_path_factory.mktemp("weights") / "test_efficientnet.pth"
+    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=0).state_dict(), file)
+    return file
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> PipelineRepo:
+    params = {**TINY, "pretrained": True, "pretrained_weights": str(weights)}
+    repo = PipelineRepo(tmp_path_factory.mktemp("e2e") / "repo", params)
     repo.run("dvc", "repro")
     return repo
 
@@ -46,8 +59,24 @@ def test_repro_writes_every_output(repo: PipelineRepo) -> None:
 
 def test_second_repro_runs_nothing(repo: PipelineRepo) -> None:
     result = repo.run("dvc", "repro")
-    assert "up to date" in (result.stdout + result.stderr)
-    assert repo.dvc_json("status") == {}
+    assert "Stage 'train' didn't change" in result.stdout
+    assert repo.dvc_json("status") == UP_TO_DATE
+
+
+def test_a_misspelt_key_fails_repro_even_when_nothing_else_changed(repo: PipelineRepo) -> None:
+    params = repo.root / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original + "phase2_lrr: 0.1\n")
+        result = repo.run("dvc", "repro", check=False)
+        assert result.returncode != 0
+        assert "unknown key 'phase2_lrr'. Did you mean 'phase2_lr'?" in result.stdout + result.stderr
+        assert "Running stage 'train'" not in result.stdout
+        params.write_text(original)
+        sweep = repo.run("dvc", "exp", "run", "-S", "phase1_lr=1e-3", "-S", "phase2_lrr=0.1", check=False)
+        assert sweep.returncode != 0 and "unknown key 'phase2_lrr'" in sweep.stdout + sweep.stderr
+    finally:
+        params.write_text(original)
 
 
 def test_dvc_metrics_show_reads_both_metric_files(repo: PipelineRepo) -> None:
@@ -77,7 +106,7 @@ def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
     original = params.read_text()
     try:
         params.write_text(original.replace('wandb_project: "eurosat-pipeline"', 'wandb_project: "elsewhere"'))
-        assert repo.dvc_json("status") == {}
+        assert repo.dvc_json("status") == UP_TO_DATE
     finally:
         params.write_text(original)
 
@@ -141,6 +170,22 @@ def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
         assert (repo.root / "cml" / name).read_bytes().startswith(b"\x89PNG"), name
 
 
+def test_weights_changed_in_place_retrain(repo: PipelineRepo, weights: Path) -> None:
+    original = weights.read_bytes()
+    state = torch.load(weights, weights_only=True)
+    state["conv_stem.weight"] += 1e-3
+    torch.save(state, weights)
+    try:
+        output = repo.run("dvc", "repro").stdout
+        assert "Running stage 'train'" in output, output
+        record = json.loads((repo.root / "models" / "pretrained.json").read_text())
+        summary = json.loads((repo.root / "reports" / "train" / "summary.json").read_text())
+        assert summary["pretrained_weights"]["sha256"] == record["pretrained_weights"]["sha256"]
+    finally:
+        weights.write_bytes(original)
+        repo.run("dvc", "repro")
+
+
 def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     repo.run("dvc", "remote", "add", "--default", "storage", str(remote))
@@ -154,5 +199,5 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, 
     repo.run("git", "clone", "-q", str(repo.root), str(clone))
     fresh = PipelineRepo.existing(clone)
     fresh.run("dvc", "pull")
-    assert fresh.dvc_json("status") == {}
+    assert fresh.dvc_json("status") == UP_TO_DATE
     assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()

@@ -12,11 +12,13 @@ from eurosat_pipeline.split import read_split
 RECIPE_KEYS = (
     "model_name",
     "pretrained",
+    "pretrained_weights",
     "image_size",
     "batch_size",
     "phase1_epochs",
     "phase1_lr",
     "phase1_warmup_epochs",
+    "phase1_cached_features",
     "phase2_epochs",
     "phase2_lr",
     "backbone_lr_scale",
@@ -52,10 +54,10 @@ def model_card(
         "## Model",
         "",
         f"- Backbone: timm `{config['model_name']}`, "
-        + ("ImageNet-pretrained" if config["pretrained"] else "trained from scratch (no ImageNet weights)")
+        + _weights_text(summary.get("pretrained_weights"), config["pretrained"])
         + f"; head: Dropout({config['head_dropout']}) -> Linear(features, {config['head_hidden']}) -> "
         f"BatchNorm1d -> ReLU -> Dropout({config['head_hidden_dropout']}) -> Linear({config['head_hidden']}, 10).",
-        f"- Input: 3-band RGB, resized to {config['image_size']} px, ImageNet mean/std normalisation.",
+        f"- Input: 3-band RGB, {_preprocessing_text(summary.get('preprocessing'), config['image_size'])}.",
         f"- Output: probabilities over {', '.join(CLASSES)}.",
         f"- Files: `models/best.ckpt` ({summary['best_checkpoint']}; a Lightning checkpoint holding its own "
         "config, loadable with `weights_only=True`) and `models/model.onnx` (export stage).",
@@ -111,3 +113,23 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _weights_text(weights: dict[str, Any] | None, pretrained: bool) -> str:
+    if not pretrained:
+        return "trained from scratch (no ImageNet weights)"
+    if weights and "sha256" in weights:
+        return f"ImageNet-pretrained from `{weights['source']}` ({weights['file']}, sha256 `{weights['sha256']}`)"
+    return "ImageNet-pretrained (timm hub weights)"
+
+
+def _preprocessing_text(preprocessing: dict[str, Any] | None, image_size: int) -> str:
+    """Summaries from before preprocessing was recorded used ImageNet statistics."""
+    if not preprocessing:
+        return f"resized to {image_size} px, ImageNet mean/std normalisation"
+    mean = ", ".join(f"{v:g}" for v in preprocessing["mean"])
+    std = ", ".join(f"{v:g}" for v in preprocessing["std"])
+    return (
+        f"resized to {preprocessing['image_size']} px ({preprocessing['interpolation']}), normalised with the "
+        f"backbone's own mean ({mean}) and std ({std}) from timm's data config"
+    )
