@@ -73,8 +73,10 @@ def test_a_misspelt_key_fails_repro_even_when_nothing_else_changed(repo: Pipelin
         assert "unknown key 'phase2_lrr'. Did you mean 'phase2_lr'?" in result.stdout + result.stderr
         assert "Running stage 'train'" not in result.stdout
         params.write_text(original)
-        sweep = repo.run("dvc", "exp", "run", "-S", "phase1_lr=1e-3", "-S", "phase2_lrr=0.1", check=False)
+        # DVC itself refuses `-S phase2_lrr=...` for a key not in params.yaml; `+key` adds one.
+        sweep = repo.run("dvc", "exp", "run", "-S", "phase1_lr=1e-3", "-S", "+phase2_lrr=0.1", check=False)
         assert sweep.returncode != 0 and "unknown key 'phase2_lrr'" in sweep.stdout + sweep.stderr
+        assert "Running stage 'train'" not in sweep.stdout
     finally:
         params.write_text(original)
 
