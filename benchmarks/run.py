@@ -278,7 +278,8 @@ def _train_rate(config: Config, data: Path, batches: int, warmup: int) -> float:
         callbacks=[timer],
         precision=_precision(torch.cuda.is_available()),
     )
-    trainer.fit(module, datamodule=EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config))
+    datamodule = EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config, module.model.preprocessing)
+    trainer.fit(module, datamodule=datamodule)
     return timer.rate
 
 
