@@ -11,6 +11,10 @@ of ``--cols`` columns, in a seeded random order, as 8-bit RGB in UTM zone 33N (E
 check reads the map's classes from its ``classes`` tag and prints tiles right / total, overall
 and per class: about the model's test accuracy if the tiling, band order and georeferencing are
 right (the test-split images were never used for training or model selection).
+
+``--synthetic`` makes a scene without any data: synthetic-class tiles (the demo's generator) laid
+out in ten regions, one per class, like fields and towns (for pictures and smoke tests; labelled
+synthetic).
 """
 
 from __future__ import annotations
@@ -73,17 +77,42 @@ def write_mosaic(path: Path, images: list[np.ndarray], cols: int, nodata: int | 
     return rows, cols
 
 
+def synthetic_regions(rows: int, cols: int, seed: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """Synthetic tiles in ten regions (nearest of ten random centres), row by row, with their labels."""
+    from eurosat_pipeline.synthetic import synthetic_images
+
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform((0, 0), (rows, cols), size=(len(CLASSES), 2))
+    cells = np.stack(np.mgrid[0:rows, 0:cols], axis=-1).reshape(-1, 1, 2)
+    labels = np.argmin(((cells - centres) ** 2).sum(axis=-1), axis=1)
+    pool: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
+    for name, _, blob in synthetic_images(max(1, int(np.bincount(labels).max()))):
+        pool[name].append(np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")))
+    used: Counter[str] = Counter()
+    images, picked = [], []
+    for index in labels:
+        name = CLASSES[index]
+        images.append(pool[name][used[name]])
+        picked.append((f"synthetic/{name}_{used[name] + 1}", name))
+        used[name] += 1
+    return images, picked
+
+
 def build(args: argparse.Namespace) -> None:
-    picked = pick_test_tiles(args.archive, args.split, args.per_class, args.seed)
-    blobs = read_archive(args.archive)
-    images = [np.asarray(Image.open(io.BytesIO(blobs[member])).convert("RGB")) for member, _ in picked]
+    if args.synthetic:
+        images, picked = synthetic_regions(args.rows, args.cols, args.seed)
+    else:
+        picked = pick_test_tiles(args.archive, args.split, args.per_class, args.seed)
+        blobs = read_archive(args.archive)
+        images = [np.asarray(Image.open(io.BytesIO(blobs[member])).convert("RGB")) for member, _ in picked]
     rows, cols = write_mosaic(args.out, images, args.cols)
     with atomic_path(args.truth) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["row", "col", "label", "path"])
         for n, (member, label) in enumerate(picked):
             writer.writerow([*divmod(n, cols), label, member])
-    print(f"{args.out}: {len(picked)} test-split tiles in {rows} x {cols}; truth in {args.truth}")
+    kind = "SYNTHETIC" if args.synthetic else "test-split"
+    print(f"{args.out}: {len(picked)} {kind} tiles in {rows} x {cols}; truth in {args.truth}")
 
 
 def check(map_file: Path, truth: Path) -> tuple[int, int]:
@@ -117,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--cols", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic", action="store_true", help="synthetic tiles in regions; no data needed")
+    parser.add_argument("--rows", type=int, default=12, help="with --synthetic: rows of tiles")
     parser.add_argument("--check", type=Path, metavar="MAP.tif", help="compare this map with --truth instead")
     args = parser.parse_args(argv)
     if args.check:

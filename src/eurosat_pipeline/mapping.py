@@ -27,10 +27,11 @@ right and bottom edges. They get the map's nodata value, 255.
 **Outputs**, written to temporary names and renamed only when all are complete (the folder is
 checked to be writable before any classification): ``MAP.tif`` (uint8 class indices, nodata 255,
 a colour table with the t-SNE colours, the class names in a ``classes`` tag, the scene's CRS and
-the scene's transform scaled by 64), ``MAP.png`` (a preview with a legend), ``MAP.csv`` (tiles and
-hectares per class) and, when asked, ``MAP.confidence.tif`` (the top-1 probability in percent,
-uint8, nodata 255). Areas need a projected CRS: for a geographic CRS (degrees) or none, the
-hectares are left empty and the result says why.
+the scene's transform scaled by 64), ``MAP.png`` (the scene beside the map, with a legend of
+classes and areas), ``MAP.csv`` (tiles and hectares per class) and, when asked,
+``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255). Areas need a
+projected CRS: for a geographic CRS (degrees) or none, the hectares are left empty and the result
+says why (a note printed by the command), while the tile counts are still written.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def make_map(
             write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
             if outputs.confidence is not None:
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform)
-        write_preview(temporaries["png"], result, scene.name)
+        picture = thumbnail(src, chosen, scaler)
+        write_preview(temporaries["png"], result, scene.name, picture, (src.width, src.height))
         write_csv(temporaries["csv"], result)
     return result, outputs
 
@@ -383,8 +385,23 @@ def write_csv(path: Path, result: LandUseMap) -> None:
     path.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def write_preview(path: Path, result: LandUseMap, title: str) -> None:
-    """The map in the class colours, nodata white, with a legend of the classes and their shares."""
+def thumbnail(src: object, bands: tuple[int, int, int], scaler: Scaler, longest: int = 800) -> np.ndarray:
+    """The scene as 8-bit RGB (``h x w x 3``), decimated on reading so that it stays small."""
+    from rasterio.enums import Resampling
+
+    factor = max(1, -(-max(src.width, src.height) // longest))
+    shape = (3, max(1, src.height // factor), max(1, src.width // factor))
+    return scaler(src.read(list(bands), out_shape=shape, resampling=Resampling.nearest)).transpose(1, 2, 0)
+
+
+def write_preview(
+    path: Path,
+    result: LandUseMap,
+    title: str,
+    scene: np.ndarray | None = None,
+    scene_size: tuple[int, int] = (0, 0),
+) -> None:
+    """The scene (when given) beside the map in the class colours (nodata white), with a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -394,24 +411,38 @@ def write_preview(path: Path, result: LandUseMap, title: str) -> None:
 
     from eurosat_pipeline.embeddings import CLASS_COLOURS
 
-    cmap = ListedColormap([CLASS_COLOURS[name] for name in CLASSES])
-    cmap = cmap.with_extremes(bad="white")
+    cmap = ListedColormap([CLASS_COLOURS[name] for name in CLASSES]).with_extremes(bad="white")
     rows, cols = result.classes.shape
-    width = min(12.0, max(4.0, cols / 8))
-    figure, axes = plt.subplots(figsize=(width + 3.5, max(3.0, width * rows / cols)), dpi=100)
-    shown = np.ma.masked_equal(result.classes, NODATA)
-    axes.imshow(shown, cmap=cmap, vmin=-0.5, vmax=len(CLASSES) - 0.5, interpolation="nearest")
-    axes.set_xticks([])
-    axes.set_yticks([])
-    axes.set_title(f"{title}: {result.classified} tiles of {TILE} px classified, {result.skipped} nodata")
+    panels = 1 if scene is None else 2
+    height = min(8.0, max(3.0, 6.0 * rows / cols))
+    figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
+    axes = np.atleast_1d(axes)
+    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
+    if scene is not None:
+        axes[0].imshow(scene, extent=(0, scene_size[0] / TILE, scene_size[1] / TILE, 0), interpolation="nearest")
+        axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
+    axes[-1].imshow(
+        np.ma.masked_equal(result.classes, NODATA),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(CLASSES) - 0.5,
+        interpolation="nearest",
+        extent=extent,
+    )
+    for ax in axes:
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].set_title(f"{result.classified} tiles of {TILE} px classified, {result.skipped} nodata", fontsize=9)
+    figure.suptitle(title)
     labels = [
         f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
         for row in result.areas()
     ]
     handles = [Patch(color=CLASS_COLOURS[name]) for name in CLASSES]
-    axes.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
+    axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figure.savefig(path, format="png", bbox_inches="tight")
     plt.close(figure)
 
 
