@@ -20,6 +20,7 @@ from rasterio.transform import from_origin
 from eurosat_pipeline.cli import main as cli
 from eurosat_pipeline.dataset import CLASSES, prepare_dataset
 from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.export import export_onnx
 from eurosat_pipeline.mapping import NODATA, S2_DN_MAX, TILE, make_map
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.synthetic import synthetic_images
@@ -126,6 +127,18 @@ def test_map_labels_the_tiles_and_lies_exactly_on_the_scene(
     assert hectares == pytest.approx(40 * TILE_HA)
     assert Image.open(out.with_suffix(".png")).size[0] > 300
     assert sorted(p.name for p in out.parent.iterdir()) == ["map.csv", "map.png", "map.tif"]
+
+
+def test_onnx_runtime_draws_the_same_map(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
+    data = model.parent.parent / "data"
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(model, onnx_file, tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, grid_of_labels(3, 10, seed=4)))
+    from_torch, _ = make_map(scene, tmp_path / "torch.tif", model)
+    out = tmp_path / "onnx.tif"
+    assert cli(["map", str(scene), "--out", str(out), "--onnx", str(onnx_file), "--batch-size", "7"]) == 0
+    with rasterio.open(out) as result:
+        assert (result.read(1) == from_torch.classes).all()
 
 
 def test_a_shifted_scene_is_mostly_wrong(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
