@@ -21,7 +21,8 @@ band is alpha too); otherwise ``bands`` names them (1-based, e.g. ``4,3,2`` in S
   windows spread over the scene) map to 0..255: for rasters of unknown radiometry.
 
 **Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
-as empty (or equal to ``nodata`` when given) is not classified; nor are the partial tiles at the
+as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with ``s2`` scaling
+when ``nodata`` is not given) is not classified; nor are the partial tiles at the
 right and bottom edges. They get the map's nodata value, 255.
 
 **Outputs**, written to temporary names and renamed only when all are complete (the folder is
@@ -147,6 +148,8 @@ def make_map(
         raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
     with open_scene(scene) as src, contextlib.ExitStack() as stack:
         chosen = choose_bands(src, bands)
+        if nodata is None and resolve_scale(src, chosen, scale) == "s2":
+            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
         scaler = make_scaler(src, chosen, scale, offset, nodata)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         predictor = load_predictor(checkpoint, onnx_file)
@@ -218,14 +221,20 @@ def choose_bands(src: object, bands: tuple[int, int, int] | None) -> tuple[int, 
     return bands
 
 
+def resolve_scale(src: object, bands: tuple[int, int, int], scale: str) -> str:
+    """``auto`` made concrete: ``none`` for 8-bit bands, ``s2`` for anything else."""
+    if scale not in SCALES:
+        raise MapError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "auto":
+        return "none" if all(src.dtypes[b - 1] == "uint8" for b in bands) else "s2"
+    return scale
+
+
 def make_scaler(
     src: object, bands: tuple[int, int, int], scale: str, offset: float = 0.0, nodata: float | None = None
 ) -> Scaler:
     """A function from the file's values (``3 x h x w``) to uint8, as documented above."""
-    if scale not in SCALES:
-        raise MapError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
-    if scale == "auto":
-        scale = "none" if all(src.dtypes[b - 1] == "uint8" for b in bands) else "s2"
+    scale = resolve_scale(src, bands, scale)
     if scale == "none":
         return lambda x: np.clip(x, 0, 255).astype(np.uint8)
     if scale == "s2":
