@@ -271,6 +271,16 @@ def test_cli_says_error_and_a_failed_model_load_leaves_nothing(
         cli(["map", str(scene), "--out", str(out), "--bands", "1,2,x"])
 
 
+def test_a_scene_that_breaks_half_way_leaves_nothing(model: Path, tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 10 * TILE, 10 * TILE), dtype=np.uint8)
+    scene = write_raster(tmp_path / "scene.tif", pixels, tiled=True, compress="deflate")
+    with scene.open("r+b") as handle:  # the header survives, the later blocks do not
+        handle.truncate(scene.stat().st_size // 2)
+    with pytest.raises(PipelineError, match="reading failed"):
+        make_map(scene, tmp_path / "out" / "map.tif", model)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL_EUROSAT.is_file(), reason=f"{REAL_EUROSAT} not present")
 @pytest.mark.skipif(

@@ -139,9 +139,12 @@ def make_map(
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
     import rasterio
+    from rasterio.errors import RasterioError
 
     from eurosat_pipeline.predict import load_predictor
 
+    if batch_size < 1:
+        raise MapError(f"--batch-size must be at least 1, got {batch_size}")
     outputs = MapOutputs.for_target(out, confidence)
     scene = Path(scene)
     if any(p.resolve() == scene.resolve() for p in outputs.all()):
@@ -154,7 +157,10 @@ def make_map(
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         predictor = load_predictor(checkpoint, onnx_file)
         started = time.perf_counter()
-        result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)
+        try:
+            result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)
+        except RasterioError as err:  # a corrupt block or a vanished file, found half-way
+            raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
         result.seconds = time.perf_counter() - started
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars beside the temporaries
             write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
