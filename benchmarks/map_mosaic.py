@@ -50,8 +50,12 @@ def pick_test_tiles(archive: Path, split: Path, per_class: int, seed: int) -> li
     return [chosen[i] for i in order]
 
 
-def write_mosaic(path: Path, images: list[np.ndarray], cols: int, nodata: int | None = None) -> tuple[int, int]:
-    """``H x W x 3`` uint8 images of 64 px in a grid, row by row, as a georeferenced GeoTIFF."""
+def write_mosaic(path: Path, images: list[np.ndarray], cols: int) -> tuple[int, int]:
+    """``H x W x 3`` uint8 images of 64 px in a grid, row by row, as a georeferenced GeoTIFF.
+
+    Cells left over in the last row are masked (an internal mask, not a nodata value: JPEG
+    pixels can be 0), so the map skips them.
+    """
     import rasterio
     from rasterio.transform import from_origin
 
@@ -69,11 +73,15 @@ def write_mosaic(path: Path, images: list[np.ndarray], cols: int, nodata: int | 
         "dtype": "uint8",
         "crs": CRS,
         "transform": from_origin(*ORIGIN, PIXEL_M, PIXEL_M),
-        "nodata": nodata,
         "photometric": "RGB",
     }
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(mosaic)
+        if len(images) < rows * cols:
+            mask = np.full(mosaic.shape[1:], 255, dtype=np.uint8)
+            r, c = divmod(len(images), cols)
+            mask[r * size :, c * size :] = 0
+            dst.write_mask(mask)
     return rows, cols
 
 
