@@ -67,6 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256)
     predict.set_defaults(run=_predict)
 
+    land = commands.add_parser(
+        "map", help="land-use map of a whole scene (GeoTIFF or any raster GDAL reads): map, preview, areas"
+    )
+    land.add_argument("scene", help="the scene: RGB, or a multi-band stack with --bands")
+    land.add_argument("--out", required=True, help="the map, MAP.tif; MAP.png and MAP.csv are written beside it")
+    land.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
+    land.add_argument("--onnx", help="use this ONNX file (from the export stage) instead of a checkpoint")
+    land.add_argument(
+        "--bands", type=_band_list, help="red,green,blue band numbers, 1-based (e.g. 4,3,2 for Sentinel-2)"
+    )
+    land.add_argument(
+        "--scale",
+        choices=("auto", "s2", "minmax", "none"),
+        default="auto",
+        help="to 8 bits: s2 = EuroSAT's DN 0..2750 -> 1..255, minmax = 2-98%% stretch, none = as is; "
+        "auto (default) = none for 8-bit files, else s2",
+    )
+    land.add_argument(
+        "--offset", type=float, default=0.0, help="subtracted before s2 scaling (1000 for baseline >= 04.00)"
+    )
+    land.add_argument("--nodata", type=float, help="treat this value as nodata (besides the file's own nodata or mask)")
+    land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
+    land.add_argument("--batch-size", type=int, default=256)
+    land.set_defaults(run=_map)
+
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     export.add_argument("--checkpoint", default="models/best.ckpt")
     export.add_argument("--out", default="models/model.onnx")
@@ -95,6 +120,32 @@ def _predict(args: argparse.Namespace) -> int:
 
     predictions = predict(args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size)
     emit(predictions, args.format, args.output)
+    return 0
+
+
+def _band_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected band numbers like 4,3,2, got {text!r}") from err
+
+
+def _map(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.mapping import make_map, summary
+
+    result, outputs = make_map(
+        args.scene,
+        args.out,
+        args.checkpoint,
+        args.onnx,
+        bands=args.bands,
+        scale=args.scale,
+        offset=args.offset,
+        nodata=args.nodata,
+        batch_size=args.batch_size,
+        confidence=args.confidence,
+    )
+    print(summary(result, outputs))
     return 0
 
 

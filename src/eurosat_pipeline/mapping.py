@@ -1,0 +1,477 @@
+"""Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
+
+The scene is cut into tiles of EuroSAT's native 64 x 64 pixels (stride = tile: one class per
+tile, so the map is a raster 64x coarser than the scene that lies exactly on it). It is read one
+row of tiles at a time (64 rows x full width), never whole, and the tiles go to the model in
+batches through :func:`eurosat_pipeline.predict.load_predictor`, which applies the model's own
+resize and normalisation.
+
+**Bands and scaling.** A 3-band file is taken as red, green, blue (a 4-band 8-bit file whose 4th
+band is alpha too); otherwise ``bands`` names them (1-based, e.g. ``4,3,2`` in Sentinel-2's
+13-band order). ``scale`` maps the values to the 8 bits the model was trained on:
+
+- ``none``: used as is (values clipped to 0..255); the ``auto`` default for 8-bit files.
+- ``s2``: the ``auto`` default for anything else. Sentinel-2 digital numbers (reflectance x 10,000)
+  ``0..2750`` map linearly to ``1..255``, clipped. This is how the EuroSAT RGB JPEGs were made from
+  the Level-1C bands B04, B03, B02 (the dataset's maintainers: "clipped the original data from
+  range 0 to 2750 to the range 1 to 255, leaving 0 for nodata", i.e. ``gdal_translate -scale 0 2750
+  1 255``; EuroSAT is not atmospherically corrected). ``offset`` is subtracted first: Sentinel-2
+  products of processing baseline 04.00 and later (from January 2022) add 1000 to every DN.
+- ``minmax``: per band, the 2nd..98th percentile (of valid pixels sampled from up to 64 tile
+  windows spread over the scene) map to 0..255: for rasters of unknown radiometry.
+
+**Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
+as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with ``s2`` scaling
+when ``nodata`` is not given) is not classified; nor are the partial tiles at the
+right and bottom edges. They get the map's nodata value, 255.
+
+**Outputs**, written to temporary names and renamed only when all are complete (the folder is
+checked to be writable before any classification): ``MAP.tif`` (uint8 class indices, nodata 255,
+a colour table with the t-SNE colours, the class names in a ``classes`` tag, the scene's CRS and
+the scene's transform scaled by 64), ``MAP.png`` (the scene beside the map, with a legend of
+classes and areas), ``MAP.csv`` (tiles and hectares per class) and, when asked,
+``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255). Areas need a
+projected CRS: for a geographic CRS (degrees) or none, the hectares are left empty and the result
+says why (a note printed by the command), while the tile counts are still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eurosat_pipeline.dataset import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.files import atomic_path
+
+TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m
+NODATA = 255
+SCALES = ("auto", "s2", "minmax", "none")
+S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
+PERCENTILES = (2.0, 98.0)
+SAMPLE_WINDOWS = 64
+EUROSAT_PIXEL_M = 10.0
+
+Scaler = Callable[[np.ndarray], np.ndarray]
+
+
+class MapError(PipelineError):
+    """The scene, the band choice or the output path cannot be used."""
+
+
+@dataclass(frozen=True)
+class MapOutputs:
+    tif: Path
+    png: Path
+    csv: Path
+    confidence: Path | None
+
+    @classmethod
+    def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
+        out = Path(out)
+        if out.suffix.lower() not in (".tif", ".tiff"):
+            raise MapError(f"{out}: the map is a GeoTIFF; give an output name ending in .tif")
+        if out.is_dir():
+            raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
+        sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
+        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar)
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
+
+
+@dataclass
+class LandUseMap:
+    """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    crs: object
+    transform: object
+    tile_area_m2: float | None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def classified(self) -> int:
+        return int((self.classes != NODATA).sum())
+
+    @property
+    def skipped(self) -> int:
+        return int(self.classes.size - self.classified)
+
+    def areas(self) -> list[dict[str, object]]:
+        """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
+        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(CLASSES))
+        total = max(int(counts.sum()), 1)
+        return [
+            {
+                "class": name,
+                "index": index,
+                "tiles": int(counts[index]),
+                "hectares": "" if self.tile_area_m2 is None else round(counts[index] * self.tile_area_m2 / 10_000, 4),
+                "percent": round(100 * counts[index] / total, 2),
+            }
+            for index, name in enumerate(CLASSES)
+        ]
+
+
+def make_map(
+    scene: str | Path,
+    out: str | Path,
+    checkpoint: str | Path = "models/best.ckpt",
+    onnx_file: str | Path | None = None,
+    bands: tuple[int, int, int] | None = None,
+    scale: str = "auto",
+    offset: float = 0.0,
+    nodata: float | None = None,
+    batch_size: int = 256,
+    confidence: bool = False,
+) -> tuple[LandUseMap, MapOutputs]:
+    """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from eurosat_pipeline.predict import load_predictor
+
+    if batch_size < 1:
+        raise MapError(f"--batch-size must be at least 1, got {batch_size}")
+    outputs = MapOutputs.for_target(out, confidence)
+    scene = Path(scene)
+    if any(p.resolve() == scene.resolve() for p in outputs.all()):
+        raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
+    with open_scene(scene) as src, contextlib.ExitStack() as stack:
+        chosen = choose_bands(src, bands)
+        if nodata is None and resolve_scale(src, chosen, scale) == "s2":
+            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
+        scaler = make_scaler(src, chosen, scale, offset, nodata)
+        temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
+        predictor = load_predictor(checkpoint, onnx_file)
+        started = time.perf_counter()
+        try:
+            result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)
+        except RasterioError as err:  # a corrupt block or a vanished file, found half-way
+            raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
+        result.seconds = time.perf_counter() - started
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars beside the temporaries
+            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
+            if outputs.confidence is not None:
+                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform)
+        picture = thumbnail(src, chosen, scaler)
+        write_preview(temporaries["png"], result, scene.name, picture, (src.width, src.height))
+        write_csv(temporaries["csv"], result)
+    return result, outputs
+
+
+def _reserve(outputs: MapOutputs, stack: contextlib.ExitStack) -> dict[str, Path]:
+    """Temporary siblings of every output, renamed onto them only if the whole block succeeds."""
+    named = {"tif": outputs.tif, "png": outputs.png, "csv": outputs.csv, "confidence": outputs.confidence}
+    try:
+        return {key: stack.enter_context(atomic_path(path)) for key, path in named.items() if path is not None}
+    except OSError as err:
+        raise MapError(f"{outputs.tif}: cannot write there ({err.strerror or err})") from err
+
+
+@contextlib.contextmanager
+def open_scene(path: Path) -> Iterator[object]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    if not path.is_file():
+        raise MapError(f"{path}: not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except RasterioIOError as err:
+            raise MapError(f"{path}: not a raster GDAL can read ({err})") from err
+    with src:
+        if src.width < TILE or src.height < TILE:
+            raise MapError(
+                f"{path}: {src.width} x {src.height} pixels is smaller than one {TILE} x {TILE} tile "
+                "(EuroSAT's patch size); nothing to classify"
+            )
+        yield src
+
+
+def choose_bands(src: object, bands: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """The 1-based red, green, blue band numbers: given, or implied by a 3-band (or RGBA) file."""
+    from rasterio.enums import ColorInterp
+
+    count = src.count
+    if bands is None:
+        if count == 3 or (count == 4 and src.colorinterp[3] == ColorInterp.alpha):
+            return (1, 2, 3)
+        if count < 3:
+            raise MapError(
+                f"{src.name}: has {count} band(s); the model needs red, green and blue (3 bands, or --bands)"
+            )
+        raise MapError(
+            f"{src.name}: has {count} bands; say which are red, green, blue with --bands "
+            "(e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)"
+        )
+    if len(bands) != 3:
+        raise MapError(f"--bands takes three band numbers (red, green, blue), got {len(bands)}")
+    wrong = [b for b in bands if not 1 <= b <= count]
+    if wrong:
+        raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{count}")
+    return bands
+
+
+def resolve_scale(src: object, bands: tuple[int, int, int], scale: str) -> str:
+    """``auto`` made concrete: ``none`` for 8-bit bands, ``s2`` for anything else."""
+    if scale not in SCALES:
+        raise MapError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "auto":
+        return "none" if all(src.dtypes[b - 1] == "uint8" for b in bands) else "s2"
+    return scale
+
+
+def make_scaler(
+    src: object, bands: tuple[int, int, int], scale: str, offset: float = 0.0, nodata: float | None = None
+) -> Scaler:
+    """A function from the file's values (``3 x h x w``) to uint8, as documented above."""
+    scale = resolve_scale(src, bands, scale)
+    if scale == "none":
+        return lambda x: np.clip(x, 0, 255).astype(np.uint8)
+    if scale == "s2":
+        return lambda x: np.clip(np.rint(1 + (x.astype(np.float32) - offset) * (254 / S2_DN_MAX)), 1, 255).astype(
+            np.uint8
+        )
+    low, high = _percentiles(src, bands, nodata)
+    span = np.maximum(high - low, 1e-6)
+    return lambda x: np.clip(np.rint((x.astype(np.float32) - low) / span * 255), 0, 255).astype(np.uint8)
+
+
+def _percentiles(src: object, bands: tuple[int, int, int], nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd and 98th percentiles of valid pixels in up to SAMPLE_WINDOWS tiles over the scene."""
+    from rasterio.windows import Window
+
+    rows, cols = src.height // TILE, src.width // TILE
+    picks = np.linspace(0, rows * cols - 1, num=min(SAMPLE_WINDOWS, rows * cols)).astype(int)
+    values = []
+    for pick in picks:
+        window = Window((pick % cols) * TILE, (pick // cols) * TILE, TILE, TILE)
+        data, valid = _read(src, bands, window, nodata)
+        values.append(data[:, valid])
+    pixels = np.concatenate(values, axis=1).astype(np.float32)
+    if pixels.shape[1] == 0:
+        raise MapError(f"{src.name}: no valid pixels found for --scale minmax (is all of it nodata?)")
+    low, high = np.percentile(pixels, PERCENTILES, axis=1)
+    return low[:, None, None], high[:, None, None]
+
+
+def _read(
+    src: object, bands: tuple[int, int, int], window: object, nodata: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bands' values in ``window`` and where all three are valid (mask, nodata, alpha, ``nodata``)."""
+    data = src.read(list(bands), window=window)
+    valid = (src.read_masks(list(bands), window=window) > 0).all(axis=0)
+    if nodata is not None:
+        valid &= ~(data == nodata).any(axis=0)
+    return data, valid
+
+
+def classify_scene(
+    src: object,
+    bands: tuple[int, int, int],
+    scaler: Scaler,
+    classify: Callable[[torch.Tensor], np.ndarray],
+    nodata: float | None = None,
+    batch_size: int = 256,
+) -> LandUseMap:
+    """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA."""
+    from affine import Affine
+
+    rows, cols = -(-src.height // TILE), -(-src.width // TILE)
+    classes = np.full((rows, cols), NODATA, dtype=np.uint8)
+    confidence = np.full((rows, cols), NODATA, dtype=np.uint8)
+    where, batch = [], []
+
+    def flush() -> None:
+        probabilities = classify(torch.from_numpy(np.stack(batch)))
+        index = tuple(np.array(where).T)
+        classes[index] = probabilities.argmax(axis=1)
+        confidence[index] = np.rint(100 * probabilities.max(axis=1))
+        where.clear()
+        batch.clear()
+
+    for row, col, tile in _tiles(src, bands, scaler, nodata):
+        where.append((row, col))
+        batch.append(tile)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    transform = src.transform @ Affine.scale(TILE)  # tile (0, 0) starts at the scene's origin
+    return LandUseMap(classes, confidence, src.crs, transform, *_tile_area(src))
+
+
+def _tiles(
+    src: object, bands: tuple[int, int, int], scaler: Scaler, nodata: float | None
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(row, col, uint8 3 x 64 x 64)`` for every complete tile without nodata, one row of tiles read at a time."""
+    from rasterio.windows import Window
+
+    full_cols = src.width // TILE
+    for row in range(src.height // TILE):
+        data, valid = _read(src, bands, Window(0, row * TILE, full_cols * TILE, TILE), nodata)
+        tiles = data.reshape(3, TILE, full_cols, TILE).transpose(2, 0, 1, 3)
+        complete = valid.reshape(TILE, full_cols, TILE).all(axis=(0, 2))
+        for col in np.flatnonzero(complete):
+            yield row, int(col), scaler(tiles[col])
+
+
+def _tile_area(src: object) -> tuple[float | None, list[str]]:
+    """A tile's area in m² (None without a projected CRS) and notes for the user."""
+    crs = src.crs
+    if crs is None:
+        return None, ["the scene has no CRS: the map has pixel coordinates only and no areas"]
+    if not crs.is_projected:
+        return None, [
+            f"the scene's CRS ({crs.to_string()}) is geographic (degrees): hectares are left empty; "
+            "reproject the scene to a projected CRS (e.g. its UTM zone, with gdalwarp) for areas"
+        ]
+    metres = crs.linear_units_factor[1]
+    pixel_m2 = abs(src.transform.determinant) * metres**2
+    notes = []
+    pixel_m = pixel_m2**0.5
+    if not 0.8 * EUROSAT_PIXEL_M <= pixel_m <= 1.25 * EUROSAT_PIXEL_M:
+        notes.append(
+            f"pixels are {pixel_m:.3g} m; EuroSAT's are 10 m, so a tile covers {pixel_m * TILE:.0f} m "
+            "instead of 640 m and the model may do worse"
+        )
+    return pixel_m2 * TILE * TILE, notes
+
+
+def class_colours() -> dict[int, tuple[int, int, int, int]]:
+    """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
+    from eurosat_pipeline.embeddings import CLASS_COLOURS
+
+    table = {i: (*_rgb(CLASS_COLOURS[name]), 255) for i, name in enumerate(CLASSES)}
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    value = hex_colour.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def write_geotiff(path: Path, values: np.ndarray, crs: object, transform: object, colours: bool = False) -> None:
+    """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
+    import rasterio
+
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[1],
+        "height": values.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": NODATA,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values, 1)
+        dst.update_tags(classes=",".join(CLASSES))
+        if colours:
+            dst.write_colormap(1, class_colours())
+        else:
+            dst.update_tags(1, meaning="top-1 probability in percent")
+
+
+def write_csv(path: Path, result: LandUseMap) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["class", "index", "tiles", "hectares", "percent"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.areas())
+    writer.writerow({"class": "nodata", "index": NODATA, "tiles": result.skipped, "hectares": "", "percent": ""})
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def thumbnail(src: object, bands: tuple[int, int, int], scaler: Scaler, longest: int = 800) -> np.ndarray:
+    """The scene as 8-bit RGB (``h x w x 3``), decimated on reading so that it stays small."""
+    from rasterio.enums import Resampling
+
+    factor = max(1, -(-max(src.width, src.height) // longest))
+    shape = (3, max(1, src.height // factor), max(1, src.width // factor))
+    return scaler(src.read(list(bands), out_shape=shape, resampling=Resampling.nearest)).transpose(1, 2, 0)
+
+
+def write_preview(
+    path: Path,
+    result: LandUseMap,
+    title: str,
+    scene: np.ndarray | None = None,
+    scene_size: tuple[int, int] = (0, 0),
+) -> None:
+    """The scene (when given) beside the map in the class colours (nodata white), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from eurosat_pipeline.embeddings import CLASS_COLOURS
+
+    cmap = ListedColormap([CLASS_COLOURS[name] for name in CLASSES]).with_extremes(bad="white")
+    rows, cols = result.classes.shape
+    panels = 1 if scene is None else 2
+    height = min(8.0, max(3.0, 6.0 * rows / cols))
+    figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
+    axes = np.atleast_1d(axes)
+    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
+    if scene is not None:
+        axes[0].imshow(scene, extent=(0, scene_size[0] / TILE, scene_size[1] / TILE, 0), interpolation="nearest")
+        axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
+    axes[-1].imshow(
+        np.ma.masked_equal(result.classes, NODATA),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(CLASSES) - 0.5,
+        interpolation="nearest",
+        extent=extent,
+    )
+    for ax in axes:
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].set_title(f"{result.classified} tiles of {TILE} px classified, {result.skipped} nodata", fontsize=9)
+    figure.suptitle(title)
+    labels = [
+        f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
+        for row in result.areas()
+    ]
+    handles = [Patch(color=CLASS_COLOURS[name]) for name in CLASSES]
+    axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figure.savefig(path, format="png", bbox_inches="tight")
+    plt.close(figure)
+
+
+def summary(result: LandUseMap, outputs: MapOutputs) -> str:
+    """What the command prints: throughput, the area table, notes and the files written."""
+    rate = result.classified / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
+        f"{rate:,.0f} tiles/s",
+    ]
+    for row in result.areas():
+        if row["tiles"]:
+            area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
+            lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
+    lines += [f"note: {note}" for note in result.notes]
+    lines.append("wrote " + ", ".join(map(str, outputs.all())))
+    return "\n".join(lines)

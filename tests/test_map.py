@@ -1,0 +1,307 @@
+"""`eurosat map`: scenes the tests make (UTM 33N, 10 m pixels) in, georeferenced maps out."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.transform import from_origin
+
+from eurosat_pipeline.cli import main as cli
+from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.errors import PipelineError
+from eurosat_pipeline.export import export_onnx
+from eurosat_pipeline.mapping import NODATA, S2_DN_MAX, TILE, make_map
+from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.synthetic import synthetic_images
+from eurosat_pipeline.training import TrainPaths, train
+
+from .conftest import REAL_EUROSAT, REPO_ROOT, tiny_config
+
+UTM33 = "EPSG:32633"
+SCENE_TRANSFORM = from_origin(500_000, 5_300_000, 10, 10)
+TILE_HA = TILE * TILE * 100 / 10_000  # 64 x 64 pixels of 10 m x 10 m, in hectares
+# The tiny model gets 37 of the 40 synthetic tiles of the main mosaic right (92.5%); with red and
+# blue swapped it gets 22%, with the tiles cut half a tile off 52%.
+MIN_RIGHT = 0.85
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("map-model")
+    # One phase at a high rate with the whole network learning: the tiny model then tells the
+    # synthetic classes apart (about 90% validation accuracy) in well under a minute.
+    config = tiny_config(
+        synthetic_images_per_class=30, phase1_epochs=0, phase2_epochs=5, phase2_lr=1e-2, backbone_lr_scale=1.0
+    )
+    config = config.replace(batch_size=32)
+    data = root / "data"
+    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    paths = TrainPaths.under(data, root / "models", root / "reports")
+    train(config, paths)
+    return paths.best
+
+
+@pytest.fixture(scope="module")
+def tiles() -> dict[str, list[np.ndarray]]:
+    """Synthetic images (3 x 64 x 64 uint8) by class; the generator's later images, not the training ones."""
+    by_class: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
+    for name, file_name, blob in synthetic_images(40):
+        if int(file_name.rsplit("_", 1)[1].split(".")[0]) > 30:
+            by_class[name].append(np.asarray(Image.open(io.BytesIO(blob))).transpose(2, 0, 1))
+    return by_class
+
+
+def grid_of_labels(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Class indices, every class about equally often, in a seeded random layout."""
+    return np.random.default_rng(seed).permutation(np.arange(rows * cols) % len(CLASSES)).reshape(rows, cols)
+
+
+def mosaic(tiles: dict[str, list[np.ndarray]], labels: np.ndarray, extra: int = 0) -> np.ndarray:
+    """``3 x H x W`` uint8: the tiles of ``labels``, plus ``extra`` pixels of partial tiles right and below."""
+    rows, cols = labels.shape
+    image = np.full((3, rows * TILE + extra, cols * TILE + extra), 128, dtype=np.uint8)
+    used = {name: 0 for name in CLASSES}
+    for (r, c), index in np.ndenumerate(labels):
+        name = CLASSES[index]
+        image[:, r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE] = tiles[name][used[name] % len(tiles[name])]
+        used[name] += 1
+    return image
+
+
+def write_raster(
+    path: Path, data: np.ndarray, crs: str | None = UTM33, transform: Affine = SCENE_TRANSFORM, **extra: Any
+) -> Path:
+    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2]}
+    profile |= {"dtype": data.dtype.name, "crs": crs, "transform": transform, **extra}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def share_right(classes: np.ndarray, labels: np.ndarray) -> float:
+    rows, cols = labels.shape
+    return float((classes[:rows, :cols] == labels).mean())
+
+
+def test_map_labels_the_tiles_and_lies_exactly_on_the_scene(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    labels = grid_of_labels(4, 10)
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, labels, extra=30))
+    out = tmp_path / "out" / "map.tif"
+    assert cli(["map", str(scene), "--out", str(out), "--checkpoint", str(model)]) == 0
+    assert "40 tile(s) classified, 15 skipped" in capsys.readouterr().out
+
+    with rasterio.open(out) as result, rasterio.open(scene) as source:
+        assert result.crs == source.crs and result.transform == source.transform @ Affine.scale(TILE)
+        assert (result.width, result.height, result.count, result.dtypes[0]) == (11, 5, 1, "uint8")
+        assert result.nodata == NODATA and result.tags()["classes"] == ",".join(CLASSES)
+        assert result.colormap(1)[0] == (0x1F, 0x77, 0xB4, 255)  # AnnualCrop: the t-SNE's colour
+        classes = result.read(1)
+    assert (classes[4, :] == NODATA).all() and (classes[:, 10] == NODATA).all()  # partial edge tiles
+    assert share_right(classes, labels) >= MIN_RIGHT
+
+    rows = read_csv(out.with_suffix(".csv"))
+    by_class = {r["class"]: r for r in rows}
+    assert [r["class"] for r in rows] == [*CLASSES, "nodata"] and by_class["nodata"]["tiles"] == "15"
+    for index, name in enumerate(CLASSES):
+        assert int(by_class[name]["tiles"]) == int((classes == index).sum())
+    hectares = sum(float(by_class[name]["hectares"]) for name in CLASSES)
+    assert hectares == pytest.approx(40 * TILE_HA)
+    assert Image.open(out.with_suffix(".png")).size[0] > 300
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.csv", "map.png", "map.tif"]
+
+
+def test_onnx_runtime_draws_the_same_map(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
+    data = model.parent.parent / "data"
+    onnx_file = tmp_path / "model.onnx"
+    export_onnx(model, onnx_file, tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, grid_of_labels(3, 10, seed=4)))
+    from_torch, _ = make_map(scene, tmp_path / "torch.tif", model)
+    out = tmp_path / "onnx.tif"
+    assert cli(["map", str(scene), "--out", str(out), "--onnx", str(onnx_file), "--batch-size", "7"]) == 0
+    with rasterio.open(out) as result:
+        assert (result.read(1) == from_torch.classes).all()
+
+
+def test_a_shifted_scene_is_mostly_wrong(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
+    """The accuracy threshold above means something: tiles cut half a tile off are not right."""
+    labels = grid_of_labels(4, 10)
+    shifted = mosaic(tiles, labels, extra=TILE)[:, TILE // 2 :, TILE // 2 :]
+    result, _ = make_map(write_raster(tmp_path / "s.tif", shifted), tmp_path / "m.tif", model)
+    assert share_right(result.classes, labels) < MIN_RIGHT - 0.2
+
+
+def test_nodata_tiles_are_skipped_not_classified(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    labels = grid_of_labels(3, 4, seed=1)
+    image = mosaic(tiles, labels)
+    image[image == 0] = 1  # 0 is the nodata value here: only the pixels set below may be 0
+    image[:, :TILE, :TILE] = 0  # tile (0, 0) empty
+    image[:, TILE + 5, 2 * TILE + 7] = 0  # tile (1, 2) has one empty pixel: partly empty
+    scene = write_raster(tmp_path / "scene.tif", image, nodata=0)
+    result, _ = make_map(scene, tmp_path / "map.tif", model, confidence=True)
+    assert result.classes[0, 0] == NODATA and result.classes[1, 2] == NODATA
+    assert result.classified == 10 and (result.classes != NODATA).sum() == 10
+    with rasterio.open(tmp_path / "map.confidence.tif") as confidence:
+        values = confidence.read(1)
+    assert values[0, 0] == NODATA and ((values[result.classes != NODATA] <= 100).all())
+    assert values[result.classes != NODATA].mean() > 50
+
+    masked = write_raster(tmp_path / "masked.tif", mosaic(tiles, labels))
+    with rasterio.open(masked, "r+") as dst:  # an internal mask instead of a nodata value
+        mask = np.full((dst.height, dst.width), 255, dtype=np.uint8)
+        mask[2 * TILE :, 3 * TILE :] = 0
+        dst.write_mask(mask)
+    result, _ = make_map(masked, tmp_path / "map2.tif", model)
+    assert result.classes[2, 3] == NODATA and result.classified == 11
+
+
+def test_sentinel2_stack_with_bands_and_s2_scaling(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    labels = grid_of_labels(4, 10, seed=2)
+    rgb = mosaic(tiles, labels).astype(np.float32)
+    stack = np.random.default_rng(0).integers(0, 6000, (13, *rgb.shape[1:]), dtype=np.uint16)
+    # The digital numbers EuroSAT's stretch (DN 0..2750 -> 1..255) turns back into these pixels.
+    # (from 2, not 1: DN 0 is Sentinel-2's nodata value.)
+    stack[[3, 2, 1]] = np.rint((np.maximum(rgb, 2) - 1) * S2_DN_MAX / 254).astype(np.uint16)
+    stack[:, -10:, -TILE:] = 0  # no data in the bottom-right tile, as at a swath's edge, nodata not declared
+    scene = write_raster(tmp_path / "s2.tif", stack)
+    from_stack, _ = make_map(scene, tmp_path / "a.tif", model, bands=(4, 3, 2))
+    from_rgb, _ = make_map(write_raster(tmp_path / "rgb.tif", rgb.astype(np.uint8)), tmp_path / "b.tif", model)
+    assert from_stack.classes[-1, -1] == NODATA and from_stack.classified == 39
+    assert (from_stack.classes == from_rgb.classes).mean() >= 0.9
+    assert share_right(from_stack.classes, labels) >= MIN_RIGHT
+    swapped, _ = make_map(scene, tmp_path / "c.tif", model, bands=(2, 3, 4))  # blue, green, red
+    assert share_right(swapped.classes, labels) < share_right(from_stack.classes, labels)
+    stretched, _ = make_map(scene, tmp_path / "d.tif", model, bands=(4, 3, 2), scale="minmax", nodata=0)
+    assert stretched.classified == 39 and share_right(stretched.classes, labels) >= MIN_RIGHT - 0.1
+
+
+def test_geographic_crs_gets_tile_counts_and_no_hectares(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    scene = write_raster(
+        tmp_path / "wgs84.tif",
+        mosaic(tiles, grid_of_labels(2, 2)),
+        crs="EPSG:4326",
+        transform=from_origin(13.0, 48.0, 0.0001, 0.0001),
+    )
+    result, outputs = make_map(scene, tmp_path / "map.tif", model)
+    rows = read_csv(outputs.csv)
+    assert all(r["hectares"] == "" for r in rows) and sum(int(r["tiles"]) for r in rows[:-1]) == 4
+    assert any("geographic" in note for note in result.notes)
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, dict[str, Any], str]]:
+    rgb = np.zeros((3, 128, 128), dtype=np.uint8)
+    (tmp_path / "notes.tif").write_text("not a raster")
+    return {
+        "not a raster": (tmp_path / "notes.tif", {}, "not a raster GDAL can read"),
+        "missing": (tmp_path / "nowhere.tif", {}, "not found"),
+        "too few bands": (write_raster(tmp_path / "two.tif", rgb[:2]), {}, r"has 2 band\(s\)"),
+        "bands not said": (write_raster(tmp_path / "five.tif", np.zeros((5, 64, 64), np.uint16)), {}, "--bands"),
+        "band out of range": (
+            write_raster(tmp_path / "stack.tif", np.zeros((13, 64, 64), np.uint16)),
+            {"bands": (4, 3, 14)},
+            r"band 14 out of range: the file has bands 1\.\.13",
+        ),
+        "smaller than a tile": (write_raster(tmp_path / "small.tif", rgb[:, :50, :]), {}, "smaller than one 64 x 64"),
+        "unwritable output": (
+            write_raster(tmp_path / "fine.tif", rgb),
+            {"out": tmp_path / "a-file" / "map.tif"},
+            "cannot write there",
+        ),
+        "not a .tif": (write_raster(tmp_path / "ok.tif", rgb), {"out": tmp_path / "out" / "map.png"}, "ending in .tif"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not a raster",
+        "missing",
+        "too few bands",
+        "bands not said",
+        "band out of range",
+        "smaller than a tile",
+        "unwritable output",
+        "not a .tif",
+    ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(case: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("a file where the output folder should be")
+    scene, options, message = bad_inputs(tmp_path)[case]
+    out = options.pop("out", tmp_path / "out" / "map.tif")
+    # No checkpoint exists: every one of these is found before the model would be loaded.
+    with pytest.raises(PipelineError, match=message):
+        make_map(scene, out, tmp_path / "no-model.ckpt", **options)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_cli_says_error_and_a_failed_model_load_leaves_nothing(
+    tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, grid_of_labels(1, 2)))
+    out = tmp_path / "out" / "map.tif"
+    out.parent.mkdir()
+    code = cli(["map", str(scene), "--out", str(out), "--checkpoint", str(tmp_path / "missing.ckpt")])
+    assert code == 2 and capsys.readouterr().err.startswith("error: ")
+    assert list(out.parent.iterdir()) == []
+    with pytest.raises(SystemExit):  # argparse: exits 2 with a usage message
+        cli(["map", str(scene), "--out", str(out), "--bands", "1,2,x"])
+
+
+def test_a_scene_that_breaks_half_way_leaves_nothing(model: Path, tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 10 * TILE, 10 * TILE), dtype=np.uint8)
+    scene = write_raster(tmp_path / "scene.tif", pixels, tiled=True, compress="deflate")
+    with scene.open("r+b") as handle:  # the header survives, the later blocks do not
+        handle.truncate(scene.stat().st_size // 2)
+    with pytest.raises(PipelineError, match="reading failed"):
+        make_map(scene, tmp_path / "out" / "map.tif", model)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_EUROSAT.is_file(), reason=f"{REAL_EUROSAT} not present")
+@pytest.mark.skipif(
+    not os.environ.get("EUROSAT_REAL_CHECKPOINT"),
+    reason="set EUROSAT_REAL_CHECKPOINT to a checkpoint trained on real EuroSAT (its test accuracy in "
+    "EUROSAT_REAL_TEST_ACC, default 0.80) to check a map of real test-split tiles",
+)
+def test_real_test_split_mosaic_is_mapped_about_as_well_as_the_test_accuracy(tmp_path: Path) -> None:
+    checkpoint = Path(os.environ["EUROSAT_REAL_CHECKPOINT"])
+    expected = float(os.environ.get("EUROSAT_REAL_TEST_ACC", "0.80"))
+    data = tmp_path / "data"
+    prepare_dataset(str(REAL_EUROSAT), data / "eurosat.zip", data / "dataset.json", 10)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    script = [sys.executable, str(REPO_ROOT / "benchmarks" / "map_mosaic.py")]
+    mosaic_tif, truth = tmp_path / "mosaic.tif", tmp_path / "truth.csv"
+    build = ["--archive", str(data / "eurosat.zip"), "--split", str(data / "split.csv"), "--per-class", "30"]
+    subprocess.run([*script, *build, "--out", str(mosaic_tif), "--truth", str(truth)], check=True)
+    assert cli(["map", str(mosaic_tif), "--out", str(tmp_path / "map.tif"), "--checkpoint", str(checkpoint)]) == 0
+    check = [*script, "--truth", str(truth), "--check", str(tmp_path / "map.tif")]
+    checked = subprocess.run(check, check=True, capture_output=True, text=True)
+    right, total = map(int, checked.stdout.splitlines()[-1].split()[0].split("/"))
+    assert total == 300 and right / total >= expected - 0.05, checked.stdout
+    with rasterio.open(tmp_path / "map.tif") as result, rasterio.open(mosaic_tif) as source:
+        assert result.crs == source.crs and result.transform == source.transform @ Affine.scale(TILE)
