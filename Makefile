@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 UV_ENV := .tools/uv
 UV := $(UV_ENV)/bin/uv
 # --no-config: no machine or user uv.toml changes what is installed; the lock decides.
-UV_FLAGS := --no-config
+# --system-certs: trust the machine's certificate store, as pip does (needed behind TLS proxies).
+UV_FLAGS := --no-config --system-certs
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
