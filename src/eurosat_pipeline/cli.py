@@ -1,4 +1,4 @@
-"""The ``eurosat`` command: the demo and the tools around a trained model."""
+"""The eurosat command: the offline demo and the tools around a trained model."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from eurosat_pipeline import __version__
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.stage import configure_logging
 
@@ -25,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # The module docstring doubles as --help text, so it is plain text, not reStructuredText.
     parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run the whole pipeline offline on synthetic data (CPU, minutes)")
@@ -36,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra param override, as for `dvc exp run -S` (repeatable)",
+        help="extra param override, as for 'dvc exp run -S' (repeatable)",
     )
     demo.add_argument("--queue", action="store_true", help="queue the experiment(s) instead of running now")
     demo.add_argument("--name", help="experiment name")
