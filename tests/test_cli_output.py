@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
 from eurosat_pipeline.cli import main as cli
 from eurosat_pipeline.compare import whole_epoch_ticks
+from eurosat_pipeline.dvc_cli import CHECKOUT_LOGGER, quiet_fresh_clone_notice
 from eurosat_pipeline.reporting import accuracy_figure, loss_figure
+from eurosat_pipeline.stage import QUIET_LOGGERS, quiet_third_party
 
 HISTORY = [{"epoch": e, "val_acc": 0.1 * e, "train_loss": 2.0 / e, "val_loss": 2.1 / e} for e in (1, 2, 3)]
 
@@ -52,3 +57,50 @@ def test_pull_request_plots_tick_whole_epochs_only_on_epoch_axes() -> None:
     assert "axis" not in fixed["layer"][0]["encoding"]["y"]
     assert "axis" not in fixed["encoding"]["x"]  # steps may be fractional-free already; left alone
     assert "axis" not in spec["layer"][0]["encoding"]["x"]  # the input is not modified
+
+
+LEAFSPEC = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+
+
+def _shown(message: str, category: type[Warning], module: str) -> bool:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        warnings.warn_explicit(message, category, "somewhere.py", 1, module=module)
+    return bool(caught)
+
+
+def test_known_noise_is_hidden_by_message_and_module_and_real_warnings_still_show() -> None:
+    assert not _shown(LEAFSPEC, FutureWarning, "lightning.pytorch.utilities._pytree")
+    assert _shown(LEAFSPEC, FutureWarning, "eurosat_pipeline.module")  # same words, our code: shown
+    assert _shown("something else is deprecated", FutureWarning, "lightning.pytorch.utilities._pytree")
+    assert _shown("a real problem", UserWarning, "lightning.pytorch.trainer.trainer")
+    both = "You have overridden `on_after_batch_transfer` in both `LightningModule` and `LightningDataModule`."
+    assert _shown(both, UserWarning, "lightning.pytorch.trainer.connectors.data_connector")
+
+
+def test_lightning_info_lines_are_off_but_its_warnings_are_not() -> None:
+    quiet_third_party()
+    for name in QUIET_LOGGERS:
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+
+
+@pytest.mark.parametrize("has_lock", [False, True])
+def test_dvc_no_hash_notice_is_dropped_only_without_a_dvc_lock(
+    has_lock: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if has_lock:
+        (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    logger = logging.getLogger(CHECKOUT_LOGGER)
+    added = quiet_fresh_clone_notice(tmp_path)
+    try:
+        with caplog.at_level(logging.WARNING, logger=CHECKOUT_LOGGER):
+            logger.warning("No file hash info found for '%s'. It won't be created.", tmp_path / "data/eurosat.zip")
+            logger.warning("Some other checkout problem")
+    finally:
+        if added:
+            logger.removeFilter(added)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Some other checkout problem" in messages
+    assert any(m.startswith("No file hash info found") for m in messages) == has_lock

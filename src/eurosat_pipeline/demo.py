@@ -54,7 +54,9 @@ def run_demo(extra_overrides: Sequence[str] = (), queue: bool = False, name: str
         raise PipelineError("Run the demo from the repository root (where dvc.yaml and .dvc/ are).")
     restore_backup(root)
     backup(root)
-    command = [sys.executable, "-m", "dvc", "exp", "run", *demo_args(extra_overrides)]
+    # DVC through our thin wrapper: it drops DVC's per-output notice that a fresh clone has no
+    # recorded outputs to check out (see dvc_cli); everything else DVC prints still shows.
+    command = [sys.executable, "-m", "eurosat_pipeline.dvc_cli", "exp", "run", *demo_args(extra_overrides)]
     if queue:
         command.append("--queue")
     elif name:
