@@ -156,3 +156,8 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, 
     fresh.run("dvc", "pull")
     assert fresh.dvc_json("status") == {}
     assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()
+    # The model registry: both artifacts come from the remote by name, without a checkout.
+    for name, path in (("model", "models/best.ckpt"), ("model-onnx", "models/model.onnx")):
+        fetched = tmp_path / f"fetched-{name}"
+        repo.run("dvc", "artifacts", "get", str(repo.root), name, "-o", str(fetched))
+        assert fetched.read_bytes() == (repo.root / path).read_bytes(), name
