@@ -78,11 +78,10 @@ def finish_loggers(loggers: Sequence[Logger], failed: bool = False) -> None:
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
             run = logger.experiment
-            where = run.url if run.settings.mode == "online" else run.settings.sync_dir
+            offline, sync_dir = run.offline, run.sync_dir
             run.finish(exit_code=1 if failed else 0)
-            if run.settings.mode == "offline":
-                where = f"{where} (upload: wandb sync {where})"
-            log.info("W&B run: %s", where)
+            if offline:  # W&B is quiet (online it still prints the run's link itself)
+                log.info("W&B run saved offline; to upload it: wandb sync %s", sync_dir)
 
 
 def _wandb_logger(config: Config, mode: str) -> Logger:
@@ -100,9 +99,9 @@ def _wandb_logger(config: Config, mode: str) -> Logger:
         save_dir=str(save_dir),
         tags=tags,
         log_model=False,
-        # W&B's banner lines off (where the run went is said once, by finish_loggers); its warnings
-        # and errors still show.
-        settings=wandb.Settings(show_info=False),
+        # W&B's banner and summary lines off (finish_loggers says where an offline run went); its
+        # warnings and errors still show.
+        settings=wandb.Settings(quiet=True),
     )
     # Lightning passes anonymous=None even when unset, and W&B warns about any value of that
     # retired setting; leaving it out is the same run without the warning.
