@@ -13,7 +13,7 @@ from eurosat_pipeline.cli import main as cli
 from eurosat_pipeline.compare import whole_epoch_ticks
 from eurosat_pipeline.dvc_cli import CHECKOUT_LOGGER, quiet_fresh_clone_notice
 from eurosat_pipeline.reporting import accuracy_figure, loss_figure
-from eurosat_pipeline.stage import QUIET_LOGGERS, quiet_third_party
+from eurosat_pipeline.stage import QUIET_LINES, quiet_third_party
 
 HISTORY = [{"epoch": e, "val_acc": 0.1 * e, "train_loss": 2.0 / e, "val_loss": 2.1 / e} for e in (1, 2, 3)]
 
@@ -79,11 +79,19 @@ def test_known_noise_is_hidden_by_message_and_module_and_real_warnings_still_sho
     assert _shown(both, UserWarning, "lightning.pytorch.trainer.connectors.data_connector")
 
 
-def test_lightning_info_lines_are_off_but_its_warnings_are_not() -> None:
+def test_lightning_noise_lines_are_dropped_but_its_other_lines_show(caplog: pytest.LogCaptureFixture) -> None:
     quiet_third_party()
-    for name in QUIET_LOGGERS:
-        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
-        assert logging.getLogger(name).isEnabledFor(logging.WARNING)
+    quiet_third_party()  # idempotent: one filter per logger
+    name = "lightning.pytorch.utilities.rank_zero"
+    logger = logging.getLogger(name)
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger=name):
+        logger.info("💡 Tip: For seamless cloud logging ... try installing [litlogger]")
+        logger.info("GPU available: False, used: False")
+        logger.info("distributed_backend=gloo\nAll distributed processes registered. Starting with 2 processes")
+        logger.warning("something real")
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["distributed_backend=gloo", "something"]
+    assert set(QUIET_LINES) >= {name, "lightning.fabric.utilities.seed"}
 
 
 @pytest.mark.parametrize("has_lock", [False, True])

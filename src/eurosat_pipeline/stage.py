@@ -11,13 +11,29 @@ from pathlib import Path
 
 from eurosat_pipeline.errors import PipelineError
 
-# Lightning's informational channels: its hardware summary, "Seed set to", the LitLogger
-# advertisement. Its real warnings go through the warnings module and still show.
-QUIET_LOGGERS = (
-    "lightning.pytorch.utilities.rank_zero",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.fabric.utilities.seed",
-)
+# Lightning's informational lines that say nothing about this run's results: the hardware
+# summary, "Seed set to", the LitLogger advertisement. Others on the same loggers (the DDP start-up
+# lines) and all warnings (through the warnings module) still show.
+QUIET_LINES: dict[str, tuple[str, ...]] = {
+    "lightning.pytorch.utilities.rank_zero": (
+        "💡 Tip:",
+        "GPU available:",
+        "TPU available:",
+        "HPU available:",
+        "Loading `train_dataloader` to estimate",
+        "`Trainer.fit` stopped:",
+    ),
+    "lightning.fabric.utilities.seed": ("Seed set to",),
+}
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
 
 
 def configure_logging() -> None:
@@ -30,8 +46,10 @@ def configure_logging() -> None:
 def quiet_third_party() -> None:
     """Hide known third-party noise, each by its message and the module that raises it; any other
     warning still shows. The one place for such filters."""
-    for name in QUIET_LOGGERS:  # child loggers: Lightning's import resets only its top-level ones
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, prefixes in QUIET_LINES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLines) for f in logger.filters):
+            logger.addFilter(_DropLines(prefixes))
     # torch deprecated LeafSpec; Lightning's own pytree helper still uses it (not our code).
     warnings.filterwarnings(
         "ignore",
