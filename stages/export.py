@@ -15,7 +15,10 @@ def main() -> None:
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()
     report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split)
-    print(f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e}")
+    print(
+        f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e} "
+        f"({report['max_relative_diff']:.1e} of the logits' scale), same predicted classes"
+    )
 
 
 if __name__ == "__main__":

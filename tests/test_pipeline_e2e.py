@@ -203,3 +203,13 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, 
     fresh.run("dvc", "pull")
     assert fresh.dvc_json("status") == UP_TO_DATE
     assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()
+    # The model registry: a version is a git tag (GTO's name@vX.Y.Z); both artifacts then come
+    # from the remote by name, without a checkout (the latest version, or the one asked for).
+    for name, path, rev in (
+        ("model", "models/best.ckpt", []),
+        ("model-onnx", "models/model.onnx", ["--rev", "v0.1.0"]),
+    ):
+        repo.git("tag", "-a", f"{name}@v0.1.0", "-m", f"register {name}")
+        fetched = tmp_path / f"fetched-{name}"
+        repo.run("dvc", "artifacts", "get", str(repo.root), name, *rev, "-o", str(fetched))
+        assert fetched.read_bytes() == (repo.root / path).read_bytes(), name

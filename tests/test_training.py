@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import warnings
 from typing import Any
 
 import lightning as L
@@ -66,9 +69,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         data / "eurosat.zip", data / "split.csv", config.val_fraction, config.test_fraction, config.split_seed
     )
     paths = TrainPaths.under(data, root / "models", root / "reports")
+    (root / "models").mkdir()
+    (root / "models" / "model.onnx").write_bytes(b"from an earlier run")  # models/ is not empty
     probe = Probe()
-    summary = train(config, paths, extra_callbacks=[probe])
-    return {"config": config, "paths": paths, "probe": probe, "summary": summary}
+    stdout = io.StringIO()  # not a terminal, like DVC's and CI's logs
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stdout):
+        warnings.simplefilter("always")
+        summary = train(config, paths, extra_callbacks=[probe])
+    return {
+        "config": config,
+        "paths": paths,
+        "probe": probe,
+        "summary": summary,
+        "stdout": stdout.getvalue(),
+        "warnings": [str(w.message) for w in caught],
+    }
 
 
 def test_phase1_freezes_the_backbone_and_its_batchnorm(run: dict[str, Any]) -> None:
@@ -142,3 +157,20 @@ def test_summary_records_data_time_and_hardware(run: dict[str, Any]) -> None:
     assert summary["data"]["synthetic"] is True
     assert summary["wall_seconds"] > 0 and "CPU" in summary["hardware"]
     assert summary["epochs"] == 3 and summary["precision"] == "32-true"
+
+
+def test_off_a_terminal_each_epoch_prints_one_line(run: dict[str, Any]) -> None:
+    lines = [line for line in run["stdout"].splitlines() if line.startswith("epoch ")]
+    max_epochs = run["config"].max_epochs
+    assert [line.split()[1] for line in lines] == [f"{e}/{max_epochs}" for e in range(1, max_epochs + 1)]
+    pattern = (
+        r"epoch \d+/\d+  phase [12]  train loss \d+\.\d{4}  val loss \d+\.\d{4}  val acc \d+\.\d{2}%  [\d,]+ images/s"
+    )
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert "━" not in run["stdout"] and "it/s" not in run["stdout"]  # no progress bar
+
+
+def test_the_last_checkpoint_shares_models_without_a_warning(run: dict[str, Any]) -> None:
+    assert run["paths"].last.is_file()
+    assert (run["paths"].last.parent / "model.onnx").read_bytes() == b"from an earlier run"
+    assert not [w for w in run["warnings"] if "exists and is not empty" in w]

@@ -66,6 +66,7 @@ def test_workflow_reproduces_compares_and_comments() -> None:
     steps = [s.get("run", "") for s in workflow["jobs"]["reproduce-and-comment"]["steps"]]
     script = "\n".join(steps)
     assert "dvc repro" in script
+    assert "make install" in script and "pip install" not in script  # the lock, as everywhere else
     assert "eurosat compare --rev" in script
     assert "cml comment update" in script and "cml/report.md" in script
     assert "${{" not in script, "expressions belong in env:, not inline in scripts (injection)"

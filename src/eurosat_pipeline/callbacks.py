@@ -85,6 +85,27 @@ class HistoryWriter(EpochRows):
             write_history(self.rows, self.path)
 
 
+class EpochLines(Callback):
+    """One line per epoch on standard output, for logs that are not a terminal (DVC, CI), where a
+    progress bar prints nothing readable. It shows the history's newest row, so it must come after
+    the :class:`HistoryWriter` in the callback list."""
+
+    def __init__(self, history: HistoryWriter, max_epochs: int) -> None:
+        self.history = history
+        self.max_epochs = max_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.history.rows:
+            print(epoch_line(self.history.rows[-1], self.max_epochs), flush=True)
+
+
+def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{max_epochs}  phase {row['phase']}  train loss {row['train_loss']:.4f}  "
+        f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.2%}  {row['images_per_s']:,.0f} images/s"
+    )
+
+
 def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")

@@ -63,7 +63,8 @@ def render_plots(plots: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[
             if item.get("type") == "vega":
                 target = out_dir / f"{_slug(name)}.png"
                 with atomic_path(target) as tmp:
-                    tmp.write_bytes(vl_convert.vegalite_to_png(vl_spec=item["content"], scale=1.5))
+                    spec = whole_epoch_ticks(item["content"])
+                    tmp.write_bytes(vl_convert.vegalite_to_png(vl_spec=spec, scale=1.5))
                 written.append((name, target))
             elif item.get("type") == "image":
                 pictures.setdefault(str(Path(name).parent), []).append(item)
@@ -74,6 +75,19 @@ def render_plots(plots: dict[str, list[dict[str, Any]]], out_dir: Path) -> list[
                 shutil.copyfile(item["url"], tmp)
             written.append((f"{Path(folder).name} at epoch {_epoch(item['url'])} ({revision})", target))
     return written
+
+
+def whole_epoch_ticks(spec: Any) -> Any:
+    """The spec with every quantitative ``epoch`` axis ticked at whole epochs (Vega-Lite would put
+    ticks at 1.5, 2.5 on a short run)."""
+    if isinstance(spec, list):
+        return [whole_epoch_ticks(item) for item in spec]
+    if not isinstance(spec, dict):
+        return spec
+    spec = {key: whole_epoch_ticks(value) for key, value in spec.items()}
+    if spec.get("field") == "epoch" and spec.get("type") == "quantitative":
+        spec["axis"] = {**spec.get("axis", {}), "tickMinStep": 1, "format": "d"}
+    return spec
 
 
 def _newest_per_revision(images: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

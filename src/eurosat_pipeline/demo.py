@@ -97,7 +97,9 @@ def run_demo(
     arguments = demo_args(extra_overrides, data)  # checks --data before anything is touched
     restore_backup(root)
     backup(root)
-    command = [sys.executable, "-m", "dvc", "exp", "run", *arguments]
+    # DVC through our thin wrapper: it drops DVC's per-output notice that a fresh clone has no
+    # recorded outputs to check out (see dvc_cli); everything else DVC prints still shows.
+    command = [sys.executable, "-m", "eurosat_pipeline.dvc_cli", "exp", "run", *arguments]
     if queue:
         command.append("--queue")
     elif name:

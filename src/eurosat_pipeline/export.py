@@ -23,7 +23,12 @@ from eurosat_pipeline.files import atomic_path, write_json
 from eurosat_pipeline.loading import load_splits
 from eurosat_pipeline.preprocessing import Preprocessing
 
-PARITY_TOLERANCE = 1e-4
+# Parity is judged relative to the logits' scale: float32 rounding grows with the size of the
+# activations, and a barely trained network can have logits in the thousands. Measured (ONNX
+# Runtime vs PyTorch, both against a float64 PyTorch reference): up to ~3e-5 of the largest logit,
+# with PyTorch's own float32 error as large as ONNX Runtime's. Real export bugs (a missing layer,
+# train-mode BatchNorm or dropout, other preprocessing in the graph) differ by 1e-1 and more.
+PARITY_TOLERANCE = 1e-3  # of max(1, largest |logit|)
 PARITY_IMAGES = 64
 OPSET = 18
 INPUT, OUTPUT = "images", "logits"
@@ -63,10 +68,9 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         report = parity(model, tmp, images)
-        if report["max_abs_diff"] > PARITY_TOLERANCE:
+        if not report["ok"]:
             raise PipelineError(
-                f"ONNX export of {checkpoint} disagrees with PyTorch: max |logit difference| "
-                f"{report['max_abs_diff']:.2e} > {PARITY_TOLERANCE:.0e}. Nothing was written."
+                f"ONNX export of {checkpoint} disagrees with PyTorch: {parity_problem(report)}. Nothing was written."
             )
     write_json(report_path, report)
     return report
@@ -81,25 +85,64 @@ def parity_images(
 
 
 def parity(model: torch.nn.Module, onnx_file: str | Path, images: torch.Tensor) -> dict[str, Any]:
-    """Max absolute logit difference between PyTorch and ONNX Runtime (CPU, fp32)."""
+    """PyTorch vs ONNX Runtime (CPU, fp32) on ``images``, judged by :func:`judge_parity`."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     # A batch of one and a batch of the rest: the batch axis must really be dynamic.
     batches = [images[:1], images[1:]] if len(images) > 1 else [images]
-    worst, agree = 0.0, True
+    expected, actual = [], []
     for batch in batches:
         with torch.no_grad():
-            expected = model.eval()(batch).numpy()
-        (actual,) = session.run([OUTPUT], {INPUT: batch.numpy()})
-        worst = max(worst, float(np.abs(actual - expected).max()))
-        agree &= bool((actual.argmax(1) == expected.argmax(1)).all())
+            expected.append(model.eval()(batch).numpy())
+        actual.append(session.run([OUTPUT], {INPUT: batch.numpy()})[0])
     return {
-        "max_abs_diff": worst,
-        "tolerance": PARITY_TOLERANCE,
-        "same_top1": agree,
+        **judge_parity(np.concatenate(expected), np.concatenate(actual)),
         "images": len(images),
         "batch_sizes": [len(b) for b in batches],
         "opset": OPSET,
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def judge_parity(expected: np.ndarray, actual: np.ndarray, tolerance: float = PARITY_TOLERANCE) -> dict[str, Any]:
+    """Do two sets of logits agree up to float noise?
+
+    The difference is measured relative to the logits' scale (``max(1, largest |logit|)``), and
+    the predicted classes must be the same, except where PyTorch's top two are closer than the
+    allowed difference (a tie that float noise may break either way).
+    """
+    if expected.shape != actual.shape:
+        return {"ok": False, "shape": [list(expected.shape), list(actual.shape)], "max_abs_diff": float("inf")}
+    max_abs = float(np.abs(actual - expected).max())
+    scale = max(1.0, float(np.abs(expected).max()))
+    rows = np.arange(len(expected))
+    top_expected, top_actual = expected.argmax(1), actual.argmax(1)
+    # How much better PyTorch rates its own top class than the one ONNX picked (0 where they agree).
+    margins = expected[rows, top_expected] - expected[rows, top_actual]
+    flips = int((margins > tolerance * scale).sum())
+    relative = max_abs / scale
+    return {
+        "ok": relative <= tolerance and flips == 0,
+        "max_abs_diff": max_abs,
+        "logit_scale": scale,
+        "max_relative_diff": relative,
+        "tolerance": tolerance,
+        "same_top1": bool((top_expected == top_actual).all()),
+        "top1_flips": flips,
+    }
+
+
+def parity_problem(report: dict[str, Any]) -> str:
+    """The failed check of a :func:`judge_parity` report, in words."""
+    if "shape" in report:
+        return f"output shape {report['shape'][1]}, expected {report['shape'][0]}"
+    problems = []
+    if report["max_relative_diff"] > report["tolerance"]:
+        problems.append(
+            f"max |logit difference| {report['max_abs_diff']:.2e} is {report['max_relative_diff']:.1e} of the logits' "
+            f"scale {report['logit_scale']:.3g} (float noise stays below {report['tolerance']:.0e})"
+        )
+    if report["top1_flips"]:
+        problems.append(f"{report['top1_flips']} image(s) get another predicted class")
+    return "; ".join(problems) or "no problem"

@@ -191,8 +191,12 @@ class LandUseClassifier(L.LightningModule):
         bad = ~torch.isfinite(loss.detach())
         first = self._first_bad_step
         self._first_bad_step = torch.where(bad & (first < 0), self.global_step, first)
-        if loss.device.type == "cpu" or self.global_step % NONFINITE_CHECK_EVERY_ON_GPU == 0:
+        if self.global_step % self.nonfinite_check_interval(loss.device) == 0:
             self.check_finite()
+
+    def nonfinite_check_interval(self, device: torch.device) -> int:
+        """Steps between reads of the non-finite flag: every step where that is free (CPU)."""
+        return 1 if device.type == "cpu" else NONFINITE_CHECK_EVERY_ON_GPU
 
     def check_finite(self) -> None:
         """Stop at once if any loss so far was NaN or infinite; no checkpoint of it is written."""

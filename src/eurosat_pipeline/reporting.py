@@ -88,10 +88,8 @@ def _mark_phase2(figure: go.Figure, phase2_start: float | None) -> go.Figure:
 def accuracy_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go.Figure:
     epochs = [r["epoch"] for r in history]
     figure = go.Figure(go.Scatter(x=epochs, y=[r["val_acc"] for r in history], mode="lines+markers", name="val acc"))
-    figure.update_layout(
-        title="Validation accuracy", xaxis_title="epoch", yaxis_title="accuracy", yaxis_tickformat=".1%", xaxis_dtick=1
-    )
-    return _mark_phase2(figure, phase2_start)
+    figure.update_layout(title="Validation accuracy", yaxis_title="accuracy", yaxis_tickformat=".1%")
+    return _mark_phase2(_epoch_axis(figure), phase2_start)
 
 
 def loss_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go.Figure:
@@ -101,11 +99,15 @@ def loss_figure(history: list[dict[str, Any]], phase2_start: float | None) -> go
         figure.add_trace(go.Scatter(x=epochs, y=[r[key] for r in history], mode="lines+markers", name=label))
     figure.update_layout(
         title="Train and validation loss",
-        xaxis_title="epoch",
         yaxis_title="cross-entropy (label smoothing)",
-        xaxis_dtick=1,
     )
-    return _mark_phase2(figure, phase2_start)
+    return _mark_phase2(_epoch_axis(figure), phase2_start)
+
+
+def _epoch_axis(figure: go.Figure) -> go.Figure:
+    """Whole epochs only: ticks at 1, 2, 3 ... (never 1.5), labelled as integers, also when zoomed."""
+    figure.update_xaxes(title_text="epoch", tickmode="linear", tick0=1, dtick=1, tickformat="d")
+    return figure
 
 
 def lr_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:

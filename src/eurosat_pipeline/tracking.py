@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import netrc
 import os
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from eurosat_pipeline.config import Config
 
 WANDB_HOST = "api.wandb.ai"
+log = logging.getLogger(__name__)
 
 
 def resolve_wandb_mode(configured: str, environ: dict[str, str] | None = None) -> str:
@@ -75,21 +77,34 @@ def finish_loggers(loggers: Sequence[Logger], failed: bool = False) -> None:
     """End W&B runs now (Lightning leaves them open until exit), so the run's log is complete."""
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
-            logger.experiment.finish(exit_code=1 if failed else 0)
+            run = logger.experiment
+            offline, sync_dir = run.offline, run.sync_dir
+            run.finish(exit_code=1 if failed else 0)
+            if offline:  # W&B is quiet (online it still prints the run's link itself)
+                log.info("W&B run saved offline; to upload it: wandb sync %s", sync_dir)
 
 
 def _wandb_logger(config: Config, mode: str) -> Logger:
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
     # W&B makes its own "wandb/" folder inside save_dir.
     save_dir = Path(os.environ.get("WANDB_DIR", "."))
     save_dir.mkdir(parents=True, exist_ok=True)
     tags = ["synthetic-data"] if config.is_synthetic else []
-    return WandbLogger(
+    logger = WandbLogger(
         project=config.wandb_project,
         entity=config.wandb_entity or None,
         mode=mode,
         save_dir=str(save_dir),
         tags=tags,
         log_model=False,
+        # W&B's banner and summary lines off (finish_loggers says where an offline run went); its
+        # warnings and errors still show.
+        settings=wandb.Settings(quiet=True),
     )
+    # Lightning passes anonymous=None even when unset, and W&B warns about any value of that
+    # retired setting; leaving it out is the same run without the warning.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger

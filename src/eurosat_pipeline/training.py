@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
-from eurosat_pipeline.callbacks import BestCheckpoints, HistoryWriter
+from eurosat_pipeline.callbacks import BestCheckpoints, EpochLines, HistoryWriter
 from eurosat_pipeline.checkpoints import fingerprint, resumable
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.embeddings import TSNELogger
@@ -60,10 +60,6 @@ class TrainPaths:
         )
 
 
-# On purpose: the module, not the data module, owns the on-device batch transform.
-warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-
-
 def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fine-tune on the train split, validate every epoch, keep the best checkpoints."""
     started = time.perf_counter()
@@ -83,13 +79,16 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         module.model.to(memory_format=torch.channels_last)
     history = HistoryWriter(paths.history)
     best = BestCheckpoints(paths.checkpoints)
+    # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
+    progress_bar = sys.stdout.isatty()
     callbacks: list[Callback] = [
         best,
-        ModelCheckpoint(dirpath=paths.last.parent, filename=paths.last.stem, enable_version_counter=False),
+        last_checkpoint(paths.last),
         LearningRateMonitor(logging_interval="step"),
         history,
         RunSummary(history),
         TSNELogger(config.tsne_interval, paths.tsne),
+        *([] if progress_bar else [EpochLines(history, config.max_epochs)]),
         *extra_callbacks,
     ]
     trainer = L.Trainer(
@@ -108,6 +107,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
         reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
         enable_model_summary=False,
+        enable_progress_bar=progress_bar,
         default_root_dir=str(paths.checkpoints.parent),
     )
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, module.model.preprocessing)
@@ -158,6 +158,20 @@ def _finish(
     }
     write_json(paths.summary, summary)
     return summary
+
+
+def last_checkpoint(path: Path) -> ModelCheckpoint:
+    """Writes ``path`` after every epoch, for resuming."""
+    return LastCheckpoint(dirpath=path.parent, filename=path.stem, enable_version_counter=False)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning warns when a checkpoint folder is not empty, because a top-k callback deletes
+    files it ranks out. This one has no metric and one fixed name: it only ever replaces its own
+    file, so the other files in ``models/`` (best.ckpt, model.onnx, checkpoints/) are safe."""
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: object) -> None:
+        return None
 
 
 class RunSummary(Callback):
