@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     land.add_argument("--nodata", type=float, help="treat this value as nodata (besides the file's own nodata or mask)")
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
+    land.add_argument(
+        "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
+    )
     land.add_argument("--batch-size", type=int, default=256)
     land.set_defaults(run=_map)
 
@@ -147,6 +150,7 @@ def _map(args: argparse.Namespace) -> int:
         nodata=args.nodata,
         batch_size=args.batch_size,
         confidence=args.confidence,
+        scene_preview=not args.map_only_preview,
     )
     print(summary(result, outputs))
     return 0

@@ -136,6 +136,7 @@ def make_map(
     nodata: float | None = None,
     batch_size: int = 256,
     confidence: bool = False,
+    scene_preview: bool = True,
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
     import rasterio
@@ -166,7 +167,7 @@ def make_map(
             write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
             if outputs.confidence is not None:
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform)
-        picture = thumbnail(src, chosen, scaler)
+        picture = thumbnail(src, chosen, scaler) if scene_preview else None
         write_preview(temporaries["png"], result, scene.name, picture, (src.width, src.height))
         write_csv(temporaries["csv"], result)
     return result, outputs
