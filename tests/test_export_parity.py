@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from eurosat_pipeline.export import INPUT, OPSET, OUTPUT, judge_parity, parity, parity_problem
+from eurosat_pipeline.export import judge_parity, parity, parity_problem, write_onnx
 from eurosat_pipeline.model import build_model
 
 from .conftest import tiny_config
@@ -97,19 +97,7 @@ def images() -> torch.Tensor:
 
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    program = torch.onnx.export(
-        module,
-        (example[:2],),
-        dynamo=True,
-        verbose=False,
-        input_names=[INPUT],
-        output_names=[OUTPUT],
-        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
-        opset_version=OPSET,
-        external_data=False,
-    )
-    program.save(str(path))
-    return path
+    return write_onnx(module, example[:2], path)
 
 
 def test_train_mode_outputs_fail(model: nn.Module, images: torch.Tensor) -> None:

@@ -44,18 +44,7 @@ def export_onnx(
     images = parity_images(archive, split, model.preprocessing)
     example = images[:2]
     with atomic_path(onnx_path) as tmp:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            verbose=False,
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
-            opset_version=OPSET,
-            external_data=False,
-        )
-        program.save(str(tmp))
+        write_onnx(model, example, tmp)
         proto = onnx.load(str(tmp))
         metadata = {
             "image_size": str(model.preprocessing.image_size),
@@ -74,6 +63,23 @@ def export_onnx(
             )
     write_json(report_path, report)
     return report
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """The plain ONNX graph of ``model`` (dynamic batch axis), without metadata or checks."""
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        verbose=False,
+        input_names=[INPUT],
+        output_names=[OUTPUT],
+        dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=4096)}},
+        opset_version=OPSET,
+        external_data=False,
+    )
+    program.save(str(path))
+    return path
 
 
 def parity_images(
