@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import prepare_dataset
+from eurosat_pipeline.hardware import choose_precision, resolve_accelerator
 from eurosat_pipeline.loading import EuroSATDataModule, decode_set, read_splits
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.per_sample import PerSampleImages
@@ -254,7 +255,7 @@ def train_suite(data: Path, steps: int, cuda: bool, base: Config) -> list[dict[s
                     "name": f"phase {phase}, {pipeline} loader",
                     "device": "cuda" if cuda else "cpu",
                     "batch_size": batch,
-                    "precision": _precision(cuda),
+                    "precision": _precision(),
                     "images_per_s": rate,
                 }
             )
@@ -276,28 +277,42 @@ def _train_rate(config: Config, data: Path, batches: int, warmup: int) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
-        precision=_precision(torch.cuda.is_available()),
+        precision=_precision(),
+        # One device: on a machine with several GPUs Lightning would otherwise take them all and
+        # relaunch this whole benchmark once per rank.
+        accelerator=_accelerator(),
+        devices=1,
     )
     datamodule = EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config, module.model.preprocessing)
     trainer.fit(module, datamodule=datamodule)
     return timer.rate
 
 
-def _precision(cuda: bool) -> str:
-    return "bf16-mixed" if cuda else "32-true"
+def _accelerator() -> str:
+    return resolve_accelerator("auto")
+
+
+def _precision() -> str:
+    """What ``precision: auto`` picks for a run on this machine (the train stage's own choice)."""
+    return choose_precision("auto", _accelerator()).precision
 
 
 # ----- recipe suite (GPU) -------------------------------------------------------------------------
 def recipe_suite(data: Path, root: Path, base: Config) -> list[dict[str, Any]]:
     from eurosat_pipeline.training import TrainPaths, train
 
+    auto = _precision()  # bf16-mixed on Ampere and newer, 16-mixed on 7.x
     variants = [
-        ("ours, bf16, channels_last", {}, None),
+        (f"ours, {auto}, channels_last", {}, None),
         ("ours, fp32, channels_last", {"precision": "32-true"}, None),
-        ("ours, bf16, no channels_last", {"channels_last": False}, None),
-        ("original per-sample loader, num_workers=0, bf16", {"input_pipeline": "per_sample", "num_workers": 0}, 1),
+        (f"ours, {auto}, no channels_last", {"channels_last": False}, None),
         (
-            f"original per-sample loader, num_workers={os.cpu_count()}, bf16",
+            f"original per-sample loader, num_workers=0, {auto}",
+            {"input_pipeline": "per_sample", "num_workers": 0},
+            1,
+        ),
+        (
+            f"original per-sample loader, num_workers={os.cpu_count()}, {auto}",
             {"input_pipeline": "per_sample", "num_workers": os.cpu_count() or 1},
             1,
         ),
@@ -328,24 +343,24 @@ def recipe_suite(data: Path, root: Path, base: Config) -> list[dict[str, Any]]:
 
 
 class GpuSampler:
-    """Mean GPU utilisation (nvidia-smi's figure, through NVML) while the block runs."""
+    """Mean utilisation of the GPU this process trains on (nvidia-smi's figure, through NVML).
+
+    ``torch.cuda.utilization`` maps torch's device 0 to its NVML index through
+    ``CUDA_VISIBLE_DEVICES``; NVML's own index 0 would be the machine's first GPU, maybe another job's.
+    """
 
     def __enter__(self) -> GpuSampler:
         self._samples: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if torch.cuda.is_available():
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._thread = threading.Thread(target=self._sample, args=(pynvml, handle), daemon=True)
+            self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
 
-    def _sample(self, pynvml: Any, handle: Any) -> None:
+    def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            self._samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            self._samples.append(float(torch.cuda.utilization(torch.cuda.current_device())))
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()

@@ -78,6 +78,9 @@ def tiny_config(**changes: object) -> Config:
         tsne_interval=0,
         wandb_mode="disabled",
         resume=False,
+        # The CPU on every machine: on a GPU, `auto` would pick bf16 and cuDNN autotuning, and the
+        # tests' exact-equality and determinism checks are about the CPU. GPU tests ask for cuda.
+        accelerator="cpu",
     )
     return base.replace(**changes) if changes else base
 

@@ -10,6 +10,14 @@ from eurosat_pipeline import __version__
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.stage import configure_logging
 
+ONNX_HELP = (
+    "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
+    "locked onnxruntime (onnxruntime-gpu in its place for CUDA), while a checkpoint uses the GPU when there is one"
+)
+
+
+DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GPU when there is one)"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -63,11 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="classify image files or folders (top-k with probabilities)")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     predict.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
-    predict.add_argument("--onnx", help="use this ONNX file (from the export stage) instead of a checkpoint")
+    predict.add_argument("--onnx", help=ONNX_HELP)
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
     predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--device", help=DEVICE_HELP)
     predict.set_defaults(run=_predict)
 
     land = commands.add_parser(
@@ -76,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     land.add_argument("scene", help="the scene: RGB, or a multi-band stack with --bands")
     land.add_argument("--out", required=True, help="the map, MAP.tif; MAP.png and MAP.csv are written beside it")
     land.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
-    land.add_argument("--onnx", help="use this ONNX file (from the export stage) instead of a checkpoint")
+    land.add_argument("--onnx", help=ONNX_HELP)
     land.add_argument(
         "--bands", type=_band_list, help="red,green,blue band numbers, 1-based (e.g. 4,3,2 for Sentinel-2)"
     )
@@ -96,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
     )
     land.add_argument("--batch-size", type=int, default=256)
+    land.add_argument("--device", help=DEVICE_HELP)
     land.set_defaults(run=_map)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
@@ -124,7 +134,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from eurosat_pipeline.predict import emit, predict
 
-    predictions = predict(args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size)
+    predictions = predict(args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device)
     emit(predictions, args.format, args.output)
     return 0
 
@@ -151,6 +161,7 @@ def _map(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         confidence=args.confidence,
         scene_preview=not args.map_only_preview,
+        device=args.device,
     )
     print(summary(result, outputs))
     return 0

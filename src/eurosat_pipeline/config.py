@@ -21,8 +21,22 @@ from ruamel.yaml.error import YAMLError
 from eurosat_pipeline.errors import ConfigError
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+# Lightning settings that are valid elsewhere but cannot work with this pipeline, and why.
+REFUSED = {
+    ("strategy", "ddp_spawn"): (
+        "cannot work here: the spawned ranks' callback state (history, best checkpoints) never returns to the "
+        "main process, and the frozen phase 1 needs unused-parameter detection. Use strategy: ddp (or auto), "
+        "which starts one process per device and works with dvc repro"
+    ),
+    ("precision", "bf16-true"): (
+        "is not supported: it casts every float buffer, including the batch transform's colour matrices and "
+        "mean/std, to bf16, and the on-device augmentation then mixes bf16 and fp32. Use bf16-mixed (the "
+        "default on GPUs with native bf16)"
+    ),
+    ("precision", "16-true"): "is not supported (see bf16-true); use 16-mixed",
+}
 WANDB_MODES = ("offline", "online", "disabled", "auto")
 INPUT_PIPELINES = ("device", "per_sample")
 BUILTIN_SOURCES = ("eurosat", "synthetic")
@@ -211,6 +225,10 @@ def _check_values(c: Config, source: str) -> None:
         )
     else:
         req(c.devices >= 1, "devices", "must be >= 1")
+    for key in ("strategy", "precision"):
+        reason = REFUSED.get((key, getattr(c, key)))
+        if reason:
+            raise ConfigError(f"{source}: key '{key}': {getattr(c, key)} {reason}.")
     for key, choices in (
         ("accelerator", ACCELERATORS),
         ("precision", PRECISIONS),

@@ -25,3 +25,12 @@ class CheckpointError(PipelineError):
 
 class TrainingError(PipelineError):
     """Training cannot go on (for example, the loss became NaN)."""
+
+    #: Raised by every DDP rank at once; only the global-zero rank's message is printed.
+    echo_of_rank_zero = False
+
+    @classmethod
+    def on_every_rank(cls, is_global_zero: bool, message: str) -> TrainingError:
+        error = cls(message)
+        error.echo_of_rank_zero = not is_global_zero
+        return error

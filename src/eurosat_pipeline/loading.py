@@ -107,8 +107,17 @@ class InMemoryImages(Dataset):
         return self.set.images[index], self.set.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.set.images.device)
+        index = index_tensor(indices, self.set.images.device)
         return self.set.images[index], self.set.labels[index]
+
+
+def index_tensor(indices: list[int], device: torch.device) -> torch.Tensor:
+    """The batch's indices on ``device``. To a GPU they go from pinned memory without blocking: a
+    tensor made on the GPU straight from a Python list is a synchronous copy, a host sync per step."""
+    index = torch.tensor(indices, dtype=torch.long)
+    if device.type != "cuda":
+        return index
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,13 +230,31 @@ class EuroSATDataModule(L.LightningDataModule):
         if name not in self.cached_features:
             started = time.perf_counter()
             images = self.datasets[name].set
-            model = self.trainer.lightning_module.model
-            features = backbone_features(model, images.images, channels_last=self.config.channels_last)
+            features = self._compute_features(images.images)
             self.cached_features[name] = InMemoryImages(ImageSet(features, images.labels, images.paths))
             elapsed = time.perf_counter() - started
             self.feature_seconds += elapsed
             log.info("phase 1: backbone features of %d %s images computed once (%.0f s)", len(images), name, elapsed)
         return self.cached_features[name]
+
+    def _compute_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Every image's features, in the run's precision (autocast under bf16/16-mixed). Under DDP
+        each rank computes one shard and the shards are gathered, so the pass costs 1/world each."""
+        model = self.trainer.lightning_module.model
+        world, rank = self._world()
+        with self.trainer.precision_plugin.forward_context():
+            if world == 1:
+                return backbone_features(model, images, channels_last=self.config.channels_last)
+            shard = -(-len(images) // world)
+            part = backbone_features(
+                model, images[rank * shard : (rank + 1) * shard], channels_last=self.config.channels_last
+            )
+        # all_gather needs equal shapes: the last shard is padded, and the padding dropped after.
+        padded = torch.zeros(shard, part.shape[1], dtype=part.dtype, device=part.device)
+        padded[: len(part)] = part
+        shards = [torch.empty_like(padded) for _ in range(world)]
+        torch.distributed.all_gather(shards, padded)
+        return torch.cat(shards)[: len(images)]
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -137,6 +137,7 @@ def make_map(
     batch_size: int = 256,
     confidence: bool = False,
     scene_preview: bool = True,
+    device: str | None = None,
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
     import rasterio
@@ -156,7 +157,7 @@ def make_map(
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
         scaler = make_scaler(src, chosen, scale, offset, nodata)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
-        predictor = load_predictor(checkpoint, onnx_file)
+        predictor = load_predictor(checkpoint, onnx_file, device)
         started = time.perf_counter()
         try:
             result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)

@@ -94,7 +94,9 @@ def model_card(
         "## Training time and hardware",
         "",
         f"{summary['epochs']} epochs in {summary['wall_seconds']:.0f} s on {summary['hardware']} "
-        f"({summary['precision']} precision).",
+        f"({summary['precision']} precision"
+        + (f": {summary['precision_reason']}" if summary.get("precision_reason") else "")
+        + ").",
         "",
         "## Intended use",
         "",

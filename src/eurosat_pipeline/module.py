@@ -45,9 +45,12 @@ class LandUseClassifier(L.LightningModule):
         )
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
-        self.train_loss = MeanMetric()
-        self.val_loss = MeanMetric()
-        self.val_acc = MulticlassAccuracy(num_classes=len(CLASSES), average="micro")
+        # No per-update host syncs on a GPU: MeanMetric's NaN check (`if nans.any()` in Python) and the
+        # accuracy's argument validation each read a value back every batch. A non-finite loss is
+        # caught by the module's own deferred watch (below); labels come from our own loader.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_acc = MulticlassAccuracy(num_classes=len(CLASSES), average="micro", validate_args=False)
         self.backbone_frozen = False
         self.fingerprint = ""  # of config and data; decides whether a later run may resume
         self.val_record: dict[str, float] = {}
@@ -165,8 +168,10 @@ class LandUseClassifier(L.LightningModule):
         # The history callback has read this epoch's record already (callbacks run first).
         self.log("train/loss", self.train_loss.compute(), sync_dist=True)  # already global; quiets DDP
         self.train_loss.reset()
-        self.log("perf/images_per_s", self._images_per_second())
-        self.log("perf/epoch_seconds", self._train_seconds)
+        # Already the whole world's figures (images/s counts every rank); the mean over ranks keeps
+        # them, and sync_dist quiets Lightning's DDP warning.
+        self.log("perf/images_per_s", self._images_per_second(), sync_dist=True)
+        self.log("perf/epoch_seconds", self._train_seconds, sync_dist=True)
 
     def _images_per_second(self) -> float:
         return self._train_images * self.trainer.world_size / max(self._train_seconds, 1e-9)
@@ -199,15 +204,31 @@ class LandUseClassifier(L.LightningModule):
         return 1 if device.type == "cpu" else NONFINITE_CHECK_EVERY_ON_GPU
 
     def check_finite(self) -> None:
-        """Stop at once if any loss so far was NaN or infinite; no checkpoint of it is written."""
-        step = int(self._first_bad_step)
+        """Stop at once if any loss so far was NaN or infinite on any rank; no checkpoint of it is written.
+
+        Under DDP every rank calls this at the same points, and the flag is reduced across ranks
+        first, so all ranks stop together with the same error: a rank that stopped alone would
+        leave the others blocked in the next gradient all-reduce.
+        """
+        step = self._first_bad_step_of_all_ranks()
         if step >= 0:
             epoch = step // max(1, self.trainer.num_training_batches) + 1
-            raise TrainingError(
+            raise TrainingError.on_every_rank(
+                self.trainer.is_global_zero,
                 f"The training loss became non-finite (NaN or inf) at epoch {epoch}, optimizer step {step}. "
                 "Training stopped; no checkpoint of this state was written. Lower phase1_lr / phase2_lr, "
-                "or check the data."
+                "or check the data.",
             )
+
+    def _first_bad_step_of_all_ranks(self) -> int:
+        flag = self._first_bad_step
+        if self._trainer is None or self.trainer.world_size == 1:
+            return int(flag)
+        # -1 means "none": the earliest bad step across ranks is the minimum of the others.
+        none = torch.iinfo(flag.dtype).max
+        earliest = torch.where(flag < 0, torch.full_like(flag, none), flag)
+        earliest = self.trainer.strategy.reduce(earliest, reduce_op=torch.distributed.ReduceOp.MIN)
+        return -1 if int(earliest) == none else int(earliest)
 
     # ----- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

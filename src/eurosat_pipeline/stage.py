@@ -57,6 +57,13 @@ def quiet_third_party() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # Under 16-mixed the gradient scaler skips the optimizer step when its first scale overflows
+    # (by design, while it calibrates); the scheduler still steps, and torch warns about the order.
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`",
+        category=UserWarning,
+    )
     # By design the module, not the data module, owns the on-device batch transform. (The warning
     # that both override it, where the module's would be skipped, has other words and still shows.)
     warnings.filterwarnings(
@@ -72,7 +79,8 @@ def run_stage(main: Callable[[], object]) -> None:
     try:
         main()
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not getattr(err, "echo_of_rank_zero", False):  # DDP: the same error once, from rank 0
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

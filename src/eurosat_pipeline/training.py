@@ -22,6 +22,7 @@ from eurosat_pipeline.config import Config
 from eurosat_pipeline.embeddings import TSNELogger
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.files import atomic_path, read_json, write_json
+from eurosat_pipeline.hardware import choose_precision, resolve_accelerator, threads_per_process
 from eurosat_pipeline.loading import EuroSATDataModule
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.split import read_split
@@ -63,6 +64,9 @@ class TrainPaths:
 def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fine-tune on the train split, validate every epoch, keep the best checkpoints."""
     started = time.perf_counter()
+    # First: a GPU that torch cannot use stops the run before anything is touched.
+    accelerator = resolve_accelerator(config.accelerator)
+    precision = choose_precision(config.precision, accelerator)
     L.seed_everything(config.seed, workers=True)
     dataset_info = read_json(paths.dataset_info)
     run_fingerprint = fingerprint(config, paths.archive, paths.split)
@@ -71,7 +75,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         shutil.rmtree(paths.checkpoints, ignore_errors=True)
     module = LandUseClassifier(config.to_dict(), load_pretrained=resume_from is None)
     module.fingerprint = run_fingerprint
-    accelerator = _accelerator(config)
+    _share_cpu_cores(config, accelerator)
     if config.compile:
         module.model.backbone.compile()
         module.model.head.compile()
@@ -97,13 +101,13 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         devices=_devices(config),
         num_nodes=config.num_nodes,
         strategy=_strategy(config),
-        precision=_precision(config, accelerator),
+        precision=precision.precision,
         logger=make_loggers(config, paths.live_dir, resume=resume_from is not None),
         callbacks=callbacks,
         # Bit-exact reruns on CPU; on a GPU cuDNN's autotuner is worth more than bit-exactness.
         deterministic=accelerator == "cpu",
         benchmark=accelerator != "cpu",
-        log_every_n_steps=_log_interval(paths.split, config.batch_size),
+        log_every_n_steps=_log_interval(paths.split, config.batch_size, _world_size(config)),
         # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
         reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
         enable_model_summary=False,
@@ -121,6 +125,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
         return {}
     extras = {
         "phase1_feature_seconds": datamodule.feature_seconds,
+        "precision_reason": precision.reason,
         "pretrained_weights": module.model.pretrained_weights,
         "preprocessing": module.model.preprocessing.to_dict(),
     }
@@ -203,12 +208,6 @@ class RunSummary(Callback):
                 experiment.summary.update(numbers)
 
 
-def _accelerator(config: Config) -> str:
-    if config.accelerator == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return config.accelerator
-
-
 def _devices(config: Config) -> int | str | list[int]:
     if isinstance(config.devices, str) and "," in config.devices:
         return [int(part) for part in config.devices.split(",") if part.strip()]
@@ -216,12 +215,7 @@ def _devices(config: Config) -> int | str | list[int]:
 
 
 def _world_size(config: Config) -> int:
-    devices = _devices(config)
-    if devices == "auto":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
-    else:
-        count = len(devices) if isinstance(devices, list) else int(devices)
-    return count * config.num_nodes
+    return _devices_per_node(config) * config.num_nodes
 
 
 def _strategy(config: Config) -> str | Strategy:
@@ -231,17 +225,25 @@ def _strategy(config: Config) -> str | Strategy:
     return config.strategy
 
 
-def _precision(config: Config, accelerator: str) -> str:
-    if config.precision != "auto":
-        return config.precision
-    if accelerator in ("cuda", "gpu") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+def _share_cpu_cores(config: Config, accelerator: str) -> None:
+    """CPU DDP starts one process per device on one machine: each gets its share of the cores."""
+    processes = _devices_per_node(config)
+    if accelerator == "cpu" and processes > 1:
+        torch.set_num_threads(threads_per_process(processes))
 
 
-def _log_interval(split_csv: Path, batch_size: int) -> int:
-    """Every 50 steps, but at least four points per epoch so short runs still draw curves."""
-    steps = sum(1 for row in read_split(split_csv) if row.split == "train") // batch_size
+def _devices_per_node(config: Config) -> int:
+    devices = _devices(config)
+    if devices == "auto":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 1
+    return len(devices) if isinstance(devices, list) else int(devices)
+
+
+def _log_interval(split_csv: Path, batch_size: int, world_size: int = 1) -> int:
+    """Every 50 steps, but at least four points per epoch so short runs (and many GPUs, which share
+    an epoch's batches) still draw curves."""
+    images = sum(1 for row in read_split(split_csv) if row.split == "train")
+    steps = images // (batch_size * world_size)
     return max(1, min(50, steps // 4))
 
 
