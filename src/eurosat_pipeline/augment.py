@@ -142,9 +142,9 @@ class BatchTransform(nn.Module):
         return x
 
 
-def eval_transform(preprocessing: Preprocessing) -> BatchTransform:
+def eval_transform(preprocessing: Preprocessing, channels_last: bool = False) -> BatchTransform:
     """Validation and inference preprocessing: resize and normalise, nothing random."""
-    return BatchTransform(preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0))
+    return BatchTransform(preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0), channels_last=channels_last)
 
 
 def resize(x: Tensor, size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> Tensor:

@@ -17,6 +17,12 @@ ONNX_HELP = (
 
 
 DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GPU when there is one)"
+# The same choices as eurosat_pipeline.inference.FORMATS (not imported: --help stays fast).
+FORMATS = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "number format for a checkpoint: auto (default) = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), "
+    "else fp32; the evaluate stage records bf16's top-1 agreement with fp32"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="write here instead of standard output")
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", help=DEVICE_HELP)
+    predict.add_argument("--precision", choices=FORMATS, default="auto", help=PRECISION_HELP)
     predict.set_defaults(run=_predict)
 
     land = commands.add_parser(
@@ -106,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     land.add_argument("--batch-size", type=int, default=256)
     land.add_argument("--device", help=DEVICE_HELP)
+    land.add_argument("--precision", choices=FORMATS, default="auto", help=PRECISION_HELP)
     land.set_defaults(run=_map)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
@@ -134,7 +142,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from eurosat_pipeline.predict import emit, predict
 
-    predictions = predict(args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device)
+    predictions = predict(
+        args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device, args.precision
+    )
     emit(predictions, args.format, args.output)
     return 0
 
@@ -162,6 +172,7 @@ def _map(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         scene_preview=not args.map_only_preview,
         device=args.device,
+        precision=args.precision,
     )
     print(summary(result, outputs))
     return 0

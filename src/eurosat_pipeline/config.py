@@ -66,6 +66,7 @@ class Config:
     phase1_cached_features: bool = False
     phase2_epochs: int = 10
     phase2_lr: float = 1.0e-4
+    phase2_frozen_stages: int = 0
     backbone_lr_scale: float = 0.1
     min_lr: float = 1.0e-6
     batch_size: int = 64
@@ -179,7 +180,7 @@ def _check_values(c: Config, source: str) -> None:
     for key in ("phase1_lr", "phase2_lr", "min_lr", "backbone_lr_scale"):
         value = getattr(c, key)
         req(math.isfinite(value) and value > 0, key, "must be a finite number > 0")
-    for key in ("phase1_epochs", "phase2_epochs", "phase1_warmup_epochs", "tsne_interval"):
+    for key in ("phase1_epochs", "phase2_epochs", "phase1_warmup_epochs", "tsne_interval", "phase2_frozen_stages"):
         req(getattr(c, key) >= 0, key, "must be >= 0")
     req(c.max_epochs >= 1, "phase2_epochs", "must make phase1_epochs + phase2_epochs at least 1")
     req(

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from eurosat_pipeline.checkpoints import load_classifier
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.files import read_json, write_json, write_text
-from eurosat_pipeline.inference import predict_logits
+from eurosat_pipeline.inference import default_device, inference_format, predict_logits
 from eurosat_pipeline.loading import load_splits
+from eurosat_pipeline.model import Classifier
 
 
 @dataclass(frozen=True)
@@ -29,9 +31,12 @@ class EvalPaths:
 
 
 def evaluate(paths: EvalPaths) -> dict[str, Any]:
+    """Test metrics of the model in fp32, and how far the format that predict and map use by default
+    (bf16 on CPUs that have it) agrees with fp32 on the same images."""
     model, _ = load_classifier(paths.checkpoint)
     test = load_splits(paths.archive, paths.split, ("test",))["test"]
-    probabilities = predict_logits(model, test.images).softmax(dim=1)
+    device = default_device()
+    probabilities = predict_logits(model, test.images, device, precision="fp32").softmax(dim=1)
     predicted = probabilities.argmax(dim=1).tolist()
     actual = test.labels.tolist()
     labels = list(range(len(CLASSES)))
@@ -47,11 +52,27 @@ def evaluate(paths: EvalPaths) -> dict[str, Any]:
             "images": len(actual),
         },
         "synthetic_data": bool(read_json(paths.dataset_info).get("synthetic", False)),
+        "inference": _default_format_agreement(model, test.images, device, probabilities, test.labels),
     }
     write_json(paths.metrics, metrics)
     _write_per_class(report, confusion_matrix(actual, predicted, labels=labels), paths.per_class)
     _write_predictions(test.paths, actual, predicted, probabilities.max(dim=1).values.tolist(), paths.confusion)
     return metrics
+
+
+def _default_format_agreement(
+    model: Classifier, images: torch.Tensor, device: torch.device, fp32: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    fmt = inference_format(device)
+    if fmt.dtype == "fp32":
+        return {"format": "fp32", "reason": fmt.reason}
+    predicted = predict_logits(model, images, device, precision=fmt.dtype).argmax(dim=1)
+    return {
+        "format": fmt.dtype,
+        "reason": fmt.reason,
+        "top1_agreement_with_fp32": (predicted == fp32.argmax(dim=1)).float().mean().item(),
+        "acc": (predicted == labels).float().mean().item(),
+    }
 
 
 def _write_per_class(report: dict[str, Any], matrix: Any, out: Path) -> None:

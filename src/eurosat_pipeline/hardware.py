@@ -185,9 +185,46 @@ def choose_precision(requested: str, accelerator: str) -> PrecisionChoice:
     return PrecisionChoice("32-true", f"compute capability {major}.{minor}: no tensor cores")
 
 
+def choose_compile(requested: bool, accelerator: str) -> str:
+    """Why ``compile`` is what it is, for the run's summary."""
+    if requested:
+        return "set in params.yaml"
+    if accelerator == "cpu":
+        return (
+            "CPU: torch.compile (inductor) trained Lite0 slower than eager channels_last here and took a minute "
+            "to compile (benchmarks/README.md)"
+        )
+    return "off by default: set compile: true for faster GPU steps after a slow first one"
+
+
 CPU_PRECISION_REASON = (
     "CPU: fp32 with channels_last trains EfficientNet fastest (bf16 autocast measured slower; benchmarks/README.md)"
 )
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as Linux reports it.
+
+    oneDNN also runs bf16 on plain AVX-512 by emulation, slower than fp32: that does not count.
+    """
+    try:
+        flags = CPUINFO.read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", flags, flags=re.MULTILINE))
+
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def flush_denormals() -> None:
+    """Treat denormal floats as zero on this CPU (for the whole process).
+
+    Pretrained and fine-tuned EfficientNets produce activations and gradients below 1e-38, which x86
+    CPUs handle in microcode, many times slower: measured 1.2-1.3x faster training and inference
+    steps here (benchmarks/README.md). Values that small change no prediction.
+    """
+    torch.set_flush_denormal(True)
 
 
 def threads_per_process(processes: int, cores: int | None = None) -> int:

@@ -23,7 +23,7 @@ from torchvision.io import decode_jpeg
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
-from eurosat_pipeline.inference import backbone_features
+from eurosat_pipeline.inference import backbone_features, inference_format
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import read_split
 
@@ -238,17 +238,19 @@ class EuroSATDataModule(L.LightningDataModule):
         return self.cached_features[name]
 
     def _compute_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Every image's features, in the run's precision (autocast under bf16/16-mixed). Under DDP
-        each rank computes one shard and the shards are gathered, so the pass costs 1/world each."""
+        """Every image's features: on a GPU in the run's precision (autocast under bf16/16-mixed), on
+        a CPU in the inference format (bf16 where the CPU has it natively). Under DDP each rank
+        computes one shard and the shards are gathered, so the pass costs 1/world each."""
         model = self.trainer.lightning_module.model
         world, rank = self._world()
+        fmt = inference_format(images.device) if images.device.type == "cpu" else None
+        shard = -(-len(images) // world)
         with self.trainer.precision_plugin.forward_context():
-            if world == 1:
-                return backbone_features(model, images, channels_last=self.config.channels_last)
-            shard = -(-len(images) // world)
             part = backbone_features(
-                model, images[rank * shard : (rank + 1) * shard], channels_last=self.config.channels_last
+                model, images[rank * shard : (rank + 1) * shard], channels_last=self.config.channels_last, fmt=fmt
             )
+        if world == 1:
+            return part
         # all_gather needs equal shapes: the last shard is padded, and the padding dropped after.
         padded = torch.zeros(shard, part.shape[1], dtype=part.dtype, device=part.device)
         padded[: len(part)] = part

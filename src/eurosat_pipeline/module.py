@@ -16,7 +16,7 @@ from eurosat_pipeline.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEI
 from eurosat_pipeline.config import Config, config_from_mapping
 from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import TrainingError
-from eurosat_pipeline.model import build_model, split_decay
+from eurosat_pipeline.model import build_model, freeze_stages, leading_groups, split_decay
 from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
 
 # How often the deferred non-finite-loss flag is read back from a GPU; reading it every step would
@@ -32,8 +32,10 @@ class LandUseClassifier(L.LightningModule):
         super().__init__()
         # Only the plain-dict config is saved: the checkpoint alone rebuilds the model.
         self.save_hyperparameters("config")
+        self.frozen_modules: list[nn.Module] = []  # phase 2's frozen leading layers (kept in eval mode)
         self.config: Config = config_from_mapping(config, source="checkpoint config")
         self.model = build_model(self.config, load_pretrained=load_pretrained)
+        leading_groups(self.model.backbone, self.config.phase2_frozen_stages)  # too many: fails now, not in phase 2
         jitter = (
             self.config.jitter_brightness,
             self.config.jitter_contrast,
@@ -67,16 +69,22 @@ class LandUseClassifier(L.LightningModule):
         return 1 if epoch < self.config.phase1_epochs else 2
 
     def set_backbone_frozen(self, frozen: bool) -> None:
+        """Phase 1: the whole backbone frozen. Phase 2: all of it trains, except the leading
+        ``phase2_frozen_stages`` layer groups."""
         self.backbone_frozen = frozen
         for parameter in self.model.backbone.parameters():
             parameter.requires_grad_(not frozen)
+        self.frozen_modules = [] if frozen else freeze_stages(self.model, self.config.phase2_frozen_stages)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> LandUseClassifier:
         super().train(mode)
-        # A frozen backbone keeps its ImageNet BatchNorm statistics.
+        # Frozen layers keep their ImageNet BatchNorm statistics.
         if mode and self.backbone_frozen:
             self.model.backbone.eval()
+        elif mode:
+            for module in self.frozen_modules:
+                module.eval()
         return self
 
     # ----- data ---------------------------------------------------------------------------------

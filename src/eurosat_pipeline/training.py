@@ -22,7 +22,13 @@ from eurosat_pipeline.config import Config
 from eurosat_pipeline.embeddings import TSNELogger
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.files import atomic_path, read_json, write_json
-from eurosat_pipeline.hardware import choose_precision, resolve_accelerator, threads_per_process
+from eurosat_pipeline.hardware import (
+    choose_compile,
+    choose_precision,
+    flush_denormals,
+    resolve_accelerator,
+    threads_per_process,
+)
 from eurosat_pipeline.loading import EuroSATDataModule
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.split import read_split
@@ -126,6 +132,8 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     extras = {
         "phase1_feature_seconds": datamodule.feature_seconds,
         "precision_reason": precision.reason,
+        "compile": config.compile,
+        "compile_reason": choose_compile(config.compile, accelerator),
         "pretrained_weights": module.model.pretrained_weights,
         "preprocessing": module.model.preprocessing.to_dict(),
     }
@@ -219,16 +227,21 @@ def _world_size(config: Config) -> int:
 
 
 def _strategy(config: Config) -> str | Strategy:
-    if _world_size(config) > 1 and config.strategy in ("auto", "ddp") and config.phase1_epochs > 0:
-        # The frozen backbone produces no gradients in phase 1; DDP must be told to expect that.
+    frozen_somewhere = config.phase1_epochs > 0 or config.phase2_frozen_stages > 0
+    if _world_size(config) > 1 and config.strategy in ("auto", "ddp") and frozen_somewhere:
+        # Frozen layers produce no gradients (phase 1, or phase 2's leading stages); DDP must be told.
         return DDPStrategy(find_unused_parameters=True)
     return config.strategy
 
 
 def _share_cpu_cores(config: Config, accelerator: str) -> None:
-    """CPU DDP starts one process per device on one machine: each gets its share of the cores."""
+    """On a CPU: denormals flushed (see :func:`.hardware.flush_denormals`), and under CPU DDP,
+    which starts one process per device on one machine, each process gets its share of the cores."""
+    if accelerator != "cpu":
+        return
+    flush_denormals()
     processes = _devices_per_node(config)
-    if accelerator == "cpu" and processes > 1:
+    if processes > 1:
         torch.set_num_threads(threads_per_process(processes))
 
 

