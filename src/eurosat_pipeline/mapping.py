@@ -59,6 +59,8 @@ SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
 PERCENTILES = (2.0, 98.0)
 SAMPLE_WINDOWS = 64
+PREVIEW_LONGEST = 800  # pixels on the preview's longest side
+READ_BYTES = 64 * 2**20  # at most this much of the scene is read at a time
 EUROSAT_PIXEL_M = 10.0
 
 Scaler = Callable[[np.ndarray], np.ndarray]
@@ -89,6 +91,21 @@ class MapOutputs:
         return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
 
 
+class Stopwatch:
+    """Seconds spent per phase (reading, scaling, classifying, ...), added up over a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
 @dataclass
 class LandUseMap:
     """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
@@ -100,6 +117,9 @@ class LandUseMap:
     tile_area_m2: float | None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    engine: str = ""
+    preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
+    watch: Stopwatch = field(default_factory=lambda: Stopwatch())
 
     @property
     def classified(self) -> int:
@@ -158,20 +178,26 @@ def make_map(
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
         scaler = make_scaler(src, chosen, scale, offset, nodata)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
-        predictor = load_predictor(checkpoint, onnx_file, device, precision)
+        watch = Stopwatch()
+        with watch("loading the model"):
+            predictor = load_predictor(checkpoint, onnx_file, device, precision)
         started = time.perf_counter()
         try:
-            result = classify_scene(src, chosen, scaler, predictor.classify, nodata, batch_size)
+            result = classify_scene(
+                src, chosen, scaler, predictor.classify, nodata, batch_size, PREVIEW_LONGEST if scene_preview else None
+            )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
         result.seconds = time.perf_counter() - started
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars beside the temporaries
+        result.engine = predictor.describe()
+        result.watch.seconds = {**watch.seconds, **result.watch.seconds}
+        with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
             write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
             if outputs.confidence is not None:
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform)
-        picture = thumbnail(src, chosen, scaler) if scene_preview else None
-        write_preview(temporaries["png"], result, scene.name, picture, (src.width, src.height))
-        write_csv(temporaries["csv"], result)
+            write_csv(temporaries["csv"], result)
+        with result.watch("preview"):
+            write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
     return result, outputs
 
 
@@ -247,12 +273,24 @@ def make_scaler(
     if scale == "none":
         return lambda x: np.clip(x, 0, 255).astype(np.uint8)
     if scale == "s2":
-        return lambda x: np.clip(np.rint(1 + (x.astype(np.float32) - offset) * (254 / S2_DN_MAX)), 1, 255).astype(
-            np.uint8
-        )
+        return lambda x: _to_uint8(x, offset, 254 / S2_DN_MAX, 1)
     low, high = _percentiles(src, bands, nodata)
-    span = np.maximum(high - low, 1e-6)
-    return lambda x: np.clip(np.rint((x.astype(np.float32) - low) / span * 255), 0, 255).astype(np.uint8)
+    return lambda x: _to_uint8(x, low, 255 / np.maximum(high - low, 1e-6), 0)
+
+
+Number = float | np.ndarray
+
+
+def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int) -> np.ndarray:
+    """``round(floor + (values - subtract) * multiply)`` clipped to ``floor..255``, in one float32
+    buffer (a scene's band of rows is tens of MB; no temporaries beyond it)."""
+    scaled = values.astype(np.float32)
+    scaled -= np.asarray(subtract, dtype=np.float32)
+    scaled *= np.asarray(multiply, dtype=np.float32)
+    scaled += floor
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, floor, 255, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def _percentiles(src: object, bands: tuple[int, int, int], nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -291,47 +329,136 @@ def classify_scene(
     classify: Callable[[torch.Tensor], np.ndarray],
     nodata: float | None = None,
     batch_size: int = 256,
+    preview_longest: int | None = PREVIEW_LONGEST,
 ) -> LandUseMap:
-    """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA."""
+    """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
+
+    The scene is read once, in bands of whole tile rows aligned with the file's blocks (a block
+    is then decoded once, not once per tile row), each band is scaled in one vectorised step, and
+    the tiles fill fixed-size batches. The preview is decimated from the same reads.
+    """
     from affine import Affine
 
     rows, cols = -(-src.height // TILE), -(-src.width // TILE)
-    classes = np.full((rows, cols), NODATA, dtype=np.uint8)
-    confidence = np.full((rows, cols), NODATA, dtype=np.uint8)
-    where, batch = [], []
+    result = LandUseMap(
+        np.full((rows, cols), NODATA, dtype=np.uint8),
+        np.full((rows, cols), NODATA, dtype=np.uint8),
+        src.crs,
+        src.transform @ Affine.scale(TILE),  # tile (0, 0) starts at the scene's origin
+        *_tile_area(src),
+    )
+    watch = result.watch
+    batches = TileBatches(classify, batch_size, result)
+    preview = Decimator(src, scaler, preview_longest) if preview_longest else None
+    full_cols = src.width // TILE
+    width = full_cols * TILE
+    for first_row, data, valid in _tile_row_bands(src, bands, nodata, watch):
+        if preview is not None:
+            with watch("preview"):
+                preview.add(first_row * TILE, data)
+        for offset in range(data.shape[1] // TILE):  # one tile row at a time: small temporaries
+            with watch("tiling and scaling"):
+                lines = slice(offset * TILE, (offset + 1) * TILE)
+                tiles = data[:, lines, :width].reshape(3, TILE, full_cols, TILE).transpose(2, 0, 1, 3)
+                complete = valid[lines, :width].reshape(TILE, full_cols, TILE).all(axis=(0, 2))
+                picked = np.flatnonzero(complete)
+                scaled = scaler(tiles[picked]) if picked.size else None
+            if scaled is not None:
+                batches.add(first_row + offset, picked, scaled)
+    batches.flush()
+    if preview is not None:
+        with watch("preview"):
+            preview.add_remainder(bands)
+            result.preview = preview.picture()
+    return result
 
-    def flush() -> None:
-        probabilities = classify(torch.from_numpy(np.stack(batch)))
-        index = tuple(np.array(where).T)
-        classes[index] = probabilities.argmax(axis=1)
-        confidence[index] = np.rint(100 * probabilities.max(axis=1))
-        where.clear()
-        batch.clear()
 
-    for row, col, tile in _tiles(src, bands, scaler, nodata):
-        where.append((row, col))
-        batch.append(tile)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    transform = src.transform @ Affine.scale(TILE)  # tile (0, 0) starts at the scene's origin
-    return LandUseMap(classes, confidence, src.crs, transform, *_tile_area(src))
+class TileBatches:
+    """Fills fixed-size uint8 batches of tiles and writes each batch's classes into the map."""
+
+    def __init__(self, classify: Callable[[torch.Tensor], np.ndarray], size: int, result: LandUseMap) -> None:
+        self.classify, self.size, self.result = classify, size, result
+        self.buffer = np.empty((size, 3, TILE, TILE), dtype=np.uint8)
+        self.where = np.empty((size, 2), dtype=np.int64)
+        self.filled = 0
+
+    def add(self, row: int, cols: np.ndarray, tiles: np.ndarray) -> None:
+        """``tiles`` (uint8 ``n x 3 x 64 x 64``) of tile row ``row``, at columns ``cols``."""
+        start = 0
+        while start < len(tiles):
+            take = min(self.size - self.filled, len(tiles) - start)
+            self.buffer[self.filled : self.filled + take] = tiles[start : start + take]
+            self.where[self.filled : self.filled + take, 0] = row
+            self.where[self.filled : self.filled + take, 1] = cols[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.filled:
+            return
+        with self.result.watch("classifying"):
+            probabilities = self.classify(torch.from_numpy(self.buffer[: self.filled]))
+        rows, cols = self.where[: self.filled, 0], self.where[: self.filled, 1]
+        self.result.classes[rows, cols] = probabilities.argmax(axis=1)
+        self.result.confidence[rows, cols] = np.rint(100 * probabilities.max(axis=1))
+        self.filled = 0
 
 
-def _tiles(
-    src: object, bands: tuple[int, int, int], scaler: Scaler, nodata: float | None
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(row, col, uint8 3 x 64 x 64)`` for every complete tile without nodata, one row of tiles read at a time."""
+def _tile_row_bands(
+    src: object, bands: tuple[int, int, int], nodata: float | None, watch: Stopwatch
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
+    tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is
+    decoded twice."""
     from rasterio.windows import Window
 
-    full_cols = src.width // TILE
-    for row in range(src.height // TILE):
-        data, valid = _read(src, bands, Window(0, row * TILE, full_cols * TILE, TILE), nodata)
-        tiles = data.reshape(3, TILE, full_cols, TILE).transpose(2, 0, 1, 3)
-        complete = valid.reshape(TILE, full_cols, TILE).all(axis=(0, 2))
-        for col in np.flatnonzero(complete):
-            yield row, int(col), scaler(tiles[col])
+    full_rows = src.height // TILE
+    per_read = _tile_rows_per_read(src, bands)
+    for first in range(0, full_rows, per_read):
+        count = min(per_read, full_rows - first)
+        with watch("reading"):
+            data, valid = _read(src, bands, Window(0, first * TILE, src.width, count * TILE), nodata)
+        yield first, data, valid
+
+
+def _tile_rows_per_read(src: object, bands: tuple[int, int, int]) -> int:
+    block_height = src.block_shapes[bands[0] - 1][0]
+    fits = max(1, READ_BYTES // (TILE * src.width * 3 * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
+    aligned = block_height // TILE if block_height % TILE == 0 else 1
+    return max(1, min(aligned, fits))
+
+
+class Decimator:
+    """The scene as 8-bit RGB at most ``longest`` pixels on a side (nearest neighbour), gathered
+    from the bands of rows already read, so the preview costs no second pass over the scene."""
+
+    def __init__(self, src: object, scaler: Scaler, longest: int) -> None:
+        self.src, self.scaler = src, scaler
+        self.factor = max(1, -(-max(src.width, src.height) // longest))
+        self.rows: list[np.ndarray] = []
+        self.next_line = 0  # the next scene line the picture takes
+
+    def add(self, first_line: int, data: np.ndarray) -> None:
+        offset = self.next_line - first_line
+        if offset >= data.shape[1]:
+            return
+        taken = data[:, offset :: self.factor, :: self.factor]
+        self.rows.append(self.scaler(taken))
+        self.next_line += taken.shape[1] * self.factor
+
+    def add_remainder(self, bands: tuple[int, int, int]) -> None:
+        """The lines below the last whole tile row, read on their own (less than one tile row)."""
+        from rasterio.windows import Window
+
+        start = (self.src.height // TILE) * TILE
+        if start < self.src.height:
+            window = Window(0, start, self.src.width, self.src.height - start)
+            self.add(start, self.src.read(list(bands), window=window))
+
+    def picture(self) -> np.ndarray:
+        return np.concatenate(self.rows, axis=1).transpose(1, 2, 0) if self.rows else np.zeros((1, 1, 3), np.uint8)
 
 
 def _tile_area(src: object) -> tuple[float | None, list[str]]:
@@ -403,15 +530,6 @@ def write_csv(path: Path, result: LandUseMap) -> None:
     path.write_text(buffer.getvalue(), encoding="utf-8")
 
 
-def thumbnail(src: object, bands: tuple[int, int, int], scaler: Scaler, longest: int = 800) -> np.ndarray:
-    """The scene as 8-bit RGB (``h x w x 3``), decimated on reading so that it stays small."""
-    from rasterio.enums import Resampling
-
-    factor = max(1, -(-max(src.width, src.height) // longest))
-    shape = (3, max(1, src.height // factor), max(1, src.width // factor))
-    return scaler(src.read(list(bands), out_shape=shape, resampling=Resampling.nearest)).transpose(1, 2, 0)
-
-
 def write_preview(
     path: Path,
     result: LandUseMap,
@@ -469,7 +587,8 @@ def summary(result: LandUseMap, outputs: MapOutputs) -> str:
     rate = result.classified / result.seconds if result.seconds else 0.0
     lines = [
         f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
-        f"{rate:,.0f} tiles/s",
+        f"{rate:,.0f} tiles/s ({result.engine})",
+        "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
     ]
     for row in result.areas():
         if row["tiles"]:
