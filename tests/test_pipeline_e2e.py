@@ -14,6 +14,7 @@ import torch
 
 from eurosat_pipeline.weights import sha256_of
 
+from .browser import ALL_PLOTS_DRAWN, DESCRIBE_PLOTS, Browser, is_local, require_chromium
 from .conftest import tiny_config
 from .pipeline_repo import PipelineRepo
 
@@ -61,6 +62,26 @@ def test_repro_writes_every_output(repo: PipelineRepo) -> None:
     report = (root / "reports" / "report.html").read_text()
     assert "Phase 2 start" in report and "SYNTHETIC" in report
     assert "<script" in report and not re.search(r"<script[^>]+src=", report)  # opens offline
+
+
+def test_the_report_opens_offline_in_a_browser_with_every_plot_drawn(repo: PipelineRepo) -> None:
+    chromium = require_chromium()
+    report = repo.root / "reports" / "report.html"
+    declared = report.read_text().count('<div class="plot">')
+    test = json.loads((repo.root / "reports" / "eval" / "metrics.json").read_text())["test"]
+    with Browser(chromium) as browser:
+        log = browser.open(report.as_uri())
+        browser.wait_for(ALL_PLOTS_DRAWN)
+        plots = browser.evaluate(DESCRIBE_PLOTS)
+        text = browser.evaluate("document.body.innerText")
+    assert log.console_errors == []
+    assert [url for url in log.requests if not is_local(url)] == [], "the report needs the network"
+    assert declared == 5 and len(plots) == declared  # accuracy, loss, learning rate, confusion, t-SNE
+    for plot in plots:
+        assert plot["svg"] and plot["width"] > 0 and plot["height"] > 0 and plot["marks"] > 0, plot
+    marked = [plot["title"] for plot in plots if "Phase 2 start" in plot["annotations"]]
+    assert marked == ["Validation accuracy", "Train and validation loss"]
+    assert f"test accuracy\t{test['acc']:.2%} on {test['images']:,} images" in text
 
 
 def test_second_repro_runs_nothing(repo: PipelineRepo) -> None:
