@@ -1,9 +1,10 @@
-"""DVC stage, run on every `dvc repro` / `dvc exp run`: validate params.yaml, hash the weights.
+"""DVC stage: validate params.yaml, hash the pretrained weights.
 
-A key that no stage declares (a typo, a stale key) changes no stage's dependencies, so without
-this stage DVC would skip everything and exit 0 as if the value had been used. The pretrained
-weights are named by a path or package in params.yaml, and DVC sees only that string; their hash
-in ``--weights-info`` (a dependency of train) makes a changed file retrain.
+It depends on every key of params.yaml, so it reruns whenever the file changes: a key that no
+other stage declares (a typo, a stale key) would change no stage's dependencies, and DVC would skip
+everything and exit 0 as if the value had been used. The pretrained weights are named by a path or
+package in params.yaml; DVC hashes the weights folder (``--weights-dir``, a dependency of this
+stage), and their hash in ``--weights-info`` (a dependency of train) makes a changed file retrain.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--weights-info", required=True, help="JSON record of the pretrained weights to write")
+    parser.add_argument("--weights-dir", required=True, help="the folder of local weights files DVC hashes")
     args = parser.parse_args()
     config = load_config(args.params)
-    record = check_pretrained_weights(config, args.weights_info)
+    record = check_pretrained_weights(config, args.weights_info, args.weights_dir)
     print(f"{args.params}: every key valid; pretrained weights: {record['pretrained_weights'] or 'none'}")
 
 

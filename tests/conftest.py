@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.split import split_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

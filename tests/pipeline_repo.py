@@ -12,7 +12,8 @@ from typing import Any
 
 from .conftest import REPO_ROOT
 
-COPIED = ("dvc.yaml", "stages", "src", ".dvcignore", ".gitignore")
+# Not the whole weights/ folder: it may hold a developer's own (big, DVC-tracked) files.
+COPIED = ("dvc.yaml", "stages", "src", "weights/README.md", ".dvcignore", ".gitignore")
 
 
 class PipelineRepo:
@@ -24,6 +25,7 @@ class PipelineRepo:
             if source.is_dir():
                 shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             else:
+                (root / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, root / name)
         self.write_params(params)
         self.git("init", "-q")

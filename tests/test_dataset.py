@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from eurosat_pipeline import dataset
-from eurosat_pipeline.dataset import CLASSES, prepare_dataset, read_archive
+from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.errors import DatasetError
 
 from .conftest import jpeg_bytes, make_eurosat_folder

@@ -17,8 +17,9 @@ from affine import Affine
 from PIL import Image
 from rasterio.transform import from_origin
 
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.cli import main as cli
-from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.export import export_onnx
 from eurosat_pipeline.mapping import NODATA, S2_DN_MAX, TILE, make_map

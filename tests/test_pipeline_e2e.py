@@ -12,6 +12,9 @@ import pytest
 import timm
 import torch
 
+from eurosat_pipeline.weights import sha256_of
+
+from .browser import ALL_PLOTS_DRAWN, DESCRIBE_PLOTS, Browser, is_local, require_chromium
 from .conftest import tiny_config
 from .pipeline_repo import PipelineRepo
 
@@ -25,24 +28,28 @@ DECLARED_PLOTS = {
     "reports/train/live/plots/images/tsne",
 }
 TSNE_DIR = "reports/train/live/plots/images/tsne"
-# The check stage runs on every repro by design (it validates params.yaml and hashes the weights).
-UP_TO_DATE = {"check": ["always changed"]}
+# Local weights live in weights/, which DVC hashes for the check stage (the documented place).
+WEIGHTS = "weights/test_efficientnet.pth"
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local pretrained-weights file (absolute path: queued runs work in temporary copies)."""
-    file = tmp_path_factory.mktemp("weights") / "test_efficientnet.pth"
-    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=0).state_dict(), file)
-    return file
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> PipelineRepo:
-    params = {**TINY, "pretrained": True, "pretrained_weights": str(weights)}
+def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
+    params = {**TINY, "pretrained": True, "pretrained_weights": WEIGHTS}
     repo = PipelineRepo(tmp_path_factory.mktemp("e2e") / "repo", params)
+    backbone = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    torch.save(backbone.state_dict(), repo.root / WEIGHTS)
+    # `dvc add`ed as weights/README.md says, so queued runs (in temporary copies) have the file too.
+    repo.run("dvc", "add", WEIGHTS)
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "local weights")
     repo.run("dvc", "repro")
     return repo
+
+
+def assert_clean(repo: PipelineRepo) -> None:
+    """`dvc status` says the workspace is what dvc.lock records."""
+    assert repo.dvc_json("status") == {}
+    assert "Data and pipelines are up to date." in repo.run("dvc", "status").stdout
 
 
 def test_repro_writes_every_output(repo: PipelineRepo) -> None:
@@ -57,10 +64,32 @@ def test_repro_writes_every_output(repo: PipelineRepo) -> None:
     assert "<script" in report and not re.search(r"<script[^>]+src=", report)  # opens offline
 
 
+def test_the_report_opens_offline_in_a_browser_with_every_plot_drawn(repo: PipelineRepo) -> None:
+    chromium = require_chromium()
+    report = repo.root / "reports" / "report.html"
+    declared = report.read_text().count('<div class="plot">')
+    test = json.loads((repo.root / "reports" / "eval" / "metrics.json").read_text())["test"]
+    with Browser(chromium) as browser:
+        log = browser.open(report.as_uri())
+        browser.wait_for(ALL_PLOTS_DRAWN)
+        plots = browser.evaluate(DESCRIBE_PLOTS)
+        text = browser.evaluate("document.body.innerText")
+    assert log.console_errors == []
+    assert [url for url in log.requests if not is_local(url)] == [], "the report needs the network"
+    assert declared == 5 and len(plots) == declared  # accuracy, loss, learning rate, confusion, t-SNE
+    for plot in plots:
+        assert plot["svg"] and plot["width"] > 0 and plot["height"] > 0 and plot["marks"] > 0, plot
+    marked = [plot["title"] for plot in plots if "Phase 2 start" in plot["annotations"]]
+    assert marked == ["Validation accuracy", "Train and validation loss"]
+    assert f"test accuracy\t{test['acc']:.2%} on {test['images']:,} images" in text
+
+
 def test_second_repro_runs_nothing(repo: PipelineRepo) -> None:
+    assert_clean(repo)
     result = repo.run("dvc", "repro")
-    assert "Stage 'train' didn't change" in result.stdout
-    assert repo.dvc_json("status") == UP_TO_DATE
+    assert "Running stage" not in result.stdout, result.stdout
+    assert "Stage 'check' didn't change" in result.stdout and "Stage 'train' didn't change" in result.stdout
+    assert_clean(repo)
 
 
 def test_a_misspelt_key_fails_repro_even_when_nothing_else_changed(repo: PipelineRepo) -> None:
@@ -79,6 +108,7 @@ def test_a_misspelt_key_fails_repro_even_when_nothing_else_changed(repo: Pipelin
         assert "Running stage 'train'" not in sweep.stdout
     finally:
         params.write_text(original)
+    assert_clean(repo)  # the failed checks left the last good record and dvc.lock as they were
 
 
 def test_dvc_metrics_show_reads_both_metric_files(repo: PipelineRepo) -> None:
@@ -108,9 +138,15 @@ def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
     original = params.read_text()
     try:
         params.write_text(original.replace('wandb_project: "eurosat-pipeline"', 'wandb_project: "elsewhere"'))
-        assert repo.dvc_json("status") == UP_TO_DATE
+        # Only the check, which validates every key, sees the change; its record stays the same.
+        assert set(repo.dvc_json("status")) == {"check"}
+        output = repo.run("dvc", "repro").stdout
+        assert "Running stage 'check'" in output and "Stage 'train' didn't change" in output, output
+        assert_clean(repo)
     finally:
         params.write_text(original)
+        repo.run("dvc", "repro")
+    assert_clean(repo)
 
 
 def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo: PipelineRepo) -> None:
@@ -129,6 +165,7 @@ def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo
     assert "acc" in data["metrics"]["reports/eval/metrics.json"]["data"]["test"]
     assert "best_val_acc" in data["metrics"]["reports/train/live/metrics.json"]["data"]
     assert Path(repo.root / "params.yaml").read_text().count("phase2_lr") == 1
+    assert_clean(repo)  # the workspace is the experiment's, as `eurosat demo` leaves it before restoring
 
 
 def test_queued_sweep_runs_and_exp_show_compares_the_runs(repo: PipelineRepo) -> None:
@@ -173,20 +210,25 @@ def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
         assert (repo.root / "cml" / name).read_bytes().startswith(b"\x89PNG"), name
 
 
-def test_weights_changed_in_place_retrain(repo: PipelineRepo, weights: Path) -> None:
+def test_weights_changed_in_place_retrain(repo: PipelineRepo) -> None:
+    weights = repo.root / WEIGHTS
     original = weights.read_bytes()
     state = torch.load(weights, weights_only=True)
     state["conv_stem.weight"] += 1e-3
     torch.save(state, weights)
     try:
+        assert set(repo.dvc_json("status")) == {"check", f"{WEIGHTS}.dvc"}  # same path, new bytes
         output = repo.run("dvc", "repro").stdout
         assert "Running stage 'train'" in output, output
         record = json.loads((repo.root / "models" / "pretrained.json").read_text())
         summary = json.loads((repo.root / "reports" / "train" / "summary.json").read_text())
+        assert record["pretrained_weights"]["sha256"] == sha256_of(weights)
         assert summary["pretrained_weights"]["sha256"] == record["pretrained_weights"]["sha256"]
+        assert_clean(repo)  # repro also recorded the new bytes in the weights' .dvc file
     finally:
         weights.write_bytes(original)
         repo.run("dvc", "repro")
+    assert_clean(repo)
 
 
 def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, tmp_path: Path) -> None:
@@ -202,7 +244,7 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, 
     repo.run("git", "clone", "-q", str(repo.root), str(clone))
     fresh = PipelineRepo.existing(clone)
     fresh.run("dvc", "pull")
-    assert fresh.dvc_json("status") == UP_TO_DATE
+    assert_clean(fresh)
     assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()
     # The model registry: a version is a git tag (GTO's name@vX.Y.Z); both artifacts then come
     # from the remote by name, without a checkout (the latest version, or the one asked for).

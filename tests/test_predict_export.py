@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 from eurosat_pipeline.checkpoints import load_checkpoint, load_classifier
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.cli import main as cli
-from eurosat_pipeline.dataset import CLASSES, prepare_dataset, read_archive
+from eurosat_pipeline.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.errors import CheckpointError, PipelineError
 from eurosat_pipeline.export import export_onnx
 from eurosat_pipeline.predict import agreement, predict, render

@@ -13,8 +13,9 @@ import torch
 
 from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.callbacks import read_history
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import CLASSES, prepare_dataset
+from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.loading import load_splits, read_splits
 from eurosat_pipeline.per_sample import PerSampleImages
 from eurosat_pipeline.preprocessing import Preprocessing

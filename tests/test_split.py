@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import ConfigError, DatasetError
 from eurosat_pipeline.split import make_split, read_split, split_archive
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eurosat_pipeline.dataset import CLASSES
-from eurosat_pipeline.embeddings import CLASS_COLOURS, MAX_PER_CLASS, sample_per_class, tsne_figure, tsne_rows
+from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES
+from eurosat_pipeline.embeddings import MAX_PER_CLASS, sample_per_class, tsne_figure, tsne_rows
 from eurosat_pipeline.tracking import resolve_wandb_mode
 from eurosat_pipeline.training import TrainPaths, train
 

@@ -28,6 +28,7 @@ from eurosat_pipeline.weights import (
     check_pretrained_weights,
     efficientnet_pytorch_to_timm,
     is_efficientnet_pytorch_layout,
+    is_outside,
     load_backbone_weights,
     read_state_dict,
     resolve_weights,
@@ -189,6 +190,25 @@ def test_the_check_record_changes_exactly_when_the_weights_do(tmp_path: Path) ->
     torch.save(state, file)
     assert check_pretrained_weights(config, record) != first
     assert check_pretrained_weights(config.replace(pretrained=False), record) == {"pretrained_weights": None}
+
+
+def test_the_check_warns_about_a_file_dvc_cannot_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # as in a DVC stage: paths relative to the repository root
+    (tmp_path / "weights").mkdir()
+    outside = tmp_path / "elsewhere.pth"
+    torch.save(timm.create_model("test_efficientnet", pretrained=False, num_classes=0).state_dict(), outside)
+    (tmp_path / "weights" / "link.pth").symlink_to(outside)
+    for spec, warned in (("weights/link.pth", False), ("./weights/../elsewhere.pth", True), (str(outside), True)):
+        caplog.clear()
+        config = Config(model_name="test_efficientnet", pretrained_weights=spec)
+        check_pretrained_weights(config, tmp_path / "pretrained.json", "weights")
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(messages) == warned, spec
+        if warned:
+            assert f"'{spec}' is outside weights/" in messages[0] and "changes in place" in messages[0]
+    assert not is_outside(LITE0, "weights") and not is_outside("", "weights")
 
 
 # ----- a fine-tuned pretrained model end to end: checkpoint, predict, ONNX --------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config, config_from_mapping
-from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import CheckpointError, ConfigError
 from eurosat_pipeline.model import Classifier, build_model
 from eurosat_pipeline.preprocessing import Preprocessing

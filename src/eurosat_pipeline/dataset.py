@@ -23,22 +23,10 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.utils import calculate_md5, download_url
 
+from eurosat_pipeline.classes import CLASSES, IMAGE_SIZE
 from eurosat_pipeline.errors import DatasetError
 from eurosat_pipeline.files import atomic_path, write_json
 
-CLASSES: tuple[str, ...] = (
-    "AnnualCrop",
-    "Forest",
-    "HerbaceousVegetation",
-    "Highway",
-    "Industrial",
-    "Pasture",
-    "PermanentCrop",
-    "Residential",
-    "River",
-    "SeaLake",
-)
-IMAGE_SIZE = 64
 # The address torchvision's EuroSAT dataset uses (a pinned revision) and the official zip's md5.
 EUROSAT_URL = (
     "https://huggingface.co/datasets/torchgeo/eurosat/resolve/c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip"

@@ -23,20 +23,12 @@ from sklearn.manifold import TSNE
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from eurosat_pipeline.callbacks import EpochRows
-from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES
 from eurosat_pipeline.files import write_text
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
 
-# matplotlib's tab10, one entry per class in CLASSES order: every class always gets its colour.
-CLASS_COLOURS: dict[str, str] = dict(
-    zip(
-        CLASSES,
-        ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"),
-        strict=True,
-    )
-)
 MAX_PER_CLASS = 50
 TSNE_SEED = 0
 COLUMNS = ("epoch", "x", "y", "actual", "predicted")

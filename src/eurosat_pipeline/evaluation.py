@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from eurosat_pipeline.checkpoints import load_classifier
-from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.files import read_json, write_json, write_text
 from eurosat_pipeline.inference import default_device, inference_format, predict_logits
 from eurosat_pipeline.loading import load_splits

@@ -17,7 +17,7 @@ import torch
 
 from eurosat_pipeline.augment import eval_transform
 from eurosat_pipeline.checkpoints import load_classifier
-from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path, write_json
 from eurosat_pipeline.loading import load_splits

@@ -25,7 +25,7 @@ from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
 from eurosat_pipeline.inference import backbone_features, inference_format
 from eurosat_pipeline.preprocessing import Preprocessing
-from eurosat_pipeline.split import read_split
+from eurosat_pipeline.split import EncodedSet, read_split
 
 DECODE_CHUNK = 4096
 log = logging.getLogger(__name__)
@@ -53,15 +53,6 @@ def decode_jpegs(blobs: Sequence[bytes]) -> torch.Tensor:
         chunk = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs[start : start + DECODE_CHUNK]]
         out.extend(decode_jpeg(chunk))
     return torch.stack(out) if out else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
-
-
-@dataclass
-class EncodedSet:
-    """Images of one split still as JPEG bytes (what the per-sample pipeline decodes each epoch)."""
-
-    blobs: list[bytes]
-    labels: list[int]
-    paths: list[str]
 
 
 def read_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, EncodedSet]:

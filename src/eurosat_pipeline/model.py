@@ -9,8 +9,8 @@ import timm
 from timm.models import group_modules
 from torch import Tensor, nn
 
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import ConfigError, PipelineError
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.weights import load_backbone_weights, resolve_weights

@@ -6,7 +6,8 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
+from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.dataset import SYNTHETIC_WARNING
 from eurosat_pipeline.split import read_split
 
 RECIPE_KEYS = (

