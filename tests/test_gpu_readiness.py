@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from eurosat_pipeline import hardware
+from eurosat_pipeline import hardware, nvidia
 from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.config import config_from_mapping
 from eurosat_pipeline.dataset import prepare_dataset
@@ -87,7 +87,7 @@ def test_the_benchmark_chooses_precision_with_the_same_function(monkeypatch: pyt
     from benchmarks import run as bench
 
     fake_gpu(monkeypatch, (7, 0), arches=("sm_70", "sm_75"))
-    monkeypatch.setattr(hardware, "nvidia_driver_version", lambda: "580.65.06")
+    monkeypatch.setattr(nvidia, "driver_version", lambda: "580.65.06")
     assert bench._precision() == "16-mixed" == choose_precision("auto", resolve_accelerator("auto")).precision
 
 
@@ -210,7 +210,7 @@ def test_predict_ships_uint8_and_preprocesses_on_the_device(
     # The meta device stands in for a GPU: it keeps shapes, dtypes and devices, no values.
     predictor = TorchPredictor(paths.best, device="cpu")
     predictor.device = torch.device("meta")
-    predictor.model.to("meta")
+    predictor.transform.to("meta")
     seen: list[tuple[torch.dtype, str]] = []
     original = BatchTransform.forward
 
@@ -219,8 +219,14 @@ def test_predict_ships_uint8_and_preprocesses_on_the_device(
         return original(self, images, train)
 
     monkeypatch.setattr(BatchTransform, "forward", spy)
-    monkeypatch.setattr(TorchPredictor, "__call__", lambda self, x: seen.append((x.dtype, x.device.type, "model")))
-    predictor.classify(torch.zeros(5, 3, 64, 64, dtype=torch.uint8))
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append((x.dtype, x.device.type, "model"))
+        return torch.zeros(len(x), 10)
+
+    predictor.model = model
+    predictor.format = predictor.format.__class__("fp32", "test")
+    predictor.classify(np.zeros((5, 3, 64, 64), dtype=np.uint8))
     assert seen == [(torch.uint8, "meta", "meta"), (torch.float32, "meta", "model")]
 
 
@@ -250,7 +256,7 @@ def test_onnx_on_a_gpu_machine_says_it_runs_on_the_cpu(
     export_onnx(paths.best, onnx_file, tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("onnxruntime-gpu is installed")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(nvidia, "gpu_present", lambda: True)
     with caplog.at_level(logging.WARNING):
         OnnxPredictor(onnx_file)
     assert "--onnx runs on the CPU" in caplog.text and "onnxruntime-gpu" in caplog.text
@@ -261,7 +267,7 @@ def no_cuda_but_a_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     proc = tmp_path / "version"
     proc.write_text(driver_line)
-    monkeypatch.setattr(hardware, "NVIDIA_PROC", proc)
+    monkeypatch.setattr(nvidia, "NVIDIA_PROC", proc)
     monkeypatch.setattr(torch.version, "cuda", "13.0")
 
 
@@ -289,7 +295,7 @@ def test_open_kernel_module_driver_lines_are_read(monkeypatch: pytest.MonkeyPatc
 
 def test_nvidia_smi_is_asked_when_proc_has_no_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "NVIDIA_PROC", tmp_path / "absent")
+    monkeypatch.setattr(nvidia, "NVIDIA_PROC", tmp_path / "absent")
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/bin/sh\necho 470.82.01\n")
     smi.chmod(0o755)
@@ -317,7 +323,7 @@ def test_gpus_the_build_serves_pass(
 
 def test_no_nvidia_gpu_means_the_cpu_unless_a_gpu_is_required(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "NVIDIA_PROC", tmp_path / "absent")
+    monkeypatch.setattr(nvidia, "NVIDIA_PROC", tmp_path / "absent")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert resolve_accelerator("auto") == "cpu"
     with pytest.raises(HardwareError, match="asks for a GPU, but there is no NVIDIA GPU"):

@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from eurosat_pipeline.weights import sha256_of
+from eurosat_pipeline.files import sha256_of
 
 from .browser import ALL_PLOTS_DRAWN, DESCRIBE_PLOTS, Browser, is_local, require_chromium
 from .conftest import tiny_config

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +14,22 @@ import pytest
 import torch
 from PIL import Image
 
+from eurosat_pipeline import nvidia
 from eurosat_pipeline.checkpoints import load_checkpoint, load_classifier
 from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.cli import main as cli
 from eurosat_pipeline.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.errors import CheckpointError, PipelineError
 from eurosat_pipeline.export import export_onnx
-from eurosat_pipeline.predict import agreement, predict, render
+from eurosat_pipeline.predict import (
+    OnnxPredictor,
+    TorchPredictor,
+    agreement,
+    load_predictor,
+    predict,
+    render,
+    softmax,
+)
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.training import TrainPaths, train
 
@@ -165,3 +177,92 @@ def test_a_pickled_payload_is_refused_and_never_runs(trained: dict[str, Any], tm
     with pytest.raises(PipelineError):
         predict([trained["images"]], evil)
     assert not marker.exists()
+
+
+# ----- which engine classifies: the checkpoint's own export where it is the fastest -------------------
+@pytest.fixture
+def beside(trained: dict[str, Any], tmp_path: Path) -> dict[str, Path]:
+    """A checkpoint with its export beside it, as the pipeline leaves models/best.ckpt and models/model.onnx."""
+    models = tmp_path / "models"
+    models.mkdir()
+    checkpoint = models / "best.ckpt"
+    shutil.copyfile(trained["checkpoint"], checkpoint)
+    data = trained["root"] / "data"
+    export_onnx(checkpoint, models / "model.onnx", tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
+    return {"checkpoint": checkpoint, "onnx": models / "model.onnx"}
+
+
+def test_auto_takes_the_checkpoints_own_export_on_a_cpu_machine(
+    beside: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nvidia, "gpu_present", lambda: False)
+    predictor = load_predictor(beside["checkpoint"])
+    assert isinstance(predictor, OnnxPredictor) and predictor.describe().startswith("ONNX Runtime")
+    # Anything PyTorch-specific, or a GPU, means PyTorch.
+    assert isinstance(load_predictor(beside["checkpoint"], precision="fp32"), TorchPredictor)
+    assert isinstance(load_predictor(beside["checkpoint"], engine="pytorch"), TorchPredictor)
+    monkeypatch.setattr(nvidia, "gpu_present", lambda: True)
+    assert isinstance(load_predictor(beside["checkpoint"]), TorchPredictor)
+
+
+def test_a_stale_export_is_never_used_for_a_changed_checkpoint(
+    beside: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nvidia, "gpu_present", lambda: False)
+    checkpoint = torch.load(beside["checkpoint"], weights_only=True)
+    checkpoint["state_dict"]["model.head.5.bias"] += 1.0  # "retrained"
+    torch.save(checkpoint, beside["checkpoint"])
+    assert isinstance(load_predictor(beside["checkpoint"]), TorchPredictor)
+    with pytest.raises(
+        PipelineError, match=r"no ONNX export of .*best\.ckpt beside it .* `eurosat export --checkpoint"
+    ):
+        load_predictor(beside["checkpoint"], engine="onnxruntime")
+
+
+def test_every_engine_agrees_with_fp32_pytorch_on_top1(trained: dict[str, Any], beside: dict[str, Path]) -> None:
+    reference = predict([trained["images"]], beside["checkpoint"], top_k=1, engine="pytorch", precision="fp32")
+    for options in ({"engine": "onnxruntime"}, {"onnx_file": beside["onnx"]}):
+        other = predict([trained["images"]], beside["checkpoint"], top_k=1, **options)
+        assert [p.classes for p in other] == [p.classes for p in reference], options
+    # (bf16 against fp32: tests/test_weights.py, on a pretrained model, where margins are real.)
+
+
+def test_onnx_normalises_model_sized_tiles_in_numpy_exactly_as_the_torch_transform(beside: dict[str, Path]) -> None:
+    from eurosat_pipeline.augment import eval_transform
+
+    predictor = OnnxPredictor(beside["onnx"])
+    size = predictor.image_size
+    tiles = np.random.default_rng(0).integers(0, 256, (6, 3, size, size), dtype=np.uint8)
+    by_torch = eval_transform(predictor.preprocessing)(torch.from_numpy(tiles), train=False).numpy()
+    by_numpy = (tiles.astype(np.float32) - predictor.mean) * predictor.scale
+    assert np.abs(by_numpy - by_torch).max() < 1e-5
+    (logits,) = predictor.session.run(None, {predictor.input_name: by_torch})
+    assert np.abs(predictor.classify(tiles) - softmax(logits)).max() < 1e-5
+
+
+def test_map_with_the_export_never_imports_torch(trained: dict[str, Any], tmp_path: Path) -> None:
+    """The CPU fast path: no torch import (seconds, ~700 MB resident), the export does the work.
+    It needs a model whose input is the tile's own size, 64 px, like the CPU recipe's."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = trained["root"] / "data"
+    paths = TrainPaths.under(data, tmp_path / "models", tmp_path / "reports")
+    train(tiny_config(image_size=64, phase1_epochs=0, phase2_epochs=1), paths)
+    export_onnx(
+        paths.best, paths.best.with_name("model.onnx"), tmp_path / "e.json", data / "eurosat.zip", data / "split.csv"
+    )
+
+    scene = tmp_path / "scene.tif"
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 128, 192), dtype=np.uint8)
+    profile = {"driver": "GTiff", "count": 3, "height": 128, "width": 192, "dtype": "uint8", "crs": "EPSG:32633"}
+    with rasterio.open(scene, "w", **profile, transform=from_origin(500_000, 5_300_000, 10, 10)) as dst:
+        dst.write(pixels)
+    script = (
+        "import sys; from eurosat_pipeline import nvidia; nvidia.gpu_present = lambda: False\n"
+        "from eurosat_pipeline.mapping import make_map\n"
+        f"result, _ = make_map({str(scene)!r}, {str(tmp_path / 'map.tif')!r}, {str(paths.best)!r})\n"
+        "print(result.engine, result.classified, 'torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split()[:2] == ["ONNX", "Runtime,"] and out.split()[-3:] == ["6", "False", "False"], out

@@ -293,8 +293,11 @@ def test_bf16_inference_agrees_with_fp32_except_near_ties(fine_tuned: dict[str, 
 
 def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> None:
     """The same weights fed ImageNet statistics instead of Lite0's give other probabilities."""
-    predictor = load_predictor(fine_tuned["paths"].best)
-    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    from eurosat_pipeline.augment import eval_transform
+
+    predictor = load_predictor(fine_tuned["paths"].best, engine="pytorch")
+    assert predictor.preprocessing == load_classifier(fine_tuned["paths"].best)[0].preprocessing
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
     right = predictor.classify(images)
-    predictor.preprocessing = Preprocessing.legacy(32)
+    predictor.transform = eval_transform(Preprocessing.legacy(32), channels_last=True)
     assert np.abs(predictor.classify(images) - right).max() > 1e-3

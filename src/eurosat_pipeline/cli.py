@@ -19,6 +19,11 @@ ONNX_HELP = (
 DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GPU when there is one)"
 # The same choices as eurosat_pipeline.inference.FORMATS (not imported: --help stays fast).
 FORMATS = ("auto", "fp32", "bf16")
+ENGINES = ("auto", "pytorch", "onnxruntime")
+ENGINE_HELP = (
+    "auto (default): ONNX Runtime with the checkpoint's own export (model.onnx beside it, checked by hash) "
+    "on machines without an NVIDIA GPU, the fastest CPU engine; else PyTorch"
+)
 PRECISION_HELP = (
     "number format for a checkpoint: auto (default) = bf16 on CPUs with native bf16 (AVX512-BF16/AMX), "
     "else fp32; the evaluate stage records bf16's top-1 agreement with fp32"
@@ -84,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256)
     predict.add_argument("--device", help=DEVICE_HELP)
     predict.add_argument("--precision", choices=FORMATS, default="auto", help=PRECISION_HELP)
+    predict.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     predict.set_defaults(run=_predict)
 
     land = commands.add_parser(
@@ -114,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     land.add_argument("--batch-size", type=int, default=256)
     land.add_argument("--device", help=DEVICE_HELP)
     land.add_argument("--precision", choices=FORMATS, default="auto", help=PRECISION_HELP)
+    land.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     land.set_defaults(run=_map)
 
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
@@ -143,7 +150,7 @@ def _predict(args: argparse.Namespace) -> int:
     from eurosat_pipeline.predict import emit, predict
 
     predictions = predict(
-        args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device, args.precision
+        args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device, args.precision, args.engine
     )
     emit(predictions, args.format, args.output)
     return 0
@@ -173,6 +180,7 @@ def _map(args: argparse.Namespace) -> int:
         scene_preview=not args.map_only_preview,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
     )
     print(summary(result, outputs))
     return 0

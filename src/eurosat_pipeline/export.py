@@ -19,8 +19,9 @@ from eurosat_pipeline.augment import eval_transform
 from eurosat_pipeline.checkpoints import load_classifier
 from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import PipelineError
-from eurosat_pipeline.files import atomic_path, write_json
+from eurosat_pipeline.files import atomic_path, sha256_of, write_json
 from eurosat_pipeline.loading import load_splits
+from eurosat_pipeline.predict import CHECKPOINT_HASH_KEY
 from eurosat_pipeline.preprocessing import Preprocessing
 
 # Parity is judged relative to the logits' scale: float32 rounding grows with the size of the
@@ -51,6 +52,8 @@ def export_onnx(
             "preprocessing": json.dumps(model.preprocessing.to_dict()),
             "classes": json.dumps(list(CLASSES)),
             "config": json.dumps(config.to_dict()),
+            # predict and map use this file for the checkpoint only while it holds these bytes.
+            CHECKPOINT_HASH_KEY: sha256_of(checkpoint),
         }
         for key, value in metadata.items():
             proto.metadata_props.add(key=key, value=value)

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from eurosat_pipeline import nvidia
 from eurosat_pipeline.errors import ConfigError, PipelineError
 
-NVIDIA_PROC = Path("/proc/driver/nvidia/version")
 # The oldest Linux driver of each CUDA major version (NVIDIA's CUDA toolkit release notes, table 3,
 # "minor version compatibility").
 MIN_DRIVER_FOR_CUDA = {11: 450, 12: 525, 13: 580}
@@ -61,7 +59,7 @@ def usable_gpu_or_raise(required: bool) -> bool:
         if problem:
             raise HardwareError(problem + _ESCAPE)
         return True
-    driver = nvidia_driver_version()
+    driver = nvidia.driver_version()
     if driver is None:
         if required:
             raise HardwareError(
@@ -73,29 +71,6 @@ def usable_gpu_or_raise(required: bool) -> bool:
 
 
 _ESCAPE = " To train on the CPU instead (days at 224 px, not minutes), set accelerator: cpu on purpose."
-
-
-def nvidia_driver_version() -> str | None:
-    """The NVIDIA kernel driver's version (e.g. ``535.104.05``), or None when there is no NVIDIA driver."""
-    if NVIDIA_PROC.is_file():
-        match = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)", NVIDIA_PROC.read_text())
-        if match:
-            return match.group(1)
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return None
-    try:
-        result = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"  # nvidia-smi exists, so a GPU driver is installed, but it did not answer
-    lines = result.stdout.strip().splitlines()
-    return lines[0].strip() if result.returncode == 0 and lines else "unknown"
 
 
 def _driver_problem(driver: str) -> str:

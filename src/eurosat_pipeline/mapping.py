@@ -47,9 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from eurosat_pipeline.dataset import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES, IMAGE_SIZE
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path
 
@@ -159,6 +158,7 @@ def make_map(
     scene_preview: bool = True,
     device: str | None = None,
     precision: str = "auto",
+    engine: str = "auto",
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
     import rasterio
@@ -180,7 +180,7 @@ def make_map(
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         watch = Stopwatch()
         with watch("loading the model"):
-            predictor = load_predictor(checkpoint, onnx_file, device, precision)
+            predictor = load_predictor(checkpoint, onnx_file, device, precision, engine)
         started = time.perf_counter()
         try:
             result = classify_scene(
@@ -326,7 +326,7 @@ def classify_scene(
     src: object,
     bands: tuple[int, int, int],
     scaler: Scaler,
-    classify: Callable[[torch.Tensor], np.ndarray],
+    classify: Callable[[np.ndarray], np.ndarray],
     nodata: float | None = None,
     batch_size: int = 256,
     preview_longest: int | None = PREVIEW_LONGEST,
@@ -376,7 +376,7 @@ def classify_scene(
 class TileBatches:
     """Fills fixed-size uint8 batches of tiles and writes each batch's classes into the map."""
 
-    def __init__(self, classify: Callable[[torch.Tensor], np.ndarray], size: int, result: LandUseMap) -> None:
+    def __init__(self, classify: Callable[[np.ndarray], np.ndarray], size: int, result: LandUseMap) -> None:
         self.classify, self.size, self.result = classify, size, result
         self.buffer = np.empty((size, 3, TILE, TILE), dtype=np.uint8)
         self.where = np.empty((size, 2), dtype=np.int64)
@@ -399,7 +399,7 @@ class TileBatches:
         if not self.filled:
             return
         with self.result.watch("classifying"):
-            probabilities = self.classify(torch.from_numpy(self.buffer[: self.filled]))
+            probabilities = self.classify(self.buffer[: self.filled])
         rows, cols = self.where[: self.filled, 0], self.where[: self.filled, 1]
         self.result.classes[rows, cols] = probabilities.argmax(axis=1)
         self.result.confidence[rows, cols] = np.rint(100 * probabilities.max(axis=1))
@@ -485,7 +485,6 @@ def _tile_area(src: object) -> tuple[float | None, list[str]]:
 
 def class_colours() -> dict[int, tuple[int, int, int, int]]:
     """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
-    from eurosat_pipeline.embeddings import CLASS_COLOURS
 
     table = {i: (*_rgb(CLASS_COLOURS[name]), 255) for i, name in enumerate(CLASSES)}
     table[NODATA] = (0, 0, 0, 0)
@@ -544,8 +543,6 @@ def write_preview(
     from matplotlib import pyplot as plt
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
-
-    from eurosat_pipeline.embeddings import CLASS_COLOURS
 
     cmap = ListedColormap([CLASS_COLOURS[name] for name in CLASSES]).with_extremes(bad="white")
     rows, cols = result.classes.shape

@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEIGHTS_KEY
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config, config_from_mapping
-from eurosat_pipeline.dataset import CLASSES
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.model import build_model, freeze_stages, leading_groups, split_decay
 from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler

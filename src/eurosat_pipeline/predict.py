@@ -9,6 +9,7 @@ many it got right.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import logging
@@ -16,18 +17,19 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
-from eurosat_pipeline.augment import BatchTransform, eval_transform
-from eurosat_pipeline.dataset import CLASSES
+from eurosat_pipeline import nvidia
+from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import PipelineError
-from eurosat_pipeline.files import write_text
-from eurosat_pipeline.inference import default_device, inference_format, prepare
+from eurosat_pipeline.files import sha256_of, write_text
 from eurosat_pipeline.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -62,7 +64,7 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_rgb(path: Path) -> torch.Tensor:
+def read_rgb(path: Path) -> np.ndarray:
     """A 3-band image as uint8 ``3 x H x W``; palette images are expanded, anything else refused."""
     try:
         with Image.open(path) as image:
@@ -75,7 +77,7 @@ def read_rgb(path: Path) -> torch.Tensor:
                     f"{path}: has {len(bands)} band(s) ({image.mode}); the model takes 3-band RGB images "
                     "(EuroSAT RGB, not the 13-band multispectral version)"
                 )
-            return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+            return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise PipelineError(f"{path}: cannot be read as an image ({err})") from err
 
@@ -89,12 +91,8 @@ class Predictor:
     def image_size(self) -> int:
         return self.preprocessing.image_size
 
-    def classify(self, images: torch.Tensor) -> np.ndarray:
+    def classify(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (``N x classes``) for uint8 ``N x 3 x H x W`` images of one size."""
-        return self(eval_transform(self.preprocessing)(images, train=False))
-
-    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
-        """Probabilities for inputs already preprocessed (``N x 3 x S x S`` float)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -104,6 +102,8 @@ class Predictor:
 
 def parse_device(text: str) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
+    import torch
+
     try:
         device = torch.device(text)
     except RuntimeError as err:
@@ -119,52 +119,55 @@ class TorchPredictor(Predictor):
     """The checkpoint in PyTorch, on the GPU when there is one; bf16 where the hardware has it
     (see :mod:`eurosat_pipeline.inference`)."""
 
-    def __init__(
-        self, checkpoint: str | Path, device: torch.device | str | None = None, precision: str = "auto"
-    ) -> None:
+    def __init__(self, checkpoint: str | Path, device: str | None = None, precision: str = "auto") -> None:
+        import torch
+
+        from eurosat_pipeline.augment import eval_transform
         from eurosat_pipeline.checkpoints import load_classifier
+        from eurosat_pipeline.inference import default_device, inference_format, prepare
 
         model, _ = load_classifier(checkpoint)
+        self.torch = torch
         self.device = parse_device(str(device)) if device else default_device()
         self.format = inference_format(self.device, precision)
         self.model = prepare(model, self.device)
         self.preprocessing = self.model.preprocessing
-        self._transform_of: Preprocessing | None = None  # the transform follows `preprocessing`
-        self._batch_transform = eval_transform(self.preprocessing)
+        self.transform = eval_transform(self.preprocessing, channels_last=True).to(self.device)
 
     def describe(self) -> str:
         return f"PyTorch, {self.format.dtype} on {self.device} ({self.format.reason})"
 
-    def classify(self, images: torch.Tensor) -> np.ndarray:
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        batch = torch.from_numpy(images)
         # The uint8 tiles travel to the device, and are resized and normalised there: at 224 px a
         # batch of 256 is 3 MB as uint8 against 150 MB as float32.
-        pinned = images.pin_memory() if self.device.type == "cuda" else images
-        on_device = pinned.to(self.device, non_blocking=True)
-        with torch.inference_mode():
-            return self(self._transform()(on_device, train=False))
-
-    def _transform(self) -> BatchTransform:
-        if self._transform_of != self.preprocessing:
-            self._transform_of = self.preprocessing
-            self._batch_transform = eval_transform(self.preprocessing, channels_last=True).to(self.device)
-        return self._batch_transform
-
-    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        batch = batch.to(self.device, non_blocking=True)
         with torch.inference_mode(), self.format.autocast(self.device):
-            logits = self.model(inputs.to(self.device, memory_format=torch.channels_last))
+            logits = self.model(self.transform(batch, train=False))
         return logits.float().softmax(dim=1).cpu().numpy()
 
 
 class OnnxPredictor(Predictor):
-    def __init__(self, onnx_file: str | Path) -> None:
-        import onnxruntime
+    """An exported model in ONNX Runtime (fp32). When the images are already the model's input size
+    (64 px tiles for a 64 px model) they are normalised in NumPy and neither torch nor timm is
+    imported: the command then starts in about a second and stays small in memory."""
 
+    def __init__(self, onnx_file: str | Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise PipelineError(
+                "--onnx needs onnxruntime: pip install 'eurosat-pipeline[export]' (make install has it)"
+            ) from err
         if not Path(onnx_file).is_file():
             raise PipelineError(f"{onnx_file}: ONNX file not found. Run `dvc repro export` first.")
         providers = [
             p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
         ]
-        if "CUDAExecutionProvider" not in providers and torch.cuda.is_available():
+        if "CUDAExecutionProvider" not in providers and nvidia.gpu_present():
             log.warning(
                 "--onnx runs on the CPU: the installed onnxruntime (the lock's) has no CUDA provider. "
                 "Leave out --onnx to classify with the checkpoint on the GPU, or install onnxruntime-gpu "
@@ -174,20 +177,38 @@ class OnnxPredictor(Predictor):
             self.session = onnxruntime.InferenceSession(str(onnx_file), providers=providers)
         except Exception as err:
             raise PipelineError(f"{onnx_file}: not a loadable ONNX model ({err})") from err
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if "image_size" not in metadata:
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+        if "image_size" not in self.metadata:
             raise PipelineError(f"{onnx_file}: not exported by this pipeline (no image_size metadata)")
-        stored = metadata.get("preprocessing")
+        stored = self.metadata.get("preprocessing")
         self.preprocessing = (
-            Preprocessing.from_dict(json.loads(stored)) if stored else Preprocessing.legacy(int(metadata["image_size"]))
+            Preprocessing.from_dict(json.loads(stored))
+            if stored
+            else Preprocessing.legacy(int(self.metadata["image_size"]))
         )
+        self.input_name = self.session.get_inputs()[0].name
+        self.mean = np.array(self.preprocessing.mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255
+        self.scale = 1 / (np.array(self.preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1) * 255)
 
     def describe(self) -> str:
         return f"ONNX Runtime, fp32 on {', '.join(self.session.get_providers())}"
 
-    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
-        (logits,) = self.session.run(None, {self.session.get_inputs()[0].name: inputs.numpy()})
-        return torch.from_numpy(logits).softmax(dim=1).numpy()
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[-2:] == (self.image_size, self.image_size):
+            inputs = (images.astype(np.float32) - self.mean) * self.scale
+        else:  # another size: resized exactly as in training, by the same torch transform
+            import torch
+
+            from eurosat_pipeline.augment import eval_transform
+
+            inputs = eval_transform(self.preprocessing)(torch.from_numpy(images), train=False).numpy()
+        (logits,) = self.session.run(None, {self.input_name: inputs})
+        return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def predict(
@@ -198,6 +219,7 @@ def predict(
     batch_size: int = 256,
     device: str | None = None,
     precision: str = "auto",
+    engine: str = "auto",
 ) -> list[Prediction]:
     paths = find_images(inputs)
     images, problems = [], []
@@ -210,7 +232,7 @@ def predict(
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise PipelineError(f"{len(problems)} input(s) cannot be used:\n  - {listed}{more}")
-    model = load_predictor(checkpoint, onnx_file, device, precision)
+    model = load_predictor(checkpoint, onnx_file, device, precision, engine)
     probabilities = classify_any_sizes(model, images, batch_size)
     k = max(1, min(top_k, len(CLASSES)))
     order = np.argsort(-probabilities, axis=1)[:, :k]
@@ -220,7 +242,7 @@ def predict(
     ]
 
 
-def classify_any_sizes(model: Predictor, images: Sequence[torch.Tensor], batch_size: int) -> np.ndarray:
+def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
     """Probabilities for uint8 images of any sizes, in their order: images of one size go in batches."""
     probabilities = np.empty((len(images), len(CLASSES)), dtype=np.float32)
     by_size: dict[tuple[int, ...], list[int]] = {}
@@ -229,8 +251,13 @@ def classify_any_sizes(model: Predictor, images: Sequence[torch.Tensor], batch_s
     for indices in by_size.values():
         for start in range(0, len(indices), batch_size):
             chosen = indices[start : start + batch_size]
-            probabilities[chosen] = model.classify(torch.stack([images[i] for i in chosen]))
+            probabilities[chosen] = model.classify(np.stack([images[i] for i in chosen]))
     return probabilities
+
+
+ENGINES = ("auto", "pytorch", "onnxruntime")
+EXPORT_NAME = "model.onnx"  # where the export stage writes a checkpoint's ONNX file: beside it
+CHECKPOINT_HASH_KEY = "checkpoint_sha256"  # ONNX metadata: the checkpoint it was exported from
 
 
 def load_predictor(
@@ -238,10 +265,45 @@ def load_predictor(
     onnx_file: str | Path | None = None,
     device: str | None = None,
     precision: str = "auto",
+    engine: str = "auto",
 ) -> Predictor:
-    """ONNX Runtime when ``onnx_file`` is given, else the PyTorch checkpoint on ``device`` (default:
-    the GPU when there is one) in ``precision`` (auto, fp32, bf16)."""
-    return OnnxPredictor(onnx_file) if onnx_file else TorchPredictor(checkpoint, device, precision)
+    """The engine that classifies for predict and map.
+
+    ``onnx_file`` given: ONNX Runtime with it. Otherwise ``engine``: ``pytorch`` runs the checkpoint
+    on ``device`` (default: the GPU when there is one) in ``precision``; ``onnxruntime`` runs the
+    checkpoint's own export (``model.onnx`` beside it, whose metadata holds the checkpoint's sha256);
+    ``auto`` takes that export on a machine without an NVIDIA GPU when it exists and nothing
+    PyTorch-specific was asked for (the fastest engine on a CPU, and the command never imports
+    torch), and PyTorch otherwise.
+    """
+    if engine not in ENGINES:
+        raise PipelineError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if onnx_file:
+        return OnnxPredictor(onnx_file)
+    if engine == "onnxruntime":
+        export = export_of(checkpoint)
+        if export is None:
+            beside = Path(checkpoint).with_name(EXPORT_NAME)
+            raise PipelineError(
+                f"--engine onnxruntime: no ONNX export of {checkpoint} beside it ({beside} with the checkpoint's "
+                f"hash). Make one with `eurosat export --checkpoint {checkpoint} --out {beside}`"
+                " (or `dvc repro export`)."
+            )
+        return export
+    wants_torch = engine == "pytorch" or device is not None or precision != "auto" or nvidia.gpu_present()
+    export = None if wants_torch else export_of(checkpoint)
+    return export if export is not None else TorchPredictor(checkpoint, device, precision)
+
+
+def export_of(checkpoint: str | Path) -> OnnxPredictor | None:
+    """The checkpoint's ONNX export beside it, if onnxruntime is installed and the export is of these
+    very bytes (a retrained checkpoint with a stale export gets None)."""
+    checkpoint = Path(checkpoint)
+    candidate = checkpoint.with_name(EXPORT_NAME)
+    if not (checkpoint.is_file() and candidate.is_file()) or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    predictor = OnnxPredictor(candidate)
+    return predictor if predictor.metadata.get(CHECKPOINT_HASH_KEY) == sha256_of(checkpoint) else None
 
 
 def agreement(predictions: Iterable[Prediction]) -> tuple[int, int]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import timm
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # What every checkpoint and ONNX file written before preprocessing was stored used.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,6 +34,8 @@ class Preprocessing:
     @classmethod
     def for_backbone(cls, backbone: nn.Module, image_size: int) -> Preprocessing:
         """The backbone's own normalisation and interpolation (timm's data config), at our size."""
+        import timm  # here, not at the top: inference from an ONNX file needs neither timm nor torch
+
         data_config = timm.data.resolve_model_data_config(backbone)
         interpolation = data_config.get("interpolation", "bilinear")
         return cls(

