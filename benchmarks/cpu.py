@@ -114,13 +114,17 @@ def images(subject: Subject, channels_last: bool) -> torch.Tensor:
 
 
 # ----- training steps -----------------------------------------------------------------------------
-def train_step_fn(model: Classifier, x: torch.Tensor, bf16: bool, compiled: bool) -> Callable[[], object]:
+def train_step_fn(
+    model: Classifier, x: torch.Tensor, bf16: bool, compiled: bool, frozen: list[nn.Module] | None = None
+) -> Callable[[], object]:
     labels = torch.arange(len(x)) % 10
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
     forward = torch.compile(model) if compiled else model
     model.train()
+    for module in frozen or []:  # as in phase 2: frozen layers keep ImageNet's BatchNorm statistics
+        module.eval()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -141,14 +145,14 @@ def train_rows(subject: Subject, compile_too: bool) -> list[dict[str, Any]]:
                     if frozen and (bf16 or not channels_last):
                         continue  # freezing is measured in the best eager format only
                     model = fresh_model(subject, channels_last)
-                    freeze_stages(model, frozen)
                     x = images(subject, channels_last)
-                    step = train_step_fn(model, x, bf16, compiled)
+                    step = train_step_fn(model, x, bf16, compiled, freeze_stages(model, frozen))
                     started = time.perf_counter()
                     step()  # the first call compiles
                     first = time.perf_counter() - started
                     seconds = median_seconds(step, subject.steps)
-                    flops = counted_flops(train_step_fn(fresh_model(subject, channels_last), x, bf16, False))
+                    counted = fresh_model(subject, channels_last)
+                    flops = counted_flops(train_step_fn(counted, x, bf16, False, freeze_stages(counted, frozen)))
                     rows.append(
                         _row(subject, "train", "pytorch", bf16, channels_last, compiled, seconds, flops)
                         | {"frozen_stages": frozen, "first_step_s": round(first, 1)}
@@ -186,27 +190,89 @@ def inference_rows(subject: Subject, compile_too: bool) -> list[dict[str, Any]]:
 
 
 def engine_rows(subject: Subject) -> list[dict[str, Any]]:
-    """The pipeline's own inference engines, as the feature pass, evaluate, predict and map use them."""
-    from eurosat_pipeline.engines import ENGINES, make_engine
+    """The pipeline's own inference paths, as the feature pass, evaluate, predict and map use them:
+    PyTorch through :func:`eurosat_pipeline.inference.prepare` (eval, channels_last, flushed
+    denormals) in fp32 and bf16, and ONNX Runtime on the model's export (its first-call time is
+    the export)."""
+    import tempfile
+
+    import numpy as np
+
+    from eurosat_pipeline.inference import InferenceFormat, prepare
+    from eurosat_pipeline.predict import softmax
 
     rows = []
-    model = fresh_model(subject, channels_last=False).eval()
-    flops = counted_flops(lambda: model(images(subject, False)))
-    for name in ENGINES:
-        started = time.perf_counter()
-        try:
-            engine = make_engine(name, model)
-        except RuntimeError as err:  # onnxruntime missing: say so in the table
-            rows.append({"model": subject.label, "kind": "inference", "engine": name, "skipped": str(err)})
-            continue
-        prepared = time.perf_counter() - started
-        x = images(subject, channels_last=False)
-        seconds = median_seconds(lambda engine=engine, x=x: engine(x), subject.steps)
-        bf16 = "bf16" in name
-        rows.append(
-            _row(subject, "inference", name, bf16, True, False, seconds, flops) | {"first_step_s": round(prepared, 1)}
-        )
+    model = prepare(fresh_model(subject, channels_last=False), torch.device("cpu"))
+    x = images(subject, channels_last=True)
+    flops = counted_flops(lambda: model(x))
+    for dtype in ("fp32", "bf16"):
+        fmt = InferenceFormat(dtype, "benchmark")
+
+        def step(fmt: InferenceFormat = fmt) -> None:
+            with torch.inference_mode(), fmt.autocast(x.device):
+                model(x)
+
+        seconds = median_seconds(step, subject.steps)
+        rows.append(_row(subject, "inference", "pipeline: PyTorch", dtype == "bf16", True, False, seconds, flops))
         print(_line(rows[-1]), flush=True)
+    try:
+        import onnxruntime
+    except ImportError:
+        return rows
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        path = Path(folder) / "model.onnx"
+        export_model(model.to(memory_format=torch.contiguous_format), x[:2].contiguous(), path)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        exported = time.perf_counter() - started
+        feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
+        seconds = median_seconds(lambda: softmax(np.asarray(session.run(None, feed)[0])), subject.steps)
+    rows.append(
+        _row(subject, "inference", "pipeline: ONNX Runtime", False, False, seconds, flops)
+        | {"first_step_s": round(exported, 1)}
+    )
+    print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    from eurosat_pipeline.export import write_onnx
+
+    write_onnx(model, example, path)
+
+
+def denormal_rows(subject: Subject) -> list[dict[str, Any]]:
+    """The best eager formats with denormals computed in microcode (x86's default) instead of flushed."""
+    torch.set_flush_denormal(False)
+    try:
+        model = fresh_model(subject, channels_last=True)
+        x = images(subject, channels_last=True)
+        train_seconds = median_seconds(train_step_fn(model, x, False, False), subject.steps)
+        flops = counted_flops(train_step_fn(fresh_model(subject, True), x, False, False))
+        rows = [_row(subject, "train", "pytorch, denormals not flushed", False, True, False, train_seconds, flops)]
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast(True):
+                model(x)
+
+        flops = counted_flops(lambda: model(x))
+        rows.append(
+            _row(
+                subject,
+                "inference",
+                "pytorch, denormals not flushed",
+                True,
+                True,
+                False,
+                median_seconds(infer, subject.steps),
+                flops,
+            )
+        )
+    finally:
+        torch.set_flush_denormal(True)
+    for row in rows:
+        print(_line(row), flush=True)
     return rows
 
 
@@ -260,6 +326,7 @@ def main() -> None:
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/cpu-<cores>-cores-engines.json)")
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_flush_denormal(True)  # as the pipeline runs on a CPU (hardware.flush_denormals)
     load_before = os.getloadavg()
     size = 256 if args.smoke else 2048
     PEAKS.update(fp32=peak_gflops(torch.float32, size), bf16=peak_gflops(torch.bfloat16, size))
@@ -274,6 +341,7 @@ def main() -> None:
             rows += train_rows(subject, compile_too=not args.no_compile)
         if "inference" in kinds:
             rows += inference_rows(subject, compile_too=not args.no_compile)
+        rows += denormal_rows(subject)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},

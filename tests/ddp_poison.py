@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eurosat_pipeline.inference import backbone_features, inference_format
+from eurosat_pipeline.inference import backbone_features, feature_format
 from eurosat_pipeline.loading import EuroSATDataModule
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.stage import run_stage
@@ -40,7 +40,7 @@ def poisoned_training_step(self: LandUseClassifier, batch: Any, batch_idx: int) 
 def checked_features(self: EuroSATDataModule, images: torch.Tensor) -> torch.Tensor:
     gathered = compute_features(self, images)
     model = self.trainer.lightning_module.model
-    fmt = inference_format(images.device)
+    fmt = feature_format(images.device)
     alone = backbone_features(model, images, channels_last=self.config.channels_last, fmt=fmt)
     difference = (gathered - alone).abs().max().item() if len(images) else 0.0
     rank = self.trainer.global_rank

@@ -199,7 +199,7 @@ def test_auto_takes_the_checkpoints_own_export_on_a_cpu_machine(
     predictor = load_predictor(beside["checkpoint"])
     assert isinstance(predictor, OnnxPredictor) and predictor.describe().startswith("ONNX Runtime")
     # Anything PyTorch-specific, or a GPU, means PyTorch.
-    assert isinstance(load_predictor(beside["checkpoint"], precision="fp32"), TorchPredictor)
+    assert isinstance(load_predictor(beside["checkpoint"], precision="bf16"), TorchPredictor)
     assert isinstance(load_predictor(beside["checkpoint"], engine="pytorch"), TorchPredictor)
     monkeypatch.setattr(nvidia, "gpu_present", lambda: True)
     assert isinstance(load_predictor(beside["checkpoint"]), TorchPredictor)

@@ -274,12 +274,11 @@ def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dic
     assert diff.max() < 1e-4
 
 
-@pytest.mark.parametrize("precision", ["auto", "bf16"])
-def test_bf16_inference_agrees_with_fp32_except_near_ties(fine_tuned: dict[str, Any], precision: str) -> None:
+def test_bf16_inference_agrees_with_fp32_except_near_ties(fine_tuned: dict[str, Any]) -> None:
     """bf16 keeps ~3 significant digits: on this barely trained model it may only break near-ties
     (fp32's top two within 10 points of probability); a broken bf16 path flips confident ones too."""
     fp32 = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, precision="fp32")
-    other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, precision=precision)
+    other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, precision="bf16")
     flips = [(a, b) for a, b in zip(fp32, other, strict=True) if a.classes[0] != b.classes[0]]
     assert all(a.probabilities[0] - a.probabilities[1] < 0.1 for a, _ in flips), flips
     assert len(flips) <= len(fp32) // 10

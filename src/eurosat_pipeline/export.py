@@ -20,6 +20,7 @@ from eurosat_pipeline.checkpoints import load_classifier
 from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path, sha256_of, write_json
+from eurosat_pipeline.inference import predict_logits
 from eurosat_pipeline.loading import load_splits
 from eurosat_pipeline.predict import CHECKPOINT_HASH_KEY
 from eurosat_pipeline.preprocessing import Preprocessing
@@ -60,6 +61,7 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         report = parity(model, tmp, images)
+        report["test_split"] = agreement_on_test_split(model, tmp, archive, split)
         if not report["ok"]:
             raise PipelineError(
                 f"ONNX export of {checkpoint} disagrees with PyTorch: {parity_problem(report)}. Nothing was written."
@@ -110,6 +112,28 @@ def parity(model: torch.nn.Module, onnx_file: str | Path, images: torch.Tensor) 
         "images": len(images),
         "batch_sizes": [len(b) for b in batches],
         "opset": OPSET,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def agreement_on_test_split(
+    model: torch.nn.Module, onnx_file: str | Path, archive: str | Path, split: str | Path
+) -> dict[str, Any]:
+    """Top-1 agreement of ONNX Runtime (what predict and map use on a CPU) with fp32 PyTorch on every
+    test-split image, fed exactly as ``eurosat map`` feeds tiles."""
+    import onnxruntime
+
+    from eurosat_pipeline.predict import OnnxPredictor
+
+    test = load_splits(archive, split, ("test",))["test"]
+    expected = predict_logits(model, test.images, torch.device("cpu"), precision="fp32").argmax(dim=1).numpy()
+    predictor = OnnxPredictor(onnx_file)
+    actual = np.concatenate(
+        [predictor.classify(test.images[i : i + 256].numpy()).argmax(axis=1) for i in range(0, len(test), 256)]
+    )
+    return {
+        "images": len(test),
+        "top1_agreement": float((actual == expected).mean()),
         "onnxruntime": onnxruntime.__version__,
     }
 

@@ -23,7 +23,7 @@ from torchvision.io import decode_jpeg
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import CLASSES, read_archive
 from eurosat_pipeline.errors import ConfigError, DatasetError
-from eurosat_pipeline.inference import backbone_features, inference_format
+from eurosat_pipeline.inference import backbone_features, feature_format
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import EncodedSet, read_split
 
@@ -234,7 +234,7 @@ class EuroSATDataModule(L.LightningDataModule):
         computes one shard and the shards are gathered, so the pass costs 1/world each."""
         model = self.trainer.lightning_module.model
         world, rank = self._world()
-        fmt = inference_format(images.device) if images.device.type == "cpu" else None
+        fmt = feature_format(images.device) if images.device.type == "cpu" else None
         shard = -(-len(images) // world)
         with self.trainer.precision_plugin.forward_context():
             part = backbone_features(

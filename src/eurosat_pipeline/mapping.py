@@ -157,7 +157,7 @@ def make_map(
     confidence: bool = False,
     scene_preview: bool = True,
     device: str | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     engine: str = "auto",
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""

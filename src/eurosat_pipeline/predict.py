@@ -116,10 +116,10 @@ def parse_device(text: str) -> torch.device:
 
 
 class TorchPredictor(Predictor):
-    """The checkpoint in PyTorch, on the GPU when there is one; bf16 where the hardware has it
-    (see :mod:`eurosat_pipeline.inference`)."""
+    """The checkpoint in PyTorch, on the GPU when there is one, in fp32 (or bf16 when asked: see
+    :mod:`eurosat_pipeline.inference`)."""
 
-    def __init__(self, checkpoint: str | Path, device: str | None = None, precision: str = "auto") -> None:
+    def __init__(self, checkpoint: str | Path, device: str | None = None, precision: str = "fp32") -> None:
         import torch
 
         from eurosat_pipeline.augment import eval_transform
@@ -129,7 +129,7 @@ class TorchPredictor(Predictor):
         model, _ = load_classifier(checkpoint)
         self.torch = torch
         self.device = parse_device(str(device)) if device else default_device()
-        self.format = inference_format(self.device, precision)
+        self.format = inference_format(precision)
         self.model = prepare(model, self.device)
         self.preprocessing = self.model.preprocessing
         self.transform = eval_transform(self.preprocessing, channels_last=True).to(self.device)
@@ -218,7 +218,7 @@ def predict(
     top_k: int = 3,
     batch_size: int = 256,
     device: str | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     engine: str = "auto",
 ) -> list[Prediction]:
     paths = find_images(inputs)
@@ -264,7 +264,7 @@ def load_predictor(
     checkpoint: str | Path = "models/best.ckpt",
     onnx_file: str | Path | None = None,
     device: str | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     engine: str = "auto",
 ) -> Predictor:
     """The engine that classifies for predict and map.
@@ -273,8 +273,8 @@ def load_predictor(
     on ``device`` (default: the GPU when there is one) in ``precision``; ``onnxruntime`` runs the
     checkpoint's own export (``model.onnx`` beside it, whose metadata holds the checkpoint's sha256);
     ``auto`` takes that export on a machine without an NVIDIA GPU when it exists and nothing
-    PyTorch-specific was asked for (the fastest engine on a CPU, and the command never imports
-    torch), and PyTorch otherwise.
+    PyTorch-specific was asked for (a device, bf16): the fastest engine on a CPU, fp32 like
+    PyTorch's default, and the command never imports torch. PyTorch otherwise.
     """
     if engine not in ENGINES:
         raise PipelineError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -290,7 +290,7 @@ def load_predictor(
                 " (or `dvc repro export`)."
             )
         return export
-    wants_torch = engine == "pytorch" or device is not None or precision != "auto" or nvidia.gpu_present()
+    wants_torch = engine == "pytorch" or device is not None or precision != "fp32" or nvidia.gpu_present()
     export = None if wants_torch else export_of(checkpoint)
     return export if export is not None else TorchPredictor(checkpoint, device, precision)
 
