@@ -153,7 +153,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="the model (default with --smoke: a tiny one, trained here)")
     parser.add_argument("--onnx", type=Path, help="map with this ONNX file instead (ONNX Runtime)")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    parser.add_argument("--engine", choices=("auto", "pytorch", "onnxruntime"), default="auto")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="with --engine pytorch")
     parser.add_argument("--scenes", default=",".join(SCENES), help=f"comma-separated: {', '.join(SCENES)}")
     parser.add_argument("--data", default=str(REAL_DATA) if REAL_DATA.exists() else "synthetic")
     parser.add_argument("--work", type=Path, help="folder for the scenes (kept for reruns; default: a temporary one)")
@@ -166,7 +167,7 @@ def main() -> int:
         specs = SMOKE_SCENES if args.smoke else {name: SCENES[name] for name in args.scenes.split(",")}
         checkpoint = args.checkpoint or (_tiny_checkpoint(work) if args.smoke else REPO / "models" / "best.ckpt")
         model = ["--onnx", str(args.onnx)] if args.onnx else ["--checkpoint", str(checkpoint)]
-        model += ["--precision", args.precision]
+        model += ["--engine", args.engine, "--precision", args.precision]
         tiles, source = tile_pool("synthetic" if args.smoke else args.data)
         load = os.getloadavg()[0]
         print(f"load average {load:.2f}; scenes from {source}; model: {' '.join(model)}")

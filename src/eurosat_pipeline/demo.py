@@ -7,7 +7,7 @@ frozen phase 1 on backbone features computed once, then the whole network in pha
 
 - ``eurosat demo``: the built-in SYNTHETIC data source (labelled so in every output), minutes.
 - ``eurosat demo --data PATH``: a real EuroSAT zip or folder, at the native 64 px, sized to train
-  in about ten minutes on a 2-core CPU.
+  in under ten minutes on a 2-core CPU (97.3 % test accuracy on the real images).
 
 ``dvc exp run`` rewrites ``params.yaml`` and ``dvc.lock`` in the workspace; the demo puts the
 user's versions back afterwards, byte for byte, even when interrupted (and on the next start if
@@ -28,7 +28,9 @@ from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.stage import tool_environment
 
 # The pretrained two-phase recipe, sized for a CPU: Lite0's own ImageNet weights at EuroSAT's
-# native 64 px; phase 1 trains the head on features computed once (phase1_cached_features).
+# native 64 px; phase 1 trains the head on features computed once (phase1_cached_features); in
+# phase 2 the stem and first two stages stay frozen (1.4x faster steps on a CPU, where those
+# high-resolution layers cost most; benchmarks/README.md).
 CPU_RECIPE: dict[str, str] = {
     "model_name": "tf_efficientnet_lite0",
     "pretrained": "true",
@@ -37,6 +39,7 @@ CPU_RECIPE: dict[str, str] = {
     "phase1_cached_features": "true",
     "phase1_warmup_epochs": "0",
     "phase1_lr": "3e-3",
+    "phase2_frozen_stages": "3",
     "wandb_mode": "offline",
 }
 SYNTHETIC_OVERRIDES: dict[str, str] = {
@@ -50,11 +53,12 @@ SYNTHETIC_OVERRIDES: dict[str, str] = {
     "backbone_lr_scale": "0.3",
     "tsne_interval": "1",
 }
+# Measured on the real images (README, "The CPU recipe"): 97.3 % test in 8.7 minutes of training.
 REAL_DATA_OVERRIDES: dict[str, str] = {
     **CPU_RECIPE,
     "batch_size": "64",
     "phase1_epochs": "5",
-    "phase2_epochs": "2",
+    "phase2_epochs": "7",
     "phase2_lr": "1e-3",
     "backbone_lr_scale": "0.3",
     "tsne_interval": "2",
