@@ -3,7 +3,7 @@
     python benchmarks/cpu.py                    # Lite0 at 64 px (the CPU recipe) and B0 at 224 px
     python benchmarks/cpu.py --models lite0     # only the CPU recipe's model
     python benchmarks/cpu.py --no-compile       # skip torch.compile (minutes of compiling on 2 cores)
-    python benchmarks/cpu.py --smoke            # every row on a tiny model in seconds (tests)
+    python benchmarks/cpu.py --smoke            # every eager row on a tiny model in seconds (tests)
 
 For each model it measures a training step (forward, backward, AdamW; the whole network, and the
 network with its first stages frozen, as ``phase2_frozen_stages`` does) and inference (eval mode),
@@ -363,9 +363,9 @@ def main() -> None:
     kinds = set(args.kinds.split(","))
     for subject in subjects(args.models.split(","), args.smoke):
         if "train" in kinds:
-            rows += train_rows(subject, compile_too=not args.no_compile)
+            rows += train_rows(subject, compile_too=not (args.no_compile or args.smoke))
         if "inference" in kinds:
-            rows += inference_rows(subject, compile_too=not args.no_compile)
+            rows += inference_rows(subject, compile_too=not (args.no_compile or args.smoke))
         rows += denormal_rows(subject)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -27,3 +27,38 @@ def test_benchmark_smoke_run_writes_every_suite(tmp_path: Path) -> None:
     assert all(row["images_per_s"] > 0 for row in report["results"] if "images_per_s" in row)
     assert "SYNTHETIC" in report["data"]
     assert "| loader | original per-sample PIL, num_workers=0 | cpu |" in result.stdout
+
+
+def test_cpu_benchmark_smoke_run_measures_every_engine_against_the_peak(tmp_path: Path) -> None:
+    out = tmp_path / "cpu.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "cpu.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["peak_gflops"]["fp32"] > 0 and report["peak_gflops"]["bf16"] > 0
+    engines = {(row["kind"], row["engine"], row["dtype"]) for row in report["results"]}
+    assert ("inference", "pipeline: ONNX Runtime", "fp32") in engines
+    assert ("inference", "pipeline: PyTorch", "bf16") in engines and ("train", "pytorch", "bf16") in engines
+    assert all(row["images_per_s"] > 0 and row["share_of_peak"] > 0 for row in report["results"])
+    assert "load average" in result.stdout
+
+
+def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
+    out = tmp_path / "map.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "map_speed.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [row["scene"] for row in report["results"]] == ["rgb-smoke", "uint16-smoke"]
+    for row in report["results"]:
+        assert row["tiles"] > 0 and row["whole_command_s"] > 0 and row["peak_rss_mb"] > 0
+        assert {"reading", "classifying", "preview"} <= set(row["phases_s"])

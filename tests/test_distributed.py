@@ -19,6 +19,7 @@ from eurosat_pipeline.checkpoints import load_classifier
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.embeddings import read_tsne_csv
+from eurosat_pipeline.hardware import threads_per_process
 from eurosat_pipeline.inference import predict_logits
 from eurosat_pipeline.loading import load_splits
 from eurosat_pipeline.split import split_archive
@@ -105,6 +106,8 @@ def test_two_processes_really_ran(ddp_run: dict[str, Any]) -> None:
     assert re.search(r"All distributed processes registered\. Starting with 2 processes", ddp_run["log"])
     summary = json.loads(ddp_run["paths"]["summary"].read_text())
     assert summary["world_size"] == 2 and summary["hardware"].startswith("2 x CPU")
+    # Two processes on one CPU: each takes its share of the cores, not all of them.
+    assert summary["hardware"] == f"2 x CPU ({threads_per_process(2)} threads)"
 
 
 def test_outputs_are_complete_and_written_once(ddp_run: dict[str, Any]) -> None:
