@@ -25,6 +25,7 @@ KEY_PARAMS = (
     "phase2_epochs",
     "phase2_lr",
     "backbone_lr_scale",
+    "phase2_frozen_stages",
     "batch_size",
     "image_size",
     "weight_decay",
@@ -177,7 +178,7 @@ def _page(
     return _TEMPLATE.format(
         banner=banner,
         run_table=_table(_run_rows(summary, metrics)),
-        params_table=_table([(k, summary["config"][k]) for k in KEY_PARAMS]),
+        params_table=_table([(k, summary["config"].get(k, "")) for k in KEY_PARAMS]),
         class_table=_class_table(per_class),
         plots="\n".join(f'<div class="plot">{p}</div>' for p in plots),
     )
