@@ -118,7 +118,7 @@ class LandUseMap:
     seconds: float = 0.0
     engine: str = ""
     preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
-    watch: Stopwatch = field(default_factory=lambda: Stopwatch())
+    watch: Stopwatch = field(default_factory=Stopwatch)
 
     @property
     def classified(self) -> int:

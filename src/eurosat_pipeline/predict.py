@@ -120,14 +120,12 @@ class TorchPredictor(Predictor):
     :mod:`eurosat_pipeline.inference`)."""
 
     def __init__(self, checkpoint: str | Path, device: str | None = None, precision: str = "fp32") -> None:
-        import torch
 
         from eurosat_pipeline.augment import eval_transform
         from eurosat_pipeline.checkpoints import load_classifier
         from eurosat_pipeline.inference import default_device, inference_format, prepare
 
         model, _ = load_classifier(checkpoint)
-        self.torch = torch
         self.device = parse_device(str(device)) if device else default_device()
         self.format = inference_format(precision)
         self.model = prepare(model, self.device)
@@ -138,7 +136,8 @@ class TorchPredictor(Predictor):
         return f"PyTorch, {self.format.dtype} on {self.device} ({self.format.reason})"
 
     def classify(self, images: np.ndarray) -> np.ndarray:
-        torch = self.torch
+        import torch  # not at the top: the ONNX Runtime path never imports it
+
         batch = torch.from_numpy(images)
         # The uint8 tiles travel to the device, and are resized and normalised there: at 224 px a
         # batch of 256 is 3 MB as uint8 against 150 MB as float32.
