@@ -79,7 +79,7 @@ def test_predict_folder_reports_top_k_and_agreement(trained: dict[str, Any]) -> 
 
 
 def test_onnx_predictions_equal_checkpoint_predictions(trained: dict[str, Any], exported: dict[str, Any]) -> None:
-    from_torch = predict([trained["images"]], trained["checkpoint"], top_k=2, precision="fp32")
+    from_torch = predict([trained["images"]], trained["checkpoint"], top_k=2, device="cpu")
     from_onnx = predict([trained["images"]], onnx_file=exported["onnx"], top_k=2)
     assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
     diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
@@ -220,7 +220,7 @@ def test_a_stale_export_is_never_used_for_a_changed_checkpoint(
 
 
 def test_every_engine_agrees_with_fp32_pytorch_on_top1(trained: dict[str, Any], beside: dict[str, Path]) -> None:
-    reference = predict([trained["images"]], beside["checkpoint"], top_k=1, engine="pytorch", precision="fp32")
+    reference = predict([trained["images"]], beside["checkpoint"], top_k=1, engine="pytorch", device="cpu")
     for options in ({"engine": "onnxruntime"}, {"onnx_file": beside["onnx"]}):
         other = predict([trained["images"]], beside["checkpoint"], top_k=1, **options)
         assert [p.classes for p in other] == [p.classes for p in reference], options

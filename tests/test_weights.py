@@ -267,7 +267,7 @@ def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dic
     )
     assert report["same_top1"]
     assert load_predictor(onnx_file=onnx_file).preprocessing == load_predictor(fine_tuned["paths"].best).preprocessing
-    from_torch = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=1, precision="fp32")
+    from_torch = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=1, device="cpu")
     from_onnx = predict([fine_tuned["images"]], onnx_file=onnx_file, top_k=1)
     assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
     diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
@@ -277,8 +277,8 @@ def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dic
 def test_bf16_inference_agrees_with_fp32_except_near_ties(fine_tuned: dict[str, Any]) -> None:
     """bf16 keeps ~3 significant digits: on this barely trained model it may only break near-ties
     (fp32's top two within 10 points of probability); a broken bf16 path flips confident ones too."""
-    fp32 = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, precision="fp32")
-    other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, precision="bf16")
+    fp32 = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu")
+    other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu", precision="bf16")
     flips = [(a, b) for a, b in zip(fp32, other, strict=True) if a.classes[0] != b.classes[0]]
     assert all(a.probabilities[0] - a.probabilities[1] < 0.1 for a, _ in flips), flips
     assert len(flips) <= len(fp32) // 10
@@ -294,7 +294,7 @@ def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> No
     """The same weights fed ImageNet statistics instead of Lite0's give other probabilities."""
     from eurosat_pipeline.augment import eval_transform
 
-    predictor = load_predictor(fine_tuned["paths"].best, engine="pytorch")
+    predictor = load_predictor(fine_tuned["paths"].best, engine="pytorch", device="cpu")
     assert predictor.preprocessing == load_classifier(fine_tuned["paths"].best)[0].preprocessing
     images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
     right = predictor.classify(images)
