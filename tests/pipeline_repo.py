@@ -42,6 +42,18 @@ class PipelineRepo:
         repo.root = root
         return repo
 
+    def copy_to(self, target: Path) -> PipelineRepo:
+        """An independent copy (git history, DVC cache, workspace) for a test that changes things.
+
+        DVC's scratch folder ``.dvc/tmp`` (locks, queue workers' state) stays behind; DVC makes a
+        new one, and its per-repository caches outside the repository are keyed by the path.
+        """
+        scratch = self.root / ".dvc"
+        shutil.copytree(
+            self.root, target, symlinks=True, ignore=lambda folder, _: ["tmp"] if Path(folder) == scratch else []
+        )
+        return PipelineRepo.existing(target)
+
     def write_params(self, params: dict[str, Any]) -> None:
         lines = [f"{key}: {json.dumps(value)}" for key, value in params.items()]
         (self.root / "params.yaml").write_text("\n".join(lines) + "\n")

@@ -1,4 +1,9 @@
-"""`dvc repro` and `dvc exp run` on the real dvc.yaml, in a temporary git repository."""
+"""`dvc repro` and `dvc exp run` on the real dvc.yaml, in a temporary git repository.
+
+One tiny pipeline run (the module's ``repo``) serves every test: those that only read its outputs,
+those that change something and put it back, and the experiment tests, in this file's order. A
+test that changes what it cannot cheaply put back works on its own copy (``fork``).
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     repo.git("add", "-A")
     repo.git("commit", "-qm", "local weights")
     repo.run("dvc", "repro")
+    repo.git("add", "-A")
+    repo.git("commit", "-qm", "baseline run")
     return repo
+
+
+@pytest.fixture
+def fork(repo: PipelineRepo, tmp_path: Path) -> PipelineRepo:
+    """A copy of the pipeline repository as it is now, for a test that changes it for good."""
+    return repo.copy_to(tmp_path / "fork")
 
 
 def assert_clean(repo: PipelineRepo) -> None:
@@ -134,24 +147,24 @@ def test_plots_show_draws_every_declared_plot(repo: PipelineRepo) -> None:
 
 
 def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
-    params = repo.root / "params.yaml"
-    original = params.read_text()
+    params, lock = repo.root / "params.yaml", repo.root / "dvc.lock"
+    original_params, original_lock = params.read_bytes(), lock.read_bytes()
     try:
-        params.write_text(original.replace('wandb_project: "eurosat-pipeline"', 'wandb_project: "elsewhere"'))
+        changed = original_params.decode().replace('wandb_project: "eurosat-pipeline"', 'wandb_project: "elsewhere"')
+        assert changed != original_params.decode()
+        params.write_text(changed)
         # Only the check, which validates every key, sees the change; its record stays the same.
         assert set(repo.dvc_json("status")) == {"check"}
         output = repo.run("dvc", "repro").stdout
         assert "Running stage 'check'" in output and "Stage 'train' didn't change" in output, output
         assert_clean(repo)
-    finally:
-        params.write_text(original)
-        repo.run("dvc", "repro")
+    finally:  # the check's record has the same bytes, so the old params and lock are the old state
+        params.write_bytes(original_params)
+        lock.write_bytes(original_lock)
     assert_clean(repo)
 
 
 def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo: PipelineRepo) -> None:
-    repo.git("add", "-A")
-    repo.git("commit", "-qm", "baseline run")
     output = repo.run("dvc", "exp", "run", "-S", "phase2_lr=3e-4", "--name", "lr3e-4").stdout
     assert "Stage 'download' didn't change" in output and "Stage 'split' didn't change" in output
     for stage in ("train", "evaluate", "report"):
@@ -210,49 +223,43 @@ def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
         assert (repo.root / "cml" / name).read_bytes().startswith(b"\x89PNG"), name
 
 
-def test_weights_changed_in_place_retrain(repo: PipelineRepo) -> None:
-    weights = repo.root / WEIGHTS
-    original = weights.read_bytes()
+def test_weights_changed_in_place_retrain(fork: PipelineRepo) -> None:
+    weights = fork.root / WEIGHTS
     state = torch.load(weights, weights_only=True)
     state["conv_stem.weight"] += 1e-3
     torch.save(state, weights)
-    try:
-        assert set(repo.dvc_json("status")) == {"check", f"{WEIGHTS}.dvc"}  # same path, new bytes
-        output = repo.run("dvc", "repro").stdout
-        assert "Running stage 'train'" in output, output
-        record = json.loads((repo.root / "models" / "pretrained.json").read_text())
-        summary = json.loads((repo.root / "reports" / "train" / "summary.json").read_text())
-        assert record["pretrained_weights"]["sha256"] == sha256_of(weights)
-        assert summary["pretrained_weights"]["sha256"] == record["pretrained_weights"]["sha256"]
-        assert_clean(repo)  # repro also recorded the new bytes in the weights' .dvc file
-    finally:
-        weights.write_bytes(original)
-        repo.run("dvc", "repro")
-    assert_clean(repo)
+    assert set(fork.dvc_json("status")) == {"check", f"{WEIGHTS}.dvc"}  # same path, new bytes
+    output = fork.run("dvc", "repro").stdout
+    assert "Running stage 'train'" in output, output
+    record = json.loads((fork.root / "models" / "pretrained.json").read_text())
+    summary = json.loads((fork.root / "reports" / "train" / "summary.json").read_text())
+    assert record["pretrained_weights"]["sha256"] == sha256_of(weights)
+    assert summary["pretrained_weights"]["sha256"] == record["pretrained_weights"]["sha256"]
+    assert_clean(fork)  # repro also recorded the new bytes in the weights' .dvc file
 
 
-def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(repo: PipelineRepo, tmp_path: Path) -> None:
+def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(fork: PipelineRepo, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
-    repo.run("dvc", "remote", "add", "--default", "storage", str(remote))
-    repo.git("add", "-A")
-    repo.git("commit", "-qm", "run with a remote")
-    repo.run("dvc", "push")
+    fork.run("dvc", "remote", "add", "--default", "storage", str(remote))
+    fork.git("add", "-A")
+    fork.git("commit", "-qm", "run with a remote")
+    fork.run("dvc", "push")
     stored = [p for p in remote.rglob("*") if p.is_file()]
     # The dataset travels as one archive, not one object per image.
     assert 0 < len(stored) < 40, len(stored)
     clone = tmp_path / "clone"
-    repo.run("git", "clone", "-q", str(repo.root), str(clone))
+    fork.run("git", "clone", "-q", str(fork.root), str(clone))
     fresh = PipelineRepo.existing(clone)
     fresh.run("dvc", "pull")
     assert_clean(fresh)
-    assert (clone / "models" / "best.ckpt").read_bytes() == (repo.root / "models" / "best.ckpt").read_bytes()
+    assert (clone / "models" / "best.ckpt").read_bytes() == (fork.root / "models" / "best.ckpt").read_bytes()
     # The model registry: a version is a git tag (GTO's name@vX.Y.Z); both artifacts then come
     # from the remote by name, without a checkout (the latest version, or the one asked for).
     for name, path, rev in (
         ("model", "models/best.ckpt", []),
         ("model-onnx", "models/model.onnx", ["--rev", "v0.1.0"]),
     ):
-        repo.git("tag", "-a", f"{name}@v0.1.0", "-m", f"register {name}")
+        fork.git("tag", "-a", f"{name}@v0.1.0", "-m", f"register {name}")
         fetched = tmp_path / f"fetched-{name}"
-        repo.run("dvc", "artifacts", "get", str(repo.root), name, *rev, "-o", str(fetched))
-        assert fetched.read_bytes() == (repo.root / path).read_bytes(), name
+        fork.run("dvc", "artifacts", "get", str(fork.root), name, *rev, "-o", str(fetched))
+        assert fetched.read_bytes() == (fork.root / path).read_bytes(), name
