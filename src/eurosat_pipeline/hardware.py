@@ -166,8 +166,8 @@ def choose_compile(requested: bool, accelerator: str) -> str:
         return "set in params.yaml"
     if accelerator == "cpu":
         return (
-            "CPU: torch.compile (inductor) trained Lite0 slower than eager channels_last here and took a minute "
-            "to compile (benchmarks/README.md)"
+            "CPU: torch.compile (inductor) gained nothing over eager channels_last for EfficientNet training "
+            "here and took 30-65 s to compile (benchmarks/README.md)"
         )
     return "off by default: set compile: true for faster GPU steps after a slow first one"
 
@@ -195,9 +195,10 @@ CPUINFO = Path("/proc/cpuinfo")
 def flush_denormals() -> None:
     """Treat denormal floats as zero on this CPU (for the whole process).
 
-    Pretrained and fine-tuned EfficientNets produce activations and gradients below 1e-38, which x86
-    CPUs handle in microcode, many times slower: measured 1.2-1.3x faster training and inference
-    steps here (benchmarks/README.md). Values that small change no prediction.
+    x86 CPUs compute on denormals (below ~1e-38) in microcode, 10-100x slower per operation; decayed
+    weights and small gradients can produce them. On the 2-core machine the gain was within
+    run-to-run noise (257 against 266 images/s per training step, benchmarks/README.md), so this is
+    insurance, not a measured speed-up. Values that small change no prediction.
     """
     torch.set_flush_denormal(True)
 
