@@ -221,6 +221,7 @@ def engine_rows(subject: Subject) -> list[dict[str, Any]]:
 
     import numpy as np
 
+    from eurosat_pipeline.export import write_onnx
     from eurosat_pipeline.inference import InferenceFormat, prepare
     from eurosat_pipeline.predict import softmax
 
@@ -245,7 +246,7 @@ def engine_rows(subject: Subject) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         path = Path(folder) / "model.onnx"
-        export_model(model.to(memory_format=torch.contiguous_format), x[:2].contiguous(), path)
+        write_onnx(model.to(memory_format=torch.contiguous_format), x[:2].contiguous(), path)
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         exported = time.perf_counter() - started
         feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
@@ -256,12 +257,6 @@ def engine_rows(subject: Subject) -> list[dict[str, Any]]:
     )
     print(_line(rows[-1]), flush=True)
     return rows
-
-
-def export_model(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    from eurosat_pipeline.export import write_onnx
-
-    write_onnx(model, example, path)
 
 
 def denormal_rows(subject: Subject) -> list[dict[str, Any]]:

@@ -11,16 +11,22 @@ from pathlib import Path
 from .conftest import REPO_ROOT
 
 
-def test_benchmark_smoke_run_writes_every_suite(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def smoke_run(script: str, out: Path) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script> --smoke --out <out>``, which must succeed."""
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "run.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
         capture_output=True,
         text=True,
         env={**os.environ, "WANDB_MODE": "disabled"},
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_benchmark_smoke_run_writes_every_suite(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = smoke_run("run.py", out)
     report = json.loads(out.read_text())
     suites = [row["suite"] for row in report["results"]]
     assert suites.count("loader") >= 3 and suites.count("train") == 4 and suites.count("recipe") == 5
@@ -31,13 +37,7 @@ def test_benchmark_smoke_run_writes_every_suite(tmp_path: Path) -> None:
 
 def test_cpu_benchmark_smoke_run_measures_every_engine_against_the_peak(tmp_path: Path) -> None:
     out = tmp_path / "cpu.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "cpu.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = smoke_run("cpu.py", out)
     report = json.loads(out.read_text())
     assert report["peak_gflops"]["fp32"] > 0 and report["peak_gflops"]["bf16"] > 0
     engines = {(row["kind"], row["engine"], row["dtype"]) for row in report["results"]}
@@ -49,14 +49,7 @@ def test_cpu_benchmark_smoke_run_measures_every_engine_against_the_peak(tmp_path
 
 def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
     out = tmp_path / "map.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "map_speed.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    smoke_run("map_speed.py", out)
     report = json.loads(out.read_text())
     assert [row["scene"] for row in report["results"]] == ["rgb-smoke", "uint16-smoke"]
     for row in report["results"]:

@@ -111,8 +111,7 @@ def freeze_stages(model: Classifier, count: int) -> list[nn.Module]:
     high-resolution layers are the most expensive part of a training step on a CPU."""
     frozen = leading_groups(model.backbone, count)
     for module in frozen:
-        for parameter in module.parameters():
-            parameter.requires_grad_(False)
+        module.requires_grad_(False)
     return frozen
 
 

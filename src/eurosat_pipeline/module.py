@@ -16,7 +16,7 @@ from eurosat_pipeline.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEI
 from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config, config_from_mapping
 from eurosat_pipeline.errors import TrainingError
-from eurosat_pipeline.model import build_model, freeze_stages, leading_groups, split_decay
+from eurosat_pipeline.model import build_model, leading_groups, split_decay
 from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
 
 # How often the deferred non-finite-loss flag is read back from a GPU; reading it every step would
@@ -35,7 +35,8 @@ class LandUseClassifier(L.LightningModule):
         self.frozen_modules: list[nn.Module] = []  # phase 2's frozen leading layers (kept in eval mode)
         self.config: Config = config_from_mapping(config, source="checkpoint config")
         self.model = build_model(self.config, load_pretrained=load_pretrained)
-        leading_groups(self.model.backbone, self.config.phase2_frozen_stages)  # too many: fails now, not in phase 2
+        # Found once, here: too many stages fail now, not when phase 2 starts.
+        self.phase2_frozen = leading_groups(self.model.backbone, self.config.phase2_frozen_stages)
         jitter = (
             self.config.jitter_brightness,
             self.config.jitter_contrast,
@@ -74,7 +75,9 @@ class LandUseClassifier(L.LightningModule):
         self.backbone_frozen = frozen
         for parameter in self.model.backbone.parameters():
             parameter.requires_grad_(not frozen)
-        self.frozen_modules = [] if frozen else freeze_stages(self.model, self.config.phase2_frozen_stages)
+        self.frozen_modules = [] if frozen else self.phase2_frozen
+        for module in self.frozen_modules:
+            module.requires_grad_(False)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> LandUseClassifier:
