@@ -35,7 +35,7 @@ $(TOOLS):
 $(UV): .ci/uv-requirements.txt
 	rm -rf $(UV_ENV)
 	$(PYTHON) -m venv $(UV_ENV)
-	$(PIP_CLEAN) $(UV_ENV)/bin/python -m pip install --quiet --index-url https://pypi.org/simple \
+	$(PIP_CLEAN) $(UV_ENV)/bin/python -m pip install --quiet \
 	  --require-hashes -r .ci/uv-requirements.txt
 
 # --locked: fail rather than install anything the lock does not hold (pyproject.toml changed

@@ -8,12 +8,16 @@
 For each model it measures a training step (forward, backward, AdamW; the whole network, and the
 network with its first stages frozen, as ``phase2_frozen_stages`` does) and inference (eval mode),
 in fp32 and bf16 autocast, contiguous and channels_last memory, eager and ``torch.compile``
-(inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.engines`:
-ONNX Runtime, and PyTorch with BatchNorm folded into the convolutions). Each figure is the median
-of timed batches after warm-up, with the achieved GFLOP/s (FLOPs counted by
-``torch.utils.flop_counter`` on the real graph) and its share of the machine's peak: a large
-matrix product in fp32 and in bf16, measured first. Run it alone: two processes on two cores
-slow each other ~10x. It prints the load average before and after.
+(inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.inference` and
+:mod:`eurosat_pipeline.predict`: PyTorch as the feature pass, evaluate, predict and map run it,
+and ONNX Runtime on the model's export). Each figure is the median of timed batches after
+warm-up, with the achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the real
+graph) and its share of the machine's peak: a large matrix product in fp32 and in bf16, measured
+first. On a CPU without native bf16 (no AVX512-BF16 or AMX) bf16 is emulated in fp32 units: its
+rows are marked "emulated" and measured against the fp32 peak, the hardware's real limit there.
+It prints the CPU model and the instruction sets found, and names its results file by them.
+Run it alone: two processes on two cores slow each other ~10x. It prints the load average
+before and after.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eurosat_pipeline.config import Config
+from eurosat_pipeline.hardware import cpu_has_native_bf16, cpu_kind
 from eurosat_pipeline.model import Classifier, build_model, freeze_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,6 +301,8 @@ def denormal_rows(subject: Subject) -> list[dict[str, Any]]:
 
 # ----- reporting ----------------------------------------------------------------------------------
 PEAKS: dict[str, float] = {}
+CPU = cpu_kind()
+NATIVE_BF16 = cpu_has_native_bf16()
 
 
 def _row(
@@ -309,12 +316,14 @@ def _row(
     flops: int,
 ) -> dict[str, Any]:
     gflops = flops / seconds / 1e9
-    peak = PEAKS["bf16" if bf16 else "fp32"]
+    # Emulated bf16 runs on the fp32 units: that is the limit it is measured against.
+    peak = PEAKS["bf16" if bf16 and NATIVE_BF16 else "fp32"]
     return {
         "model": subject.label,
         "kind": kind,
         "engine": engine,
         "dtype": "bf16" if bf16 else "fp32",
+        "emulated": bf16 and not NATIVE_BF16,
         "memory": "channels_last" if channels_last else "contiguous",
         "compiled": compiled,
         "batch": subject.batch,
@@ -328,8 +337,9 @@ def _row(
 def _line(row: dict[str, Any]) -> str:
     frozen = f", {row['frozen_stages']} stages frozen" if row.get("frozen_stages") else ""
     compiled = ", compiled" if row["compiled"] else ""
+    dtype = row["dtype"] + (" (emulated)" if row.get("emulated") else "")
     return (
-        f"| {row['model']} | {row['kind']}{frozen} | {row['engine']} | {row['dtype']} | {row['memory']}{compiled} | "
+        f"| {row['model']} | {row['kind']}{frozen} | {row['engine']} | {dtype} | {row['memory']}{compiled} | "
         f"{row['images_per_s']:,.0f} | {row['gflops_per_s']:.1f} | {row['share_of_peak']:.1%} | "
         f"{row.get('first_step_s', '')} |"
     )
@@ -341,7 +351,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--kinds", default="train,inference", help="comma-separated: train, inference")
     parser.add_argument("--smoke", action="store_true", help="tiny model, two steps: checks the command, not speed")
-    parser.add_argument("--out", help="JSON file (default: benchmarks/results/cpu-<cores>-cores-engines.json)")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/cpu-<cores>-cores-<isa>-engines.json)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_flush_denormal(True)  # as the pipeline runs on a CPU (hardware.flush_denormals)
@@ -350,8 +360,11 @@ def main() -> None:
     load_before = os.getloadavg()
     size = 256 if args.smoke else 2048
     PEAKS.update(fp32=peak_gflops(torch.float32, size), bf16=peak_gflops(torch.bfloat16, size))
-    peaks = f"fp32 {PEAKS['fp32']:.0f} GFLOP/s, bf16 {PEAKS['bf16']:.0f} GFLOP/s"
-    print(f"load average {load_before[0]:.2f}; peak: {peaks}")
+    bf16_peak = f"{PEAKS['bf16']:.1f} GFLOP/s" + (
+        "" if NATIVE_BF16 else " (emulated; bf16 rows are measured against fp32)"
+    )
+    print(f"CPU: {CPU.describe()}, {os.cpu_count()} cores")
+    print(f"load average {load_before[0]:.2f}; peak: fp32 {PEAKS['fp32']:.0f} GFLOP/s, bf16 {bf16_peak}")
     print("| model | measured | engine | dtype | memory | images/s | GFLOP/s | of peak | first call s |")
     print("|---|---|---|---|---|---:|---:|---:|---:|")
     rows: list[dict[str, Any]] = []
@@ -364,14 +377,24 @@ def main() -> None:
         rows += denormal_rows(subject)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "machine": {
+            "cpu": CPU.model,
+            "isa": CPU.isa,
+            "native_bf16": NATIVE_BF16,
+            "cpu_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            # Set to emulate an older CPU on a newer one (benchmarks/README.md).
+            "isa_caps": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
+        },
         "platform": platform.platform(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "peak_gflops": PEAKS,
         "results": rows,
     }
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"cpu-{os.cpu_count()}-cores-engines.json")
+    default = f"cpu-{os.cpu_count()}-cores-{CPU.label}-engines.json"
+    out = Path(args.out or REPO / "benchmarks" / "results" / default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"load average after: {report['load_average_after'][0]:.2f}; written to {out}")

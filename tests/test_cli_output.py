@@ -112,3 +112,14 @@ def test_dvc_no_hash_notice_is_dropped_only_without_a_dvc_lock(
     messages = [r.getMessage() for r in caplog.records]
     assert "Some other checkout problem" in messages
     assert any(m.startswith("No file hash info found") for m in messages) == has_lock
+
+
+def test_the_report_shows_a_local_data_path_from_the_repository_not_the_machines_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eurosat_pipeline.reporting import shown_source
+
+    repo, data = tmp_path / "work" / "repo", tmp_path / "work" / "shared" / "EuroSAT.zip"
+    monkeypatch.setenv("DVC_ROOT", str(repo))  # also inside a queued run's temporary copy
+    assert shown_source(str(data)) == "../shared/EuroSAT.zip"
+    assert shown_source("eurosat") == "eurosat" and shown_source("data/EuroSAT.zip") == "data/EuroSAT.zip"

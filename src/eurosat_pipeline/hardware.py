@@ -180,16 +180,73 @@ CPU_PRECISION_REASON = (
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as Linux reports it.
 
-    oneDNN also runs bf16 on plain AVX-512 by emulation, slower than fp32: that does not count.
+    oneDNN also runs bf16 on plain AVX-512 or AVX2 by emulation, far slower than fp32: that does not count.
     """
-    try:
-        flags = CPUINFO.read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", flags, flags=re.MULTILINE))
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_kind().flags)
 
 
 CPUINFO = Path("/proc/cpuinfo")
+# The instruction sets that decide CPU speed here (2-3x apart on the machines measured), newest last.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class CPUKind:
+    """What a timing on this CPU must name: the model and the vector instruction sets it has."""
+
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def isa(self) -> list[str]:
+        return [flag for flag in ISA_FLAGS if flag in self.flags]
+
+    @property
+    def label(self) -> str:
+        """A short name for file names and tables: ``amx``, ``avx512-bf16``, ``avx512``, ``avx2`` or ``baseline``."""
+        if "amx_bf16" in self.flags:
+            return "amx"
+        if "avx512_bf16" in self.flags:
+            return "avx512-bf16"
+        if "avx512f" in self.flags:
+            return "avx512"
+        return "avx2" if "avx2" in self.flags else "baseline"
+
+    def describe(self) -> str:
+        bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & self.flags else "bf16 emulated (no native bf16)"
+        return f"{self.model} ({', '.join(self.isa) or 'no AVX2'}; {bf16})"
+
+
+# What oneDNN may use under ONEDNN_MAX_CPU_ISA (set to emulate an older CPU on a newer one): the
+# instruction sets above the cap are as good as absent, for speed and for native bf16.
+_ABOVE_CAP = {
+    "SSE41": set(ISA_FLAGS),
+    "AVX": set(ISA_FLAGS),
+    "AVX2": {"avx512f", "avx512_bf16", "amx_bf16"},
+    "AVX2_VNNI": {"avx512f", "avx512_bf16", "amx_bf16"},
+    "AVX2_VNNI_2": {"avx512f", "avx512_bf16", "amx_bf16"},
+    "AVX512_CORE": {"avx512_bf16", "amx_bf16"},
+    "AVX512_CORE_VNNI": {"avx512_bf16", "amx_bf16"},
+    "AVX512_CORE_BF16": {"amx_bf16"},
+}
+
+
+def cpu_kind() -> CPUKind:
+    """This CPU's model name and instruction sets, from Linux's /proc/cpuinfo (unknown elsewhere),
+    less those above ``ONEDNN_MAX_CPU_ISA`` when that cap is set."""
+    try:
+        text = CPUINFO.read_text()
+    except OSError:
+        return CPUKind("unknown CPU", frozenset())
+    model_line = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
+    flags_line = re.search(r"^flags\s*:\s*(.*)$", text, flags=re.MULTILINE)
+    model = model_line.group(1).strip() if model_line else "unknown CPU"
+    flags = set(flags_line.group(1).split() if flags_line else ())
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap in _ABOVE_CAP and flags & _ABOVE_CAP[cap]:
+        flags -= _ABOVE_CAP[cap]
+        model += f", capped by ONEDNN_MAX_CPU_ISA={cap}"
+    return CPUKind(model, frozenset(flags))
 
 
 def flush_denormals() -> None:

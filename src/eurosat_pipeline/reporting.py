@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,7 +187,7 @@ def _page(
 
 def _run_rows(summary: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     data, test = summary["data"], metrics["test"]
-    source = data["source"] + (" (SYNTHETIC)" if data.get("synthetic") else "")
+    source = shown_source(data["source"]) + (" (SYNTHETIC)" if data.get("synthetic") else "")
     return [
         ("data source", source),
         ("images", f"{data['num_images']:,}"),
@@ -243,3 +244,16 @@ th {{ background: #f4f4f4; }}
 </body>
 </html>
 """
+
+
+def shown_source(source: str) -> str:
+    """A local data path as the user would write it from the repository root (``eurosat demo``
+    stores it absolute, since queued runs work in temporary copies); names such as ``eurosat`` as
+    they are. A report then never shows a machine's own folders."""
+    if not os.path.isabs(source):
+        return source
+    root = os.environ.get("DVC_ROOT") or os.getcwd()  # DVC_ROOT: the repository, also in queued runs
+    try:
+        return os.path.relpath(source, root)
+    except ValueError:  # another drive (Windows)
+        return source
