@@ -19,13 +19,14 @@ def main() -> None:
         "dataset-info",
         "checkpoints",
         "best",
-        "last",
         "history",
         "summary",
         "live-dir",
         "tsne",
+        "scratch",
     ):
         parser.add_argument(f"--{name}", required=True, type=Path)
+    parser.add_argument("--weights-info", type=Path, help="the check stage's record of the pretrained weights")
     args = parser.parse_args()
     config = load_config(args.params)
     paths = TrainPaths(**{k: v for k, v in vars(args).items() if k != "params"})

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,11 +67,38 @@ class PipelineRepo:
         env.update(DVC_NO_ANALYTICS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
         return env
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(command, cwd=self.root, env=self.env(), capture_output=True, text=True)
+    def run(
+        self, *command: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            command, cwd=self.root, env={**self.env(), **(env or {})}, capture_output=True, text=True
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
+
+    def start_queue(self, jobs: int) -> None:
+        """``dvc queue start -j jobs``. Its workers are daemons that inherit the command's output:
+        captured, they would hold the pipes open after it returns, so its output goes to a file."""
+        with (self.root / ".dvc" / "tmp" / "queue-start.log").open("a") as log:
+            subprocess.run(
+                ["dvc", "queue", "start", "-j", str(jobs)],
+                cwd=self.root,
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+
+    def stop_queue_workers(self) -> None:
+        """End this repository's queue workers. DVC's celery workers stop by themselves when the
+        queue is empty, but one that decides to stop while its task still runs can hang after it
+        (seen with -j 2): an idle process no test should leave behind."""
+        for pid_file in (self.root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(pid_file.read_text().strip())
+                if b"queue-worker" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not a reused pid
+                    os.kill(pid, signal.SIGKILL)
 
     def git(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("git", *args)

@@ -60,11 +60,11 @@ def run_train_stage(
         "dataset-info": data / "dataset.json",
         "checkpoints": root / "models" / "checkpoints",
         "best": root / "models" / "best.ckpt",
-        "last": root / "models" / "last.ckpt",
         "history": root / "reports" / "history.csv",
         "summary": root / "reports" / "summary.json",
         "live-dir": root / "reports" / "live",
         "tsne": root / "reports" / "tsne.csv",
+        "scratch": root / ".scratch" / "train",
     }
     command = [sys.executable, str(script), "--params", str(params)]
     for name, path in paths.items():
@@ -178,7 +178,9 @@ def test_the_error_is_printed_once_without_a_traceback(nan_on_rank_one: dict[str
 def test_no_checkpoint_of_the_broken_epoch(nan_on_rank_one: dict[str, Any]) -> None:
     paths = nan_on_rank_one["paths"]
     assert [r["epoch"] for r in read_history(paths["history"])] == [1]
-    assert [p.name[:8] for p in paths["checkpoints"].iterdir()] == ["best-001"]
+    assert not paths["checkpoints"].exists()  # a failed run publishes nothing; its resume state:
+    [work] = paths["scratch"].iterdir()
+    assert [p.name[:8] for p in (work / "checkpoints").iterdir()] == ["best-001"]
 
 
 def test_the_phase1_feature_pass_is_sharded_and_gathered_exactly(nan_on_rank_one: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.module import NONFINITE_CHECK_EVERY_ON_GPU, LandUseClassifier
 from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.training import TrainPaths, scratch_for, train
 
 from .conftest import tiny_config
 
@@ -67,7 +67,7 @@ def _healthy(summary: dict[str, Any], paths: TrainPaths, epochs: int) -> None:
     rows = read_history(paths.history)
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in rows)
-    assert paths.best.is_file() and paths.last.is_file()
+    assert paths.best.is_file() and not list(paths.scratch.iterdir())  # no resume state once finished
     assert summary["epochs"] == epochs
 
 
@@ -120,7 +120,9 @@ def test_gpu_cadence_of_the_non_finite_check_still_stops_at_the_right_step(
         _train(config, data, tmp_path, poison)
     assert poison.last_started == next_check  # training went on until the deferred read ...
     paths = TrainPaths.under(data, tmp_path / "models", tmp_path / "reports")
-    epochs = sorted(int(p.name[5:8]) for p in paths.checkpoints.iterdir())
-    assert epochs and max(epochs) <= 3, epochs  # ... but no checkpoint of the broken state exists
-    assert torch.load(paths.last, weights_only=True)["epoch"] + 1 <= 3
+    assert not paths.best.exists() and not paths.checkpoints.exists()  # a failed run publishes nothing
+    scratch = scratch_for(config, paths)
+    epochs = sorted(int(p.name[5:8]) for p in scratch.checkpoints.iterdir())
+    assert epochs and max(epochs) <= 3, epochs  # ... and no checkpoint of the broken state exists
+    assert torch.load(scratch.last, weights_only=True)["epoch"] + 1 <= 3
     assert [r["epoch"] for r in read_history(paths.history)] == [1, 2, 3]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ WEIGHTS = "weights/test_efficientnet.pth"
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRepo]:
     params = {**TINY, "pretrained": True, "pretrained_weights": WEIGHTS}
     repo = PipelineRepo(tmp_path_factory.mktemp("e2e") / "repo", params)
     backbone = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
@@ -50,7 +51,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> PipelineRepo:
     repo.run("dvc", "repro")
     repo.git("add", "-A")
     repo.git("commit", "-qm", "baseline run")
-    return repo
+    yield repo
+    repo.stop_queue_workers()
 
 
 @pytest.fixture
@@ -181,33 +183,88 @@ def test_exp_run_with_set_param_reruns_from_train_and_records_an_experiment(repo
     assert_clean(repo)  # the workspace is the experiment's, as `eurosat demo` leaves it before restoring
 
 
-def test_queued_sweep_runs_and_exp_show_compares_the_runs(repo: PipelineRepo) -> None:
-    repo.run("dvc", "exp", "run", "-S", "phase2_lr=1e-3,1e-4", "--queue")
-    repo.run("dvc", "queue", "start", "-j", "2")  # two workers at once, as with one GPU each
-    _wait_for_queue(repo)
-    shown = repo.dvc_json("exp", "show")
-    runs = {
-        rev["data"]["params"]["params.yaml"]["data"]["phase2_lr"]: rev["data"]
-        for row in shown
-        for e in (row.get("experiments") or [])
-        for rev in e["revs"]
-    }
-    assert {0.0003, 0.001, 0.0001} <= set(runs)
+def test_queued_sweep_trains_only_the_new_configurations_and_exp_show_compares_them(repo: PipelineRepo) -> None:
+    """phase2_lr=3e-4 ran above: of this three-value sweep two train, on two workers at once that
+    share the CPU's cores."""
+    repo.run("dvc", "exp", "run", "-S", "phase2_lr=1e-4,3e-4,1e-3", "--queue")
+    repo.start_queue(jobs=2)
+    logs = _queue_logs(repo)
+    runs = _runs_by_lr(repo, names=set(logs))
+    assert set(runs) == {0.0003, 0.001, 0.0001}
     for lr in (0.001, 0.0001):
-        metrics = runs[lr]["metrics"]
+        metrics = runs[lr]["data"]["metrics"]
         assert "acc" in metrics["reports/eval/metrics.json"]["data"]["test"], lr
         assert "best_val_acc" in metrics["reports/train/live/metrics.json"]["data"], lr
+    by_lr = {lr: logs[run["name"]] for lr, run in runs.items()}
+    trained = sorted(lr for lr, log in by_lr.items() if "Running stage 'train'" in log)
+    assert trained == [0.0001, 0.001], {lr: log[-2000:] for lr, log in by_lr.items()}
+    for lr in trained:  # each took its share of the cores: two workers here
+        assert re.search(r"queued experiment: \d+ of \d+ CPU cores \(2 queue workers\)", by_lr[lr]), by_lr[lr]
+    assert _metrics(runs[0.0003]) == _metrics(_named(repo, "lr3e-4"))
 
 
-def _wait_for_queue(repo: PipelineRepo, timeout: float = 300) -> None:
+def test_a_configuration_tried_before_is_restored_not_trained(repo: PipelineRepo) -> None:
+    """1e-3 trained in the queue's temporary copy, 3e-4 in the workspace: each is restored from the
+    shared run-cache where the other ran, every stage past the check (which validates params.yaml
+    on every change) skipped, with identical metrics."""
+    output = repo.run("dvc", "exp", "run", "-S", "phase2_lr=1e-3", "--name", "lr1e-3-again").stdout
+    queued = _runs_by_lr(repo, names=set(_queue_logs(repo)))[0.001]
+    assert _metrics(_named(repo, "lr1e-3-again")) == _metrics(queued)
+    assert_clean(repo)
+    repo.run("dvc", "exp", "run", "-S", "phase2_lr=3e-4", "--queue", "--name", "lr3e-4-queued")
+    repo.start_queue(jobs=1)
+    again = _queue_logs(repo)["lr3e-4-queued"]
+    assert _metrics(_named(repo, "lr3e-4-queued")) == _metrics(_named(repo, "lr3e-4"))
+    for log in (output, again):
+        assert "Running stage 'check'" in log
+        for stage in ("download", "split"):
+            assert f"Stage '{stage}' didn't change" in log, log
+        for stage in ("train", "evaluate", "report", "export"):
+            assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in log, log
+            assert f"Running stage '{stage}'" not in log, log
+
+
+def _queue_logs(repo: PipelineRepo, timeout: float = 300) -> dict[str, str]:
+    """Waits for the queue to finish; then each queued experiment's output, by name."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = repo.run("dvc", "queue", "status").stdout
         if not re.search(r"\b(Queued|Running)\b", status):
-            assert "Failed" not in status, status + repo.run("dvc", "queue", "logs", "--help").stdout
-            return
+            break
         time.sleep(2)
-    raise AssertionError(f"queue did not finish: {status}")
+    else:
+        raise AssertionError(f"queue did not finish: {status}")
+    repo.stop_queue_workers()
+    tasks = [line.split() for line in status.splitlines() if re.match(r"[0-9a-f]{7} ", line)]
+    failed = [task for task in tasks if task[-1] != "Success"]
+    logs = {task[1]: repo.run("dvc", "queue", "logs", task[1]).stdout for task in tasks}
+    assert not failed, {task[1]: logs[task[1]][-3000:] for task in failed}
+    return logs
+
+
+def _experiments(repo: PipelineRepo) -> list[dict[str, Any]]:
+    """Every experiment ``dvc exp show`` lists (on any commit): its name, and its params and metrics."""
+    return [
+        {"name": experiment["revs"][0]["name"], "data": experiment["revs"][0]["data"]}
+        for row in repo.dvc_json("exp", "show", "--all-commits")
+        for experiment in row.get("experiments") or []
+    ]
+
+
+def _runs_by_lr(repo: PipelineRepo, names: set[str]) -> dict[float, dict[str, Any]]:
+    return {
+        run["data"]["params"]["params.yaml"]["data"]["phase2_lr"]: run
+        for run in _experiments(repo)
+        if run["name"] in names
+    }
+
+
+def _named(repo: PipelineRepo, name: str) -> dict[str, Any]:
+    return next(run for run in _experiments(repo) if run["name"] == name)
+
+
+def _metrics(run: dict[str, Any]) -> dict[str, Any]:
+    return {path: found["data"] for path, found in run["data"]["metrics"].items()}
 
 
 def test_compare_writes_the_pull_request_comment(repo: PipelineRepo) -> None:
@@ -263,3 +320,39 @@ def test_push_to_a_local_remote_and_pull_into_a_fresh_clone(fork: PipelineRepo, 
         fetched = tmp_path / f"fetched-{name}"
         fork.run("dvc", "artifacts", "get", str(fork.root), name, *rev, "-o", str(fetched))
         assert fetched.read_bytes() == (fork.root / path).read_bytes(), name
+
+
+def test_a_team_shares_runs_through_a_dvc_remote_and_a_git_remote(fork: PipelineRepo, tmp_path: Path) -> None:
+    """One clone pushes its run-cache (DVC remote) and experiments (Git remote); a teammate's fresh
+    clone pulls them, lists the experiment, and gets that configuration restored, not trained. An
+    experiment run with DVC_EXP_AUTO_PUSH goes to the Git remote by itself."""
+    origin = tmp_path / "origin.git"
+    fork.run("git", "init", "-q", "--bare", str(origin))
+    fork.git("remote", "add", "origin", str(origin))
+    # --local: also for the experiments made before there was a remote (DVC reads each commit's config).
+    storage = ("dvc", "remote", "add", "--local", "--default", "storage", str(tmp_path / "storage"))
+    fork.run(*storage)
+    fork.git("add", "-A")
+    fork.git("commit", "-qm", "share runs")
+    fork.git("push", "-q", "origin", "HEAD")
+    fork.run("dvc", "push", "--run-cache")  # the workspace's outputs and every stage's run records
+    fork.run("dvc", "exp", "push", "origin", "--all-commits")  # experiments (Git) and their outputs (DVC)
+
+    teammate = PipelineRepo.existing(tmp_path / "teammate")
+    fork.run("git", "clone", "-q", str(origin), str(teammate.root))
+    teammate.run(*storage)
+    teammate.run("dvc", "pull", "--run-cache")
+    teammate.run("dvc", "exp", "pull", "origin", "--all-commits")
+    assert "lr3e-4" in {run["name"] for run in _experiments(teammate)}
+    shared = {"DVC_EXP_AUTO_PUSH": "true", "DVC_EXP_GIT_REMOTE": "origin"}
+    # --pull: the restored stages' outputs come from the DVC remote (pull --run-cache brings the records).
+    output = teammate.run(
+        "dvc", "exp", "run", "--pull", "-S", "phase2_lr=3e-4", "--name", "teammate", env=shared
+    ).stdout
+    for stage in ("train", "evaluate"):
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in output, output
+        assert f"Running stage '{stage}'" not in output, output
+    assert _metrics(_named(teammate, "teammate")) == _metrics(_named(fork, "lr3e-4"))
+    assert_clean(teammate)
+    pushed = fork.run("git", "ls-remote", str(origin), "refs/exps/*").stdout
+    assert re.search(r"refs/exps/.*/teammate$", pushed, flags=re.MULTILINE), pushed

@@ -22,8 +22,9 @@ from eurosat_pipeline import dataset
 from eurosat_pipeline.callbacks import read_history
 from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.errors import TrainingError
+from eurosat_pipeline.slots import exclusive
 from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.training import TrainPaths, scratch_for, train
 
 from .conftest import REPO_ROOT, tiny_config
 
@@ -66,7 +67,8 @@ import json, os, sys
 import lightning as L
 from pathlib import Path
 from eurosat_pipeline.config import config_from_mapping
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.slots import exclusive
+from eurosat_pipeline.training import TrainPaths, scratch_for, train
 
 class Kill(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
@@ -114,11 +116,29 @@ def test_without_resume_a_killed_run_restarts_cleanly(reference: dict[str, Any],
 
 def test_changed_params_or_a_corrupt_checkpoint_start_afresh(reference: dict[str, Any], tmp_path: Path) -> None:
     paths = killed_run(reference, tmp_path, after_epochs=2)
-    summary = train(CONFIG.replace(phase2_lr=1e-3), paths)
+    killed = scratch_for(CONFIG, paths)
+    assert killed.last.is_file() and not paths.best.exists()  # resume state only, no outputs yet
+    other = CONFIG.replace(phase2_lr=1e-3)
+    assert scratch_for(other, paths).root != killed.root
+    summary = train(other, paths)
     assert summary["resumed_after_epoch"] is None
-    paths.last.write_bytes(paths.last.read_bytes()[:1000])  # a torn write
+    assert killed.last.is_file()  # another configuration's resume state is left alone
+    killed.last.write_bytes(killed.last.read_bytes()[:1000])  # a torn write
     summary = train(CONFIG, paths)
     assert summary["resumed_after_epoch"] is None and len(read_history(paths.history)) == 4
+    assert not killed.root.exists()  # gone once its configuration has finished
+
+
+def test_a_configuration_already_training_elsewhere_is_refused_not_shared(
+    reference: dict[str, Any], tmp_path: Path
+) -> None:
+    paths = TrainPaths.under(reference["data"], tmp_path / "models", tmp_path / "reports")
+    scratch = scratch_for(CONFIG, paths)
+    with exclusive(scratch.root / ".lock") as held:  # as another process training it would hold it
+        assert held
+        with pytest.raises(TrainingError, match="Another process is training this exact configuration"):
+            train(CONFIG, paths)
+    assert not paths.best.exists()
 
 
 class PoisonBatch(L.Callback):
@@ -138,9 +158,11 @@ def test_non_finite_loss_stops_at_once_without_a_broken_checkpoint(reference: di
     bad_step = 2 * steps_per_epoch + 1  # inside epoch 3
     with pytest.raises(TrainingError, match=rf"non-finite .* at epoch 3, optimizer step {bad_step}\."):
         train(CONFIG.replace(resume=False), paths, extra_callbacks=[PoisonBatch(bad_step)])
-    epochs = sorted(int(p.name[5:8]) for p in paths.checkpoints.iterdir())
+    assert not paths.checkpoints.exists() and not paths.best.exists()  # a failed run publishes nothing
+    scratch = scratch_for(CONFIG.replace(resume=False), paths)
+    epochs = sorted(int(p.name[5:8]) for p in scratch.checkpoints.iterdir())
     assert epochs and max(epochs) <= 2, epochs
-    last = torch.load(paths.last, weights_only=True)
+    last = torch.load(scratch.last, weights_only=True)
     assert last["epoch"] + 1 <= 2
     assert [r["epoch"] for r in read_history(paths.history)] == [1, 2]
 

@@ -170,7 +170,12 @@ def test_off_a_terminal_each_epoch_prints_one_line(run: dict[str, Any]) -> None:
     assert "━" not in run["stdout"] and "it/s" not in run["stdout"]  # no progress bar
 
 
-def test_the_last_checkpoint_shares_models_without_a_warning(run: dict[str, Any]) -> None:
-    assert run["paths"].last.is_file()
-    assert (run["paths"].last.parent / "model.onnx").read_bytes() == b"from an earlier run"
+def test_training_leaves_other_files_in_models_alone_without_a_warning(run: dict[str, Any]) -> None:
+    assert (run["paths"].best.parent / "model.onnx").read_bytes() == b"from an earlier run"
     assert not [w for w in run["warnings"] if "exists and is not empty" in w]
+
+
+def test_a_finished_run_leaves_no_resume_state(run: dict[str, Any]) -> None:
+    scratch = run["paths"].scratch
+    assert scratch.is_dir() and not list(scratch.iterdir())
+    assert len(list(run["paths"].checkpoints.glob("best-*.ckpt"))) == 3

@@ -43,6 +43,11 @@ class BestCheckpoints(ModelCheckpoint):
             enable_version_counter=False,
         )
 
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: object) -> None:
+        """The folder is the run's own scratch (emptied unless the run resumes): files in it are
+        this run's, and Lightning's warning about a non-empty folder would only alarm."""
+        return None
+
     def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         if "epoch" in metrics:
             metrics = {**metrics, "epoch": metrics["epoch"] + 1}

@@ -78,9 +78,10 @@ def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
     return model.eval(), config
 
 
-def fingerprint(config: Config, *inputs: Path) -> str:
-    """What a run computes from: its training params and the bytes of its inputs."""
-    digest = hashlib.sha256()
+def fingerprint(config: Config, *inputs: Path, code: str = "") -> str:
+    """What a run computes from: its training params, the bytes of its inputs and ``code`` (a
+    digest of the code that trains)."""
+    digest = hashlib.sha256(code.encode())
     params = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in inputs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import statistics
 import sys
@@ -16,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 
+from eurosat_pipeline import slots
 from eurosat_pipeline.callbacks import BestCheckpoints, EpochLines, HistoryWriter
 from eurosat_pipeline.checkpoints import fingerprint, resumable
 from eurosat_pipeline.config import Config
@@ -31,8 +33,19 @@ from eurosat_pipeline.hardware import (
 )
 from eurosat_pipeline.loading import EuroSATDataModule
 from eurosat_pipeline.module import LandUseClassifier
+from eurosat_pipeline.resume import (
+    ScratchFolder,
+    code_digest,
+    launched_as_rank_zero,
+    publish_folder,
+    scratch_folder,
+    scratch_root,
+)
+from eurosat_pipeline.slots import Placement
 from eurosat_pipeline.split import read_split
 from eurosat_pipeline.tracking import finish_loggers, make_loggers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,11 +57,14 @@ class TrainPaths:
     dataset_info: Path
     checkpoints: Path
     best: Path
-    last: Path
     history: Path
     summary: Path
     live_dir: Path
     tsne: Path
+    #: Resume state of unfinished runs, one folder per configuration (:mod:`eurosat_pipeline.resume`).
+    scratch: Path
+    #: The check stage's record of the pretrained weights: their bytes are part of a run's identity.
+    weights_info: Path | None = None
 
     @classmethod
     def under(cls, data: Path, models: Path, reports: Path) -> TrainPaths:
@@ -59,41 +75,75 @@ class TrainPaths:
             dataset_info=data / "dataset.json",
             checkpoints=models / "checkpoints",
             best=models / "best.ckpt",
-            last=models / "last.ckpt",
             history=reports / "history.csv",
             summary=reports / "summary.json",
             live_dir=reports / "live",
             tsne=reports / "tsne.csv",
+            scratch=models.parent / ".scratch" / "train",
+            weights_info=models / "pretrained.json",
         )
+
+    def inputs(self) -> list[Path]:
+        """The files a run computes from."""
+        given = [self.archive, self.split, self.dataset_info, self.weights_info]
+        return [path for path in given if path is not None and path.is_file()]
 
 
 def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Fine-tune on the train split, validate every epoch, keep the best checkpoints."""
-    started = time.perf_counter()
+    """Fine-tune on the train split, validate every epoch, keep the best checkpoints.
+
+    Work happens in a scratch folder of this configuration (resumed from when an earlier run of it
+    was killed); the declared outputs are written when training has finished.
+    """
     # First: a GPU that torch cannot use stops the run before anything is touched.
     accelerator = resolve_accelerator(config.accelerator)
+    run_fingerprint = run_key(config, paths)
+    with scratch_folder(scratch_root(paths.scratch), run_fingerprint) as work:
+        return _train_in(config, paths, work, run_fingerprint, accelerator, extra_callbacks)
+
+
+def run_key(config: Config, paths: TrainPaths) -> str:
+    """What a run computes from (training params, input files, code): a killed run resumes only
+    into a run of the same key."""
+    return fingerprint(config, *paths.inputs(), code=code_digest())
+
+
+def scratch_for(config: Config, paths: TrainPaths) -> ScratchFolder:
+    """Where a run of ``config`` keeps its resume state while it is unfinished."""
+    return ScratchFolder(scratch_root(paths.scratch) / run_key(config, paths)[: ScratchFolder.KEY_LENGTH])
+
+
+def _train_in(
+    config: Config,
+    paths: TrainPaths,
+    work: ScratchFolder,
+    run_fingerprint: str,
+    accelerator: str,
+    extra_callbacks: Sequence[Callback],
+) -> dict[str, Any]:
+    started = time.perf_counter()
     precision = choose_precision(config.precision, accelerator)
+    placement = place_run(config, accelerator)
     L.seed_everything(config.seed, workers=True)
     dataset_info = read_json(paths.dataset_info)
-    run_fingerprint = fingerprint(config, paths.archive, paths.split)
-    resume_from = resumable(paths.last, run_fingerprint, config.max_epochs) if config.resume else None
-    if resume_from is None:
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)
+    resume_from = resumable(work.last, run_fingerprint, config.max_epochs) if config.resume else None
+    if resume_from is None and launched_as_rank_zero():
+        work.clear()
     module = LandUseClassifier(config.to_dict(), load_pretrained=resume_from is None)
     module.fingerprint = run_fingerprint
-    _share_cpu_cores(config, accelerator)
+    _share_cpu_cores(config, accelerator, placement)
     if config.compile:
         module.model.backbone.compile()
         module.model.head.compile()
     if config.channels_last:
         module.model.to(memory_format=torch.channels_last)
     history = HistoryWriter(paths.history)
-    best = BestCheckpoints(paths.checkpoints)
+    best = BestCheckpoints(work.checkpoints)
     # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
     progress_bar = sys.stdout.isatty()
     callbacks: list[Callback] = [
         best,
-        last_checkpoint(paths.last),
+        last_checkpoint(work.last),
         LearningRateMonitor(logging_interval="step"),
         history,
         RunSummary(history),
@@ -104,21 +154,21 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
         accelerator=accelerator,
-        devices=_devices(config),
+        devices=placement.devices,
         num_nodes=config.num_nodes,
-        strategy=_strategy(config),
+        strategy=_strategy(config, placement.devices),
         precision=precision.precision,
-        logger=make_loggers(config, paths.live_dir, resume=resume_from is not None),
+        logger=make_loggers(config, work.live, resume=resume_from is not None),
         callbacks=callbacks,
         # Bit-exact reruns on CPU; on a GPU cuDNN's autotuner is worth more than bit-exactness.
         deterministic=accelerator == "cpu",
         benchmark=accelerator != "cpu",
-        log_every_n_steps=_log_interval(paths.split, config.batch_size, _world_size(config)),
+        log_every_n_steps=_log_interval(paths.split, config.batch_size, _world_size(config, placement.devices)),
         # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
         reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
         enable_model_summary=False,
         enable_progress_bar=progress_bar,
-        default_root_dir=str(paths.checkpoints.parent),
+        default_root_dir=str(work.root),
     )
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, module.model.preprocessing)
     try:
@@ -129,7 +179,10 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     finish_loggers(trainer.loggers)
     if not trainer.is_global_zero:
         return {}
+    publish_folder(work.checkpoints, paths.checkpoints)
+    publish_folder(work.live, paths.live_dir)
     extras = {
+        "placement": placement.describe(),
         "phase1_feature_seconds": datamodule.feature_seconds,
         "precision_reason": precision.reason,
         "compile": config.compile,
@@ -154,7 +207,7 @@ def _finish(
     if not best.best_model_path:
         raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
     with atomic_path(paths.best) as tmp:
-        shutil.copyfile(best.best_model_path, tmp)
+        shutil.copyfile(paths.checkpoints / Path(best.best_model_path).name, tmp)
     summary = {
         "best_checkpoint": Path(best.best_model_path).name,
         "best_val_acc": max(r["val_acc"] for r in history.rows),
@@ -222,31 +275,40 @@ def _devices(config: Config) -> int | str | list[int]:
     return config.devices
 
 
-def _world_size(config: Config) -> int:
-    return _devices_per_node(config) * config.num_nodes
+def place_run(config: Config, accelerator: str) -> Placement:
+    """The devices this run trains on; in a queued experiment one claimed GPU (or a share of the
+    CPU cores) of its own: :mod:`eurosat_pipeline.slots`."""
+    gpus = torch.cuda.device_count() if accelerator == "cuda" else 0
+    return slots.place_run(_devices(config), accelerator, gpus)
 
 
-def _strategy(config: Config) -> str | Strategy:
+def _world_size(config: Config, devices: int | str | list[int] | None = None) -> int:
+    return _devices_per_node(_devices(config) if devices is None else devices) * config.num_nodes
+
+
+def _strategy(config: Config, devices: int | str | list[int]) -> str | Strategy:
     frozen_somewhere = config.phase1_epochs > 0 or config.phase2_frozen_stages > 0
-    if _world_size(config) > 1 and config.strategy in ("auto", "ddp") and frozen_somewhere:
+    if _world_size(config, devices) > 1 and config.strategy in ("auto", "ddp") and frozen_somewhere:
         # Frozen layers produce no gradients (phase 1, or phase 2's leading stages); DDP must be told.
         return DDPStrategy(find_unused_parameters=True)
     return config.strategy
 
 
-def _share_cpu_cores(config: Config, accelerator: str) -> None:
-    """On a CPU: denormals flushed (see :func:`.hardware.flush_denormals`), and under CPU DDP,
-    which starts one process per device on one machine, each process gets its share of the cores."""
+def _share_cpu_cores(config: Config, accelerator: str, placement: Placement) -> None:
+    """On a CPU: denormals flushed (see :func:`.hardware.flush_denormals`); under CPU DDP, which
+    starts one process per device on one machine, and in queued experiments, whose workers run at
+    once, each process gets its share of the cores."""
     if accelerator != "cpu":
         return
     flush_denormals()
-    processes = _devices_per_node(config)
-    if processes > 1:
-        torch.set_num_threads(threads_per_process(processes))
+    processes = _devices_per_node(placement.devices)
+    if processes > 1 or placement.threads is not None:
+        threads = threads_per_process(processes, cores=placement.threads)
+        torch.set_num_threads(threads)
+        log.info("%d CPU threads per training process", threads)
 
 
-def _devices_per_node(config: Config) -> int:
-    devices = _devices(config)
+def _devices_per_node(devices: int | str | list[int]) -> int:
     if devices == "auto":
         return torch.cuda.device_count() if torch.cuda.is_available() else 1
     return len(devices) if isinstance(devices, list) else int(devices)
