@@ -26,6 +26,7 @@ def fake_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kind: str) -> None
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: {model}\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     monkeypatch.setattr(hardware, "CPUINFO", cpuinfo)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the machine's own cap is not the mocked CPU's
 
 
 @pytest.mark.parametrize("kind", sorted(CPUS))
@@ -41,6 +42,7 @@ def test_cpu_kind_names_the_model_and_instruction_sets(monkeypatch: pytest.Monke
 
 def test_an_unreadable_cpuinfo_means_no_native_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "missing")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert hardware.cpu_kind().label == "baseline" and not hardware.cpu_has_native_bf16()
 
 

@@ -218,11 +218,15 @@ def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from eurosat_pipeline.split import split_archive
 
     root = tmp_path_factory.mktemp("lite0")
+    # 15 head epochs on cached features (seconds): most predictions confident, so comparisons of
+    # predicted classes (bf16 against fp32, ONNX against PyTorch) mean something.
     config = tiny_config(
         model_name="tf_efficientnet_lite0",
         pretrained=True,
         pretrained_weights=LITE0,
         phase1_cached_features=True,
+        phase1_epochs=15,
+        phase1_lr=1e-2,
         phase2_epochs=1,
     )
     data = root / "data"
@@ -274,14 +278,17 @@ def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dic
     assert diff.max() < 1e-4
 
 
-def test_bf16_inference_agrees_with_fp32_except_near_ties(fine_tuned: dict[str, Any]) -> None:
-    """bf16 keeps ~3 significant digits: on this barely trained model it may only break near-ties
-    (fp32's top two within 10 points of probability); a broken bf16 path flips confident ones too."""
+def test_bf16_inference_agrees_with_fp32_on_every_confident_prediction(fine_tuned: dict[str, Any]) -> None:
+    """bf16 keeps ~3 significant digits: probabilities move a little, so only near-ties (fp32's top
+    two within 10 points) may change class, and which of them do depends on the CPU (native or
+    emulated bf16 round differently). Confident predictions must not change: a broken bf16 path
+    changes those too."""
     fp32 = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu")
     other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu", precision="bf16")
-    flips = [(a, b) for a, b in zip(fp32, other, strict=True) if a.classes[0] != b.classes[0]]
-    assert all(a.probabilities[0] - a.probabilities[1] < 0.1 for a, _ in flips), flips
-    assert len(flips) <= len(fp32) // 10
+    margins = [a.probabilities[0] - a.probabilities[1] for a in fp32]
+    confident = [(a, b) for a, b, margin in zip(fp32, other, margins, strict=True) if margin >= 0.1]
+    assert len(confident) >= len(fp32) // 2, sorted(margins)  # else the comparison says nothing
+    assert [a.classes[0] for a, _ in confident] == [b.classes[0] for _, b in confident]
     gaps = [
         abs(a.probabilities[0] - b.probabilities[b.classes.index(a.classes[0])])
         for a, b in zip(fp32, other, strict=True)
