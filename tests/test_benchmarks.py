@@ -55,3 +55,12 @@ def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
     for row in report["results"]:
         assert row["tiles"] > 0 and row["whole_command_s"] > 0 and row["peak_rss_mb"] > 0
         assert {"reading", "classifying", "preview"} <= set(row["phases_s"])
+
+
+def test_phase2_profile_smoke_run_compares_the_pipeline_step_with_the_bare_one(tmp_path: Path) -> None:
+    out = tmp_path / "phase2.json"
+    result = smoke_run("phase2_profile.py", out)
+    report = json.loads(out.read_text())
+    assert all(rate > 0 for rate in report["images_per_s"].values())
+    assert report["cpu"] and "self_cpu_time_total" not in result.stderr
+    assert "| bare step (forward, backward, AdamW) |" in result.stdout and "Self CPU" in report["profile"]
