@@ -27,6 +27,7 @@ from eurosat_pipeline.files import atomic_path, read_json, write_json
 from eurosat_pipeline.hardware import (
     choose_compile,
     choose_precision,
+    cpu_kind,
     flush_denormals,
     resolve_accelerator,
     threads_per_process,
@@ -170,6 +171,10 @@ def _train_in(
         enable_progress_bar=progress_bar,
         default_root_dir=str(work.root),
     )
+    # Deterministic mode also fills every new tensor with NaN (a debugging aid that catches reads of
+    # uninitialised memory; results do not depend on it): 17 % of a CPU training step's time, in
+    # 1,700 fills per step (benchmarks/phase2_profile.py). Determinism itself stays on.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, module.model.preprocessing)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
@@ -326,4 +331,5 @@ def _hardware(trainer: L.Trainer) -> str:
     device = trainer.strategy.root_device
     if device.type == "cuda":
         return f"{trainer.world_size} x {torch.cuda.get_device_name(device)}"
-    return f"{trainer.world_size} x CPU ({torch.get_num_threads()} threads)"
+    # The CPU's kind, not just "CPU": AVX2, AVX-512 and AMX machines differ 2-3x in speed.
+    return f"{trainer.world_size} x CPU: {cpu_kind().describe()}, {torch.get_num_threads()} threads"
