@@ -41,6 +41,11 @@ class ScratchFolder:
     #: Hex digits of the run's key in the folder's name.
     KEY_LENGTH = 24
 
+    @classmethod
+    def of(cls, root: Path, key: str) -> ScratchFolder:
+        """The folder of the run with ``key`` under ``root``."""
+        return cls(root / key[: cls.KEY_LENGTH])
+
     @property
     def last(self) -> Path:
         return self.root / "last.ckpt"
@@ -88,7 +93,7 @@ def launched_as_rank_zero(environ: dict[str, str] | None = None) -> bool:
 def scratch_folder(root: Path, key: str) -> Iterator[ScratchFolder]:
     """The folder of configuration ``key`` under ``root``, held for the block; removed when the
     block succeeds (its results are then in the stage's outputs)."""
-    folder = ScratchFolder(root / key[: ScratchFolder.KEY_LENGTH])
+    folder = ScratchFolder.of(root, key)
     if not launched_as_rank_zero():
         yield folder
         return

@@ -111,7 +111,7 @@ def run_key(config: Config, paths: TrainPaths) -> str:
 
 def scratch_for(config: Config, paths: TrainPaths) -> ScratchFolder:
     """Where a run of ``config`` keeps its resume state while it is unfinished."""
-    return ScratchFolder(scratch_root(paths.scratch) / run_key(config, paths)[: ScratchFolder.KEY_LENGTH])
+    return ScratchFolder.of(scratch_root(paths.scratch), run_key(config, paths))
 
 
 def _train_in(
