@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.hardware import cpu_has_native_bf16, cpu_kind
+from eurosat_pipeline.hardware import cpu_kind
 from eurosat_pipeline.model import Classifier, build_model, freeze_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -302,7 +302,7 @@ def denormal_rows(subject: Subject) -> list[dict[str, Any]]:
 # ----- reporting ----------------------------------------------------------------------------------
 PEAKS: dict[str, float] = {}
 CPU = cpu_kind()
-NATIVE_BF16 = cpu_has_native_bf16()
+NATIVE_BF16 = CPU.native_bf16
 
 
 def _row(

@@ -182,7 +182,7 @@ def cpu_has_native_bf16() -> bool:
 
     oneDNN also runs bf16 on plain AVX-512 or AVX2 by emulation, far slower than fp32: that does not count.
     """
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_kind().flags)
+    return cpu_kind().native_bf16
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -196,6 +196,10 @@ class CPUKind:
 
     model: str
     flags: frozenset[str]
+
+    @property
+    def native_bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
 
     @property
     def isa(self) -> list[str]:
@@ -213,7 +217,7 @@ class CPUKind:
         return "avx2" if "avx2" in self.flags else "baseline"
 
     def describe(self) -> str:
-        bf16 = "native bf16" if {"avx512_bf16", "amx_bf16"} & self.flags else "bf16 emulated (no native bf16)"
+        bf16 = "native bf16" if self.native_bf16 else "bf16 emulated (no native bf16)"
         return f"{self.model} ({', '.join(self.isa) or 'no AVX2'}; {bf16})"
 
 

@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,10 +64,10 @@ class ScratchFolder:
         self.last.unlink(missing_ok=True)
 
 
-def scratch_root(path: Path, environ: dict[str, str] | None = None) -> Path:
+def scratch_root(path: Path, environ: Mapping[str, str] | None = None) -> Path:
     """``path`` as given when absolute; else under the repository root (``DVC_ROOT``) when DVC runs
     the stage, else under the working folder."""
-    environ = dict(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
     if path.is_absolute():
         return path
     return Path(environ.get("DVC_ROOT") or ".") / path
@@ -82,10 +82,10 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def launched_as_rank_zero(environ: dict[str, str] | None = None) -> bool:
+def launched_as_rank_zero(environ: Mapping[str, str] | None = None) -> bool:
     """False in the processes a DDP launcher starts for ranks other than 0 (Lightning, torchrun and
     SLURM set these variables); those share rank 0's folder and leave it to rank 0."""
-    environ = dict(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
     return all(environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
 
 

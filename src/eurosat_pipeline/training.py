@@ -287,8 +287,8 @@ def place_run(config: Config, accelerator: str) -> Placement:
     return slots.place_run(_devices(config), accelerator, gpus)
 
 
-def _world_size(config: Config, devices: int | str | list[int] | None = None) -> int:
-    return _devices_per_node(_devices(config) if devices is None else devices) * config.num_nodes
+def _world_size(config: Config, devices: int | str | list[int]) -> int:
+    return _devices_per_node(devices) * config.num_nodes
 
 
 def _strategy(config: Config, devices: int | str | list[int]) -> str | Strategy:
