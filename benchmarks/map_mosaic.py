@@ -87,7 +87,7 @@ def write_mosaic(path: Path, images: list[np.ndarray], cols: int) -> tuple[int, 
 
 def synthetic_regions(rows: int, cols: int, seed: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
     """Synthetic tiles in ten regions (nearest of ten random centres), row by row, with their labels."""
-    from eurosat_pipeline.synthetic import synthetic_images
+    from eurosat_pipeline.sources.synthetic import synthetic_images
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform((0, 0), (rows, cols), size=(len(CLASSES), 2))

@@ -64,7 +64,7 @@ def tile_pool(data: str, count: int = 2000) -> tuple[list[np.ndarray], str]:
         picks = np.random.default_rng(0).choice(len(blobs), size=min(count, len(blobs)), replace=False)
         tiles = [np.asarray(Image.open(io.BytesIO(blobs[i])).convert("RGB")) for i in picks]
         return tiles, f"real EuroSAT images from {data}"
-    from eurosat_pipeline.synthetic import synthetic_images
+    from eurosat_pipeline.sources.synthetic import synthetic_images
 
     tiles = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for _, _, blob in synthetic_images(count // 10)]
     return tiles, "SYNTHETIC tiles"

@@ -40,7 +40,7 @@ from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.hardware import choose_precision, resolve_accelerator
-from eurosat_pipeline.loading import EuroSATDataModule, decode_set, read_splits
+from eurosat_pipeline.loading import EuroSATDataModule, load_splits, read_splits
 from eurosat_pipeline.module import LandUseClassifier
 from eurosat_pipeline.per_sample import PerSampleImages
 from eurosat_pipeline.preprocessing import Preprocessing
@@ -149,7 +149,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
                 "images_per_s": rate,
             }
         )
-    images = decode_set(train).images
+    images = load_splits(data / "eurosat.zip", data / "split.csv", ("train",))["train"].images
     for device in ["cpu"] + (["cuda"] if cuda else []):
         rate = transform_rate(images.to(device), config.image_size, batches)
         rows.append(

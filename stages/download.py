@@ -14,11 +14,18 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--archive", required=True, help="canonical zip to write")
     parser.add_argument("--info", required=True, help="JSON description of the data to write")
+    parser.add_argument("--images", required=True, help="decoded array (.npy) to write")
     args = parser.parse_args()
     config = load_config(args.params)
-    info = prepare_dataset(config.data_source, args.archive, args.info, config.synthetic_images_per_class)
+    info = prepare_dataset(
+        config.data_source, args.archive, args.info, config.synthetic_images_per_class, images=args.images
+    )
     note = " (SYNTHETIC)" if info["synthetic"] else ""
-    print(f"{info['num_images']} images from {info['source']}{note} -> {args.archive}")
+    bands = ", ".join(info["band_names"]) if info["band_names"] else f"{info['bands']} unnamed band(s)"
+    print(
+        f"{info['num_images']} images of {len(info['classes'])} classes from {info['source']}{note} "
+        f"({bands}, {info['dtype']}) -> {args.archive}, {args.images}"
+    )
 
 
 if __name__ == "__main__":

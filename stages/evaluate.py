@@ -13,6 +13,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     for name in ("checkpoint", "archive", "split", "dataset-info", "metrics", "per-class", "confusion"):
         parser.add_argument(f"--{name}", required=True, type=Path)
+    parser.add_argument("--images", type=Path, help="the decoded array (default: images.npy beside the archive)")
     args = parser.parse_args()
     metrics = evaluate(EvalPaths(**vars(args)))
     print(f"test accuracy {metrics['test']['acc']:.4f} on {metrics['test']['images']} images")

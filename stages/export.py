@@ -13,8 +13,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     for name in ("checkpoint", "archive", "split", "out", "report"):
         parser.add_argument(f"--{name}", required=True, type=Path)
+    parser.add_argument("--images", type=Path, help="the decoded array (default: images.npy beside the archive)")
     args = parser.parse_args()
-    report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split)
+    report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split, args.images)
     print(
         f"{args.out}: max |logit difference| vs PyTorch {report['max_abs_diff']:.2e} "
         f"({report['max_relative_diff']:.1e} of the logits' scale), same predicted classes"

@@ -15,9 +15,21 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--archive", required=True)
     parser.add_argument("--out", required=True, help="split CSV to write")
+    parser.add_argument("--images", required=True, help="the decoded array the band statistics are read from")
+    parser.add_argument("--info", required=True, help="dataset.json (band names)")
+    parser.add_argument("--stats", required=True, help="band statistics of the training split to write")
     args = parser.parse_args()
     config = load_config(args.params)
-    rows = split_archive(args.archive, args.out, config.val_fraction, config.test_fraction, config.split_seed)
+    rows = split_archive(
+        args.archive,
+        args.out,
+        config.val_fraction,
+        config.test_fraction,
+        config.split_seed,
+        images=args.images,
+        stats=args.stats,
+        info=args.info,
+    )
     counts = collections.Counter(row.split for row in rows)
     print(", ".join(f"{name}: {counts[name]}" for name in ("train", "val", "test")))
 

@@ -27,6 +27,8 @@ def main() -> None:
     ):
         parser.add_argument(f"--{name}", required=True, type=Path)
     parser.add_argument("--weights-info", type=Path, help="the check stage's record of the pretrained weights")
+    parser.add_argument("--images", type=Path, help="the decoded array (default: images.npy beside the archive)")
+    parser.add_argument("--band-stats", type=Path, help="the split's band statistics (default: beside the split)")
     args = parser.parse_args()
     config = load_config(args.params)
     paths = TrainPaths(**{k: v for k, v in vars(args).items() if k != "params"})

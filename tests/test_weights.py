@@ -243,7 +243,7 @@ def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_the_checkpoint_carries_the_backbones_preprocessing_and_weights_hash(fine_tuned: dict[str, Any]) -> None:
     checkpoint = load_checkpoint(fine_tuned["paths"].best)
-    lite0 = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
+    lite0 = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "value_scale": 255.0}
     assert checkpoint[PREPROCESSING_KEY] == lite0
     assert checkpoint[WEIGHTS_KEY]["sha256"] == LITE0_SHA256
     summary = fine_tuned["summary"]

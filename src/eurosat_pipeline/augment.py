@@ -1,4 +1,4 @@
-"""Batched pixel work on the training device: flips, colour jitter, normalisation, resize.
+"""Batched pixel work on the training device: flips, colour (or band) jitter, normalisation, resize.
 
 The recipe's per-sample PIL pipeline (resize 64 -> 224, random flips, ColorJitter(0.2, 0.2, 0.2,
 0.1), normalisation with the backbone's own mean and std) done on whole uint8 batches, where the
@@ -105,8 +105,36 @@ def random_flips(images: Tensor) -> Tensor:
     return images.flatten(2).gather(2, source).view_as(images)
 
 
+class BandJitterBatch(nn.Module):
+    """Band-agnostic jitter for data that is not 8-bit RGB: per image, one brightness factor for
+    all bands (spectral ratios are kept), and a contrast factor per band that blends the band with
+    its own mean. Hue and saturation only mean something for red, green and blue, so they are not
+    applied. Values are raw (reflectance, counts); only negatives are clipped."""
+
+    def __init__(self, brightness: float, contrast: float) -> None:
+        super().__init__()
+        self.brightness, self.contrast = brightness, contrast
+
+    def forward(self, images: Tensor) -> Tensor:
+        n, bands = images.shape[:2]
+        if self.brightness > 0:
+            low, high = max(0.0, 1 - self.brightness), 1 + self.brightness
+            images = images * torch.empty(n, 1, 1, 1, device=images.device).uniform_(low, high)
+        if self.contrast > 0:
+            low, high = max(0.0, 1 - self.contrast), 1 + self.contrast
+            factor = torch.empty(n, bands, 1, 1, device=images.device).uniform_(low, high)
+            mean = images.mean(dim=(2, 3), keepdim=True)
+            images = factor * images + (1 - factor) * mean
+        return images.clamp_(min=0)
+
+
 class BatchTransform(nn.Module):
-    """uint8 ``B x 3 x h x w`` in, normalised float ``B x 3 x S x S`` out."""
+    """Integer ``B x bands x h x w`` in, normalised float ``B x bands x S x S`` out.
+
+    ``rgb``: the data is 8-bit red, green, blue, and gets the recipe's colour jitter (brightness,
+    contrast, saturation, hue); any other data gets :class:`BandJitterBatch` (brightness and
+    contrast only) with the same strengths.
+    """
 
     def __init__(
         self,
@@ -114,6 +142,7 @@ class BatchTransform(nn.Module):
         random_flips: bool = True,
         jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
         channels_last: bool = False,
+        rgb: bool = True,
     ) -> None:
         super().__init__()
         self.preprocessing = preprocessing
@@ -121,15 +150,28 @@ class BatchTransform(nn.Module):
         self.interpolation = InterpolationMode(preprocessing.interpolation)
         self.flips = random_flips
         self.channels_last = channels_last
-        self.jitter = ColorJitterBatch(*jitter) if any(jitter) else None
-        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
+        self.jitter: nn.Module | None = None
+        if rgb and any(jitter):
+            self.jitter = ColorJitterBatch(*jitter)
+        elif not rgb and any(jitter[:2]):
+            self.jitter = BandJitterBatch(*jitter[:2])
+        # The colour jitter works on [0, 1] pixels (raw / 255); the band jitter on raw / value_scale.
+        # mean and std are rescaled to that domain, so (x - mean) / std is the stored normalisation.
+        self.input_scale = 255.0 if rgb else preprocessing.value_scale
+        to_domain = preprocessing.value_scale / self.input_scale
+        shape = (1, preprocessing.bands, 1, 1)
+        mean = torch.tensor(preprocessing.mean, dtype=torch.float64) * to_domain
+        std = torch.tensor(preprocessing.std, dtype=torch.float64) * to_domain
+        self.register_buffer("mean", mean.float().view(shape), persistent=False)
+        self.register_buffer("std", std.float().view(shape), persistent=False)
 
     @torch.no_grad()
     def forward(self, images: Tensor, train: bool) -> Tensor:
-        if images.dtype != torch.uint8:
-            raise TypeError(f"BatchTransform takes uint8 images, got {images.dtype}")
-        x = images.float().div_(255)  # a new tensor: the in-place steps below never touch the input
+        if images.dtype.is_floating_point or images.dtype == torch.bool:
+            raise TypeError(f"BatchTransform takes integer images (uint8, uint16), got {images.dtype}")
+        if images.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"the model takes {self.mean.shape[1]} band(s), got images with {images.shape[1]}")
+        x = images.float().div_(self.input_scale)  # a new tensor: the steps below never touch the input
         if train and self.flips:
             x = random_flips(x)
         if train and self.jitter is not None:

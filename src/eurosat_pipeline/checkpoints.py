@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config, config_from_mapping
+from eurosat_pipeline.dataspec import DataSpec
 from eurosat_pipeline.errors import CheckpointError, ConfigError
 from eurosat_pipeline.model import Classifier, build_model
 from eurosat_pipeline.preprocessing import Preprocessing
@@ -61,8 +61,9 @@ def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
     checkpoint = load_checkpoint(path)
     try:
         config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
-        model = build_model(config, load_pretrained=False)
-    except ConfigError as err:
+        data = stored_data(checkpoint)
+        model = build_model(config, data, load_pretrained=False)
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its stored config is not usable: {err}") from err
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     try:
@@ -70,12 +71,19 @@ def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
     except RuntimeError as err:
         raise CheckpointError(
             f"{path}: its weights do not fit a {config.model_name} classifier with "
-            f"{len(CLASSES)} classes ({_first_line(err)})."
+            f"{data.num_classes} classes and {data.in_chans} bands ({_first_line(err)})."
         ) from err
     stored = checkpoint.get(PREPROCESSING_KEY)
     model.preprocessing = Preprocessing.from_dict(stored) if stored else Preprocessing.legacy(config.image_size)
     model.pretrained_weights = checkpoint.get(WEIGHTS_KEY)
     return model.eval(), config
+
+
+def stored_data(checkpoint: dict[str, Any]) -> DataSpec:
+    """The classes and bands a checkpoint was trained on (EuroSAT RGB for checkpoints from before
+    they were stored)."""
+    data = checkpoint["hyper_parameters"].get("data")
+    return DataSpec.from_dict(data) if data else DataSpec.eurosat_rgb()
 
 
 def fingerprint(config: Config, *inputs: Path, code: str = "") -> str:

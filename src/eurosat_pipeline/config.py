@@ -39,7 +39,7 @@ REFUSED = {
 }
 WANDB_MODES = ("offline", "online", "disabled", "auto")
 INPUT_PIPELINES = ("device", "per_sample")
-BUILTIN_SOURCES = ("eurosat", "synthetic")
+BUILTIN_SOURCES = ("eurosat", "eurosat_ms", "synthetic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Config:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 42
+    bands: list[str | int] = dataclasses.field(default_factory=list)
     # model
     model_name: str = "efficientnet_b0"
     pretrained: bool = True
@@ -152,6 +153,8 @@ def _did_you_mean(key: str, valid: typing.Iterable[str]) -> str:
 
 
 def _check_type(source: str, key: str, value: Any, hint: Any) -> Any:
+    if typing.get_origin(hint) is list:
+        return _check_list(source, key, value, typing.get_args(typing.get_args(hint)[0]))
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for kind in allowed:
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -166,6 +169,20 @@ def _check_type(source: str, key: str, value: Any, hint: Any) -> Any:
     if float in allowed and isinstance(value, str):
         hint_text = " (write numbers without quotes, e.g. 1.0e-4)"
     raise ConfigError(f"{source}: key '{key}' must be {expected}, got {type(value).__name__} {value!r}{hint_text}.")
+
+
+def _check_list(source: str, key: str, value: Any, kinds: tuple[type, ...]) -> list[Any]:
+    """A YAML list whose items are each one of ``kinds`` (a bool is not an int here)."""
+    names = " or ".join(k.__name__ for k in kinds)
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{source}: key '{key}' must be a list of {names} (e.g. [B04, B03, B02] or [4, 3, 2]), "
+            f"got {type(value).__name__} {value!r}."
+        )
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, kinds) or (isinstance(item, str) and not item.strip()):
+            raise ConfigError(f"{source}: key '{key}': {item!r} is not a band name or a 1-based band number.")
+    return list(value)
 
 
 def _require(condition: bool, source: str, key: str, message: str, value: Any) -> None:
@@ -216,7 +233,7 @@ def _check_values(c: Config, source: str) -> None:
     req(
         c.data_source.strip() != "",
         "data_source",
-        "must be 'eurosat', 'synthetic' or a path to a local EuroSAT zip or folder",
+        "must be 'eurosat', 'eurosat_ms', 'synthetic' or the path of a zip or folder with one folder per class",
     )
     if isinstance(c.devices, str):
         req(

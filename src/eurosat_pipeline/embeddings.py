@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from sklearn.manifold import TSNE
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from eurosat_pipeline.callbacks import EpochRows
-from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES
+from eurosat_pipeline.classes import class_colours_of
 from eurosat_pipeline.files import write_text
 
 matplotlib.use("Agg")
@@ -34,9 +35,9 @@ TSNE_SEED = 0
 COLUMNS = ("epoch", "x", "y", "actual", "predicted")
 
 
-def sample_per_class(labels: np.ndarray, limit: int = MAX_PER_CLASS) -> np.ndarray:
+def sample_per_class(labels: np.ndarray, classes: int, limit: int = MAX_PER_CLASS) -> np.ndarray:
     """Indices of at most ``limit`` points of each class, the first ones in validation order."""
-    chosen = [np.flatnonzero(labels == c)[:limit] for c in range(len(CLASSES))]
+    chosen = [np.flatnonzero(labels == c)[:limit] for c in range(classes)]
     return np.sort(np.concatenate(chosen))
 
 
@@ -45,22 +46,25 @@ def tsne_coordinates(features: np.ndarray) -> np.ndarray:
     return TSNE(n_components=2, init="pca", random_state=TSNE_SEED, perplexity=perplexity).fit_transform(features)
 
 
-def tsne_rows(epoch: int, features: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> list[dict[str, Any]]:
-    keep = sample_per_class(labels)
+def tsne_rows(
+    epoch: int, features: np.ndarray, labels: np.ndarray, predicted: np.ndarray, classes: Sequence[str]
+) -> list[dict[str, Any]]:
+    keep = sample_per_class(labels, len(classes))
     coords = tsne_coordinates(features[keep].astype(np.float64))
     return [
-        {"epoch": epoch, "x": float(x), "y": float(y), "actual": CLASSES[a], "predicted": CLASSES[p]}
+        {"epoch": epoch, "x": float(x), "y": float(y), "actual": classes[a], "predicted": classes[p]}
         for (x, y), a, p in zip(coords, labels[keep], predicted[keep], strict=True)
     ]
 
 
-def tsne_png(rows: list[dict[str, Any]], title: str) -> Image.Image:
+def tsne_png(rows: list[dict[str, Any]], title: str, classes: Sequence[str]) -> Image.Image:
     figure, axes = plt.subplots(figsize=(7, 6), dpi=100)
-    for name in CLASSES:
+    colours = class_colours_of(list(classes))
+    for name in classes:
         points = [(r["x"], r["y"]) for r in rows if r["actual"] == name]
         if points:
             xs, ys = zip(*points, strict=True)
-            axes.scatter(xs, ys, s=14, color=CLASS_COLOURS[name], label=name)
+            axes.scatter(xs, ys, s=14, color=colours[name], label=name)
     axes.set_title(title)
     axes.set_xticks([])
     axes.set_yticks([])
@@ -72,7 +76,7 @@ def tsne_png(rows: list[dict[str, Any]], title: str) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
-def tsne_figure(rows: list[dict[str, Any]], title: str) -> Any:
+def tsne_figure(rows: list[dict[str, Any]], title: str, classes: Sequence[str]) -> Any:
     """Interactive scatter coloured by the true class, with the predicted class on hover."""
     epochs = sorted({r["epoch"] for r in rows})
     return px.scatter(
@@ -82,8 +86,8 @@ def tsne_figure(rows: list[dict[str, Any]], title: str) -> Any:
         color="actual",
         hover_data={"predicted": True, "actual": True, "x": False, "y": False},
         animation_frame="epoch" if len(epochs) > 1 else None,
-        color_discrete_map=CLASS_COLOURS,
-        category_orders={"actual": list(CLASSES)},
+        color_discrete_map=class_colours_of(list(classes)),
+        category_orders={"actual": list(classes)},
         title=title,
     )
 
@@ -161,19 +165,20 @@ class TSNELogger(EpochRows):
         if not trainer.is_global_zero:
             return
         epoch = trainer.current_epoch + 1
-        rows = tsne_rows(epoch, features.cpu().numpy(), labels.cpu().numpy(), predicted.cpu().numpy())
+        classes = list(pl_module.data.classes)
+        rows = tsne_rows(epoch, features.cpu().numpy(), labels.cpu().numpy(), predicted.cpu().numpy(), classes)
         self.rows = [r for r in self.rows if r["epoch"] != epoch] + rows
         write_tsne_csv(self.rows, self.csv_path)
-        self._publish(trainer, epoch, rows)
+        self._publish(trainer, epoch, rows, classes)
 
-    def _publish(self, trainer: L.Trainer, epoch: int, rows: list[dict[str, Any]]) -> None:
+    def _publish(self, trainer: L.Trainer, epoch: int, rows: list[dict[str, Any]], classes: list[str]) -> None:
         title = f"t-SNE of validation embeddings, epoch {epoch}"
         for logger in trainer.loggers:
             experiment = logger.experiment
             if hasattr(experiment, "log_image"):  # DVCLive: tsne/<epoch>.png -> a slider in DVC
-                experiment.log_image(f"tsne/{epoch}.png", tsne_png(rows, title))
+                experiment.log_image(f"tsne/{epoch}.png", tsne_png(rows, title, classes))
             elif hasattr(experiment, "log") and hasattr(experiment, "summary"):  # W&B
                 import wandb
 
-                figure = wandb.Plotly(tsne_figure(rows, title))
+                figure = wandb.Plotly(tsne_figure(rows, title, classes))
                 experiment.log({"tsne": figure, "trainer/global_step": trainer.global_step})

@@ -12,10 +12,9 @@ import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
 from eurosat_pipeline.checkpoints import load_classifier
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.files import read_json, write_json, write_text
 from eurosat_pipeline.hardware import cpu_has_native_bf16
-from eurosat_pipeline.inference import default_device, predict_logits
+from eurosat_pipeline.inference import Images, default_device, predict_logits
 from eurosat_pipeline.loading import load_splits
 from eurosat_pipeline.model import Classifier
 
@@ -29,20 +28,22 @@ class EvalPaths:
     metrics: Path
     per_class: Path
     confusion: Path
+    images: Path | None = None  # the decoded array (default: images.npy beside the archive)
 
 
 def evaluate(paths: EvalPaths) -> dict[str, Any]:
     """Test metrics of the model (fp32, as predict and map classify by default), and how far bf16
     would agree with them."""
     model, _ = load_classifier(paths.checkpoint)
-    test = load_splits(paths.archive, paths.split, ("test",))["test"]
+    classes = list(model.data.classes)
+    test = load_splits(paths.archive, paths.split, ("test",), model.data, paths.images)["test"]
     device = default_device()
-    probabilities = predict_logits(model, test.images, device, precision="fp32").softmax(dim=1)
+    probabilities = predict_logits(model, test, device, precision="fp32").softmax(dim=1)
     predicted = probabilities.argmax(dim=1).tolist()
     actual = test.labels.tolist()
-    labels = list(range(len(CLASSES)))
+    labels = list(range(len(classes)))
     report = classification_report(
-        actual, predicted, labels=labels, target_names=list(CLASSES), output_dict=True, zero_division=0
+        actual, predicted, labels=labels, target_names=classes, output_dict=True, zero_division=0
     )
     metrics = {
         "test": {
@@ -53,16 +54,19 @@ def evaluate(paths: EvalPaths) -> dict[str, Any]:
             "images": len(actual),
         },
         "synthetic_data": bool(read_json(paths.dataset_info).get("synthetic", False)),
-        "inference": _bf16_agreement(model, test.images, device, probabilities, test.labels),
+        "inference": _bf16_agreement(model, test, device, probabilities, test.labels),
     }
     write_json(paths.metrics, metrics)
-    _write_per_class(report, confusion_matrix(actual, predicted, labels=labels), paths.per_class)
-    _write_predictions(test.paths, actual, predicted, probabilities.max(dim=1).values.tolist(), paths.confusion)
+    _write_per_class(report, confusion_matrix(actual, predicted, labels=labels), classes, paths.per_class)
+    confidence = probabilities.max(dim=1).values.tolist()
+    _write_predictions(
+        test.paths, [classes[a] for a in actual], [classes[p] for p in predicted], confidence, paths.confusion
+    )
     return metrics
 
 
 def _bf16_agreement(
-    model: Classifier, images: torch.Tensor, device: torch.device, fp32: torch.Tensor, labels: torch.Tensor
+    model: Classifier, images: Images, device: torch.device, fp32: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, Any]:
     """How far ``--precision bf16`` (2.5x faster where the CPU has native bf16) agrees with fp32 here."""
     if device.type == "cpu" and not cpu_has_native_bf16():
@@ -74,11 +78,11 @@ def _bf16_agreement(
     }
 
 
-def _write_per_class(report: dict[str, Any], matrix: Any, out: Path) -> None:
+def _write_per_class(report: dict[str, Any], matrix: Any, classes: list[str], out: Path) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support", *CLASSES])
-    for index, name in enumerate(CLASSES):
+    writer.writerow(["class", "precision", "recall", "f1", "support", *classes])
+    for index, name in enumerate(classes):
         row = report[name]
         writer.writerow(
             [
@@ -94,12 +98,12 @@ def _write_per_class(report: dict[str, Any], matrix: Any, out: Path) -> None:
 
 
 def _write_predictions(
-    paths: list[str], actual: list[int], predicted: list[int], confidence: list[float], out: Path
+    paths: list[str], actual: list[str], predicted: list[str], confidence: list[float], out: Path
 ) -> None:
     """One row per test image: what `dvc plots` draws as the confusion matrix."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "actual", "predicted", "confidence"])
     for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True):
-        writer.writerow([path, CLASSES[a], CLASSES[p], f"{c:.4f}"])
+        writer.writerow([path, a, p, f"{c:.4f}"])
     write_text(out, buffer.getvalue())

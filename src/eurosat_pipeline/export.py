@@ -17,11 +17,10 @@ import torch
 
 from eurosat_pipeline.augment import eval_transform
 from eurosat_pipeline.checkpoints import load_classifier
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path, sha256_of, write_json
 from eurosat_pipeline.inference import predict_logits
-from eurosat_pipeline.loading import load_splits
+from eurosat_pipeline.loading import ImageSet, load_splits
 from eurosat_pipeline.predict import CHECKPOINT_HASH_KEY
 from eurosat_pipeline.preprocessing import Preprocessing
 
@@ -37,13 +36,19 @@ INPUT, OUTPUT = "images", "logits"
 
 
 def export_onnx(
-    checkpoint: str | Path, onnx_path: str | Path, report_path: str | Path, archive: str | Path, split: str | Path
+    checkpoint: str | Path,
+    onnx_path: str | Path,
+    report_path: str | Path,
+    archive: str | Path,
+    split: str | Path,
+    images_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export, then compare ONNX Runtime with PyTorch on validation images; refuse a mismatch."""
     import onnx
 
     model, config = load_classifier(checkpoint)
-    images = parity_images(archive, split, model.preprocessing)
+    splits = load_splits(archive, split, ("val", "test"), model.data, images_file)
+    images = parity_images(splits["val"], model.preprocessing)
     example = images[:2]
     with atomic_path(onnx_path) as tmp:
         write_onnx(model, example, tmp)
@@ -51,7 +56,9 @@ def export_onnx(
         metadata = {
             "image_size": str(model.preprocessing.image_size),
             "preprocessing": json.dumps(model.preprocessing.to_dict()),
-            "classes": json.dumps(list(CLASSES)),
+            "classes": json.dumps(list(model.data.classes)),
+            # The classes and bands the model takes, and each band's statistics (predict and map).
+            "data": json.dumps(model.data.to_dict()),
             "config": json.dumps(config.to_dict()),
             # predict and map use this file for the checkpoint only while it holds these bytes.
             CHECKPOINT_HASH_KEY: sha256_of(checkpoint),
@@ -61,7 +68,7 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         report = parity(model, tmp, images)
-        report["test_split"] = agreement_on_test_split(model, tmp, archive, split)
+        report["test_split"] = agreement_on_test_split(model, tmp, splits["test"])
         if not report["ok"]:
             raise PipelineError(
                 f"ONNX export of {checkpoint} disagrees with PyTorch: {parity_problem(report)}. Nothing was written."
@@ -87,12 +94,9 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Pat
     return path
 
 
-def parity_images(
-    archive: str | Path, split: str | Path, preprocessing: Preprocessing, count: int = PARITY_IMAGES
-) -> torch.Tensor:
+def parity_images(validation: ImageSet, preprocessing: Preprocessing, count: int = PARITY_IMAGES) -> torch.Tensor:
     """Up to ``count`` validation images, preprocessed exactly as for inference."""
-    images = load_splits(archive, split, ("val",))["val"].images[:count]
-    return eval_transform(preprocessing)(images, train=False)
+    return eval_transform(preprocessing)(validation[:count], train=False)
 
 
 def parity(model: torch.nn.Module, onnx_file: str | Path, images: torch.Tensor) -> dict[str, Any]:
@@ -116,20 +120,17 @@ def parity(model: torch.nn.Module, onnx_file: str | Path, images: torch.Tensor) 
     }
 
 
-def agreement_on_test_split(
-    model: torch.nn.Module, onnx_file: str | Path, archive: str | Path, split: str | Path
-) -> dict[str, Any]:
+def agreement_on_test_split(model: torch.nn.Module, onnx_file: str | Path, test: ImageSet) -> dict[str, Any]:
     """Top-1 agreement of ONNX Runtime (what predict and map use on a CPU) with fp32 PyTorch on every
     test-split image, fed exactly as ``eurosat map`` feeds tiles."""
     import onnxruntime
 
     from eurosat_pipeline.predict import OnnxPredictor
 
-    test = load_splits(archive, split, ("test",))["test"]
-    expected = predict_logits(model, test.images, torch.device("cpu"), precision="fp32").argmax(dim=1).numpy()
+    expected = predict_logits(model, test, torch.device("cpu"), precision="fp32").argmax(dim=1).numpy()
     predictor = OnnxPredictor(onnx_file)
     actual = np.concatenate(
-        [predictor.classify(test.images[i : i + 256].numpy()).argmax(axis=1) for i in range(0, len(test), 256)]
+        [predictor.classify(test[i : i + 256].numpy()).argmax(axis=1) for i in range(0, len(test), 256)]
     )
     return {
         "images": len(test),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -23,6 +24,14 @@ from eurosat_pipeline.hardware import cpu_has_native_bf16, flush_denormals
 from eurosat_pipeline.model import Classifier
 
 FORMATS = ("fp32", "bf16")
+
+
+class Images(Protocol):
+    """A tensor of images, or anything that slices into one (a split over the decoded array)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, positions: slice) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,12 @@ def prepare(model: Classifier, device: torch.device) -> Classifier:
 
 def predict_logits(
     model: Classifier,
-    images: Tensor,
+    images: Images,
     device: torch.device | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
 ) -> Tensor:
-    """Logits (fp32, on the CPU) for a uint8 ``N x 3 x H x W`` batch of same-sized images."""
+    """Logits (fp32, on the CPU) for integer ``N x bands x H x W`` images of one size, a batch at a time."""
     device = device or default_device()
     model = prepare(model, device)  # outside inference mode: the model stays usable for training
     fmt = inference_format(precision)
@@ -87,23 +96,27 @@ def predict_logits(
 @torch.no_grad()
 def backbone_features(
     model: Classifier,
-    images: Tensor,
+    images: Images,
     channels_last: bool = False,
     batch_size: int = 256,
     fmt: InferenceFormat | None = None,
+    device: torch.device | None = None,
 ) -> Tensor:
-    """Pooled backbone features (eval mode, validation preprocessing) of uint8 images, on their device."""
+    """Pooled backbone features (eval mode, validation preprocessing) of integer images, on
+    ``device`` (default: where the images are)."""
     fmt = fmt or InferenceFormat("fp32", "default")
+    device = device or getattr(images, "device", torch.device("cpu"))
     transform = BatchTransform(
         model.preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0), channels_last=channels_last
-    ).to(images.device)
+    ).to(device)
     was_training = model.backbone.training
     model.backbone.eval()
     try:
         parts = []
         for start in range(0, len(images), batch_size):
-            with fmt.autocast(images.device):
-                parts.append(model.backbone(transform(images[start : start + batch_size], train=False)).float())
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            with fmt.autocast(device):
+                parts.append(model.backbone(transform(batch, train=False)).float())
     finally:
         model.backbone.train(was_training)
-    return torch.cat(parts) if parts else torch.empty(0, model.backbone.num_features, device=images.device)
+    return torch.cat(parts) if parts else torch.empty(0, model.backbone.num_features, device=device)

@@ -1,8 +1,11 @@
-"""Decode the archive once into a uint8 tensor and serve index batches from memory.
+"""Batches gathered from the decoded array (``images.npy``), never the dataset held in RAM.
 
-27,000 images of 3x64x64 are 332 MB: small enough to keep in RAM, or on the GPU when there is
-one. Batches are gathered by index (no per-sample Python work, no worker processes); all pixel
-work happens batched on the device in :mod:`eurosat_pipeline.augment`.
+The download stage decodes every image once into ``images.npy`` (:mod:`eurosat_pipeline.dataset`).
+Here it is opened as a read-only memory map: a batch is one gather of its rows (the pages it
+touches are read; the kernel's page cache, not this process, holds them), with only the model's
+bands. On a GPU, a split that fits comfortably in free GPU memory is uploaded once, so batches
+never cross the PCIe bus; a larger one is gathered on the host and copied through pinned memory.
+All pixel work happens batched on the device in :mod:`eurosat_pipeline.augment`.
 """
 
 from __future__ import annotations
@@ -15,78 +18,160 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
-from torchvision.io import decode_jpeg
 
 from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import CLASSES, read_archive
+from eurosat_pipeline.dataset import archive_members, images_path_for, open_images, read_archive
+from eurosat_pipeline.dataspec import DataSpec
 from eurosat_pipeline.errors import ConfigError, DatasetError
 from eurosat_pipeline.inference import backbone_features, feature_format
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import EncodedSet, read_split
 
-DECODE_CHUNK = 4096
+UPLOAD_CHUNK = 4096  # images per host-to-GPU copy when a split is uploaded
+GPU_SHARE = 0.5  # a split is uploaded when it takes at most this share of the free GPU memory
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ImageSet:
-    """Images of one split as ``N x 3 x H x W`` uint8, with class indices and archive paths."""
+    """Images of one split: ``rows`` of ``source`` (``N x bands x H x W``: a memory map or a tensor)
+    with the ``bands`` (0-based) the model takes, their class indices and archive paths."""
 
-    images: torch.Tensor
+    source: np.ndarray | torch.Tensor
+    rows: np.ndarray
     labels: torch.Tensor
     paths: list[str]
+    bands: list[int] | None = None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.rows)
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device if isinstance(self.source, torch.Tensor) else torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        per_image = (
+            self.source[0].nelement() * self.source[0].element_size()
+            if isinstance(self.source, torch.Tensor)
+            else self.source[0].nbytes
+        )
+        share = len(self.bands) / self.source.shape[1] if self.bands is not None else 1.0
+        return int(len(self) * per_image * share)
+
+    def gather(self, positions: Sequence[int] | np.ndarray | slice) -> torch.Tensor:
+        """The images at ``positions`` (of this set) as one tensor on the set's device."""
+        rows = self.rows[positions]
+        if isinstance(self.source, torch.Tensor):
+            index = torch.as_tensor(rows, dtype=torch.long).to(self.source.device, non_blocking=True)
+            batch = self.source.index_select(0, index)
+            return batch if self.bands is None else batch[:, self.bands]
+        batch = self.source[rows] if self.bands is None else self.source[rows][:, self.bands]
+        return torch.from_numpy(np.ascontiguousarray(batch))
+
+    def __getitem__(self, positions: slice) -> torch.Tensor:
+        return self.gather(positions)
+
+    @property
+    def images(self) -> torch.Tensor:
+        """Every image of the set at once: for small sets and tests; training gathers batches."""
+        return self.gather(slice(None))
+
+    def subset(self, positions: slice) -> ImageSet:
+        return ImageSet(self.source, self.rows[positions], self.labels[positions], self.paths[positions], self.bands)
 
     def to(self, device: torch.device | str) -> ImageSet:
-        return ImageSet(self.images.to(device), self.labels.to(device), self.paths)
+        """On a GPU: the set's images (its bands only) uploaded in chunks, through pinned memory."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return self
+        first = self.gather([0]) if len(self) else torch.empty(0)
+        uploaded = torch.empty((len(self), *first.shape[1:]), dtype=first.dtype, device=device)
+        for start in range(0, len(self), UPLOAD_CHUNK):
+            chunk = self.gather(slice(start, start + UPLOAD_CHUNK))
+            uploaded[start : start + len(chunk)].copy_(chunk.pin_memory(), non_blocking=True)
+        return ImageSet(uploaded, np.arange(len(self)), self.labels.to(device), self.paths)
 
 
-def decode_jpegs(blobs: Sequence[bytes]) -> torch.Tensor:
-    """Decode JPEG bytes into one ``N x 3 x H x W`` uint8 tensor (libjpeg-turbo, batched)."""
-    out = []
-    for start in range(0, len(blobs), DECODE_CHUNK):
-        chunk = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs[start : start + DECODE_CHUNK]]
-        out.extend(decode_jpeg(chunk))
-    return torch.stack(out) if out else torch.empty(0, 3, 64, 64, dtype=torch.uint8)
+def tensor_set(images: torch.Tensor, labels: torch.Tensor, paths: list[str]) -> ImageSet:
+    """An :class:`ImageSet` over images already in a tensor (features, tests)."""
+    return ImageSet(images, np.arange(len(images)), labels, paths)
 
 
-def read_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, EncodedSet]:
-    """The JPEG bytes and labels of the named splits; the archive is read once."""
-    rows = read_split(split_csv)
+def read_splits(
+    archive: str | Path, split_csv: str | Path, names: Sequence[str], classes: Sequence[str] | None = None
+) -> dict[str, EncodedSet]:
+    """The encoded bytes and labels of the named splits (the per-sample pipeline decodes them itself)."""
+    rows = read_split(split_csv, classes)
+    classes = list(classes) if classes else sorted({r.label for r in rows})
     blobs = read_archive(archive)
-    missing = [r.path for r in rows if r.path not in blobs]
+    _check_listed(rows, blobs, split_csv, archive)
+    sets = {}
+    for name in names:
+        chosen = _rows_of(rows, name, split_csv)
+        sets[name] = EncodedSet(
+            [blobs[r.path] for r in chosen], [classes.index(r.label) for r in chosen], [r.path for r in chosen]
+        )
+    return sets
+
+
+def _check_listed(rows: Sequence[Any], members: Any, split_csv: str | Path, archive: str | Path) -> None:
+    missing = [r.path for r in rows if r.path not in members]
     if missing:
         raise DatasetError(
             f"{split_csv} lists {len(missing)} image(s) not in {archive} (e.g. {missing[0]}): "
             "the split is stale; run `dvc repro split`."
         )
+
+
+def _rows_of(rows: Sequence[Any], name: str, split_csv: str | Path) -> list[Any]:
+    chosen = [r for r in rows if r.split == name]
+    if not chosen:
+        raise DatasetError(f"{split_csv} has no '{name}' images; check the split fractions.")
+    return chosen
+
+
+def load_splits(
+    archive: str | Path,
+    split_csv: str | Path,
+    names: Sequence[str],
+    data: DataSpec | None = None,
+    images: str | Path | None = None,
+) -> dict[str, ImageSet]:
+    """The named splits over the decoded array, with ``data``'s classes and bands (all bands and the
+    split's class names when not given). Nothing is read until a batch is gathered."""
+    rows = read_split(split_csv, data.classes if data else None)
+    classes = list(data.classes) if data else sorted({r.label for r in rows})
+    members = archive_members(archive)
+    row_of = {path: index for index, path in enumerate(members)}
+    _check_listed(rows, row_of, split_csv, archive)
+    array = open_images(images or images_path_for(archive), len(members))
+    bands = [b - 1 for b in data.bands] if data else None
+    if bands is not None and max(bands) >= array.shape[1]:
+        raise DatasetError(
+            f"the model takes band {max(bands) + 1}, but {images or images_path_for(archive)} has "
+            f"{array.shape[1]} band(s): the data changed since training; run `dvc repro`."
+        )
     sets = {}
     for name in names:
-        chosen = [r for r in rows if r.split == name]
-        if not chosen:
-            raise DatasetError(f"{split_csv} has no '{name}' images; check the split fractions.")
-        sets[name] = EncodedSet(
-            [blobs[r.path] for r in chosen], [CLASSES.index(r.label) for r in chosen], [r.path for r in chosen]
+        chosen = _rows_of(rows, name, split_csv)
+        sets[name] = ImageSet(
+            array,
+            np.array([row_of[r.path] for r in chosen], dtype=np.int64),
+            torch.tensor([classes.index(r.label) for r in chosen], dtype=torch.long),
+            [r.path for r in chosen],
+            None if bands == list(range(array.shape[1])) else bands,
         )
     return sets
 
 
-def decode_set(encoded: EncodedSet) -> ImageSet:
-    return ImageSet(decode_jpegs(encoded.blobs), torch.tensor(encoded.labels, dtype=torch.long), encoded.paths)
-
-
-def load_splits(archive: str | Path, split_csv: str | Path, names: Sequence[str]) -> dict[str, ImageSet]:
-    """Decode the images of the named splits into uint8 tensors."""
-    return {name: decode_set(encoded) for name, encoded in read_splits(archive, split_csv, names).items()}
-
-
 class InMemoryImages(Dataset):
-    """A map-style dataset whose batches are one tensor gather, not ``batch_size`` lookups."""
+    """A map-style dataset whose batches are one gather, not ``batch_size`` lookups."""
 
     def __init__(self, images: ImageSet) -> None:
         self.set = images
@@ -95,11 +180,15 @@ class InMemoryImages(Dataset):
         return len(self.set)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.set.images[index], self.set.labels[index]
+        return self.set.gather([index])[0], self.set.labels[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = index_tensor(indices, self.set.images.device)
-        return self.set.images[index], self.set.labels[index]
+        source = self.set.source
+        if isinstance(source, torch.Tensor) and self.set.bands is None and len(self.set.rows) == len(source):
+            # Uploaded sets and features: rows are 0..N-1, so a batch is one gather where they live.
+            index = index_tensor(indices, source.device)
+            return source.index_select(0, index), self.set.labels[index]
+        return self.set.gather(np.asarray(indices)), self.set.labels[torch.as_tensor(indices)]
 
 
 def index_tensor(indices: list[int], device: torch.device) -> torch.Tensor:
@@ -130,42 +219,79 @@ def batch_loader(
 
 
 class EuroSATDataModule(L.LightningDataModule):
-    """Train and validation batches: decoded once and kept on the training device (``device``),
-    or the original recipe's per-sample PIL pipeline (``per_sample``, kept for comparison)."""
+    """Train and validation batches gathered from the decoded array (``device``: on a GPU uploaded
+    when they fit), or the original recipe's per-sample PIL pipeline (``per_sample``, kept for
+    comparison, 8-bit RGB only)."""
 
     def __init__(
-        self, archive: str | Path, split_csv: str | Path, config: Config, preprocessing: Preprocessing
+        self,
+        archive: str | Path,
+        split_csv: str | Path,
+        config: Config,
+        preprocessing: Preprocessing,
+        data: DataSpec | None = None,
+        images: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.archive, self.split_csv, self.config = archive, split_csv, config
+        self.images = images
+        self.data = data or DataSpec.eurosat_rgb()
         self.preprocessing = preprocessing  # used by the per-sample pipeline, which normalises itself
         self.datasets: dict[str, Dataset] = {}
         self.cached_features: dict[str, InMemoryImages] = {}
         self.feature_seconds = 0.0
+        self.placement: dict[str, str] = {}  # per split: where its images are gathered from
 
     def setup(self, stage: str) -> None:
         if self.datasets:
             return
-        encoded = read_splits(self.archive, self.split_csv, ("train", "val"))
-        if len(encoded["train"].labels) < self.config.batch_size:
-            raise ConfigError(
-                f"batch_size ({self.config.batch_size}) is larger than the training set "
-                f"({len(encoded['train'].labels)} images); lower batch_size or use more data."
-            )
         if self.config.input_pipeline == "per_sample":
-            from eurosat_pipeline.per_sample import PerSampleImages
-
-            self.datasets = {
-                name: PerSampleImages(s, self.config, self.preprocessing, train=name == "train")
-                for name, s in encoded.items()
-            }
+            self._setup_per_sample()
             return
+        sets = load_splits(self.archive, self.split_csv, ("train", "val"), self.data, self.images)
+        self._check_batch_size(len(sets["train"]))
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        # On a GPU the whole set fits in memory; batches then never cross the PCIe bus.
+        self.datasets = {name: InMemoryImages(self._place(name, s, device)) for name, s in sets.items()}
+
+    def _place(self, name: str, images: ImageSet, device: torch.device) -> ImageSet:
+        """On a GPU: uploaded when the split takes at most half the free GPU memory, else gathered
+        on the host and copied through pinned memory (the loader pins each batch)."""
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if images.nbytes <= GPU_SHARE * free:
+                self.placement[name] = f"uploaded to {device} ({images.nbytes / 2**20:,.0f} MiB)"
+                return images.to(device)
+            self.placement[name] = (
+                f"gathered on the host through pinned memory ({images.nbytes / 2**20:,.0f} MiB > "
+                f"{GPU_SHARE:.0%} of {free / 2**20:,.0f} MiB free on {device})"
+            )
+        else:
+            self.placement[name] = "gathered from the memory-mapped array"
+        log.info("%s images: %s", name, self.placement[name])
+        return images
+
+    def _setup_per_sample(self) -> None:
+        from eurosat_pipeline.per_sample import PerSampleImages
+
+        if not self.data.is_rgb8 or self.data.in_chans != 3:
+            raise ConfigError(
+                f"key 'input_pipeline': per_sample is the original recipe's PIL loader for 8-bit RGB images; this "
+                f"model takes {self.data.in_chans} {self.data.dtype} band(s) ({', '.join(self.data.shown_bands())}). "
+                "Use input_pipeline: device."
+            )
+        encoded = read_splits(self.archive, self.split_csv, ("train", "val"), self.data.classes)
+        self._check_batch_size(len(encoded["train"].labels))
         self.datasets = {
-            name: InMemoryImages(decode_set(s).to(device) if device.type == "cuda" else decode_set(s))
+            name: PerSampleImages(s, self.config, self.preprocessing, train=name == "train")
             for name, s in encoded.items()
         }
+
+    def _check_batch_size(self, train_images: int) -> None:
+        if train_images < self.config.batch_size:
+            raise ConfigError(
+                f"batch_size ({self.config.batch_size}) is larger than the training set "
+                f"({train_images} images); lower batch_size or use more data."
+            )
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         dataset = self._features_of(name) if self._in_cached_phase() else self.datasets[name]
@@ -178,8 +304,10 @@ class EuroSATDataModule(L.LightningDataModule):
             "generator": torch.Generator().manual_seed(self.config.seed),
         }
         if isinstance(dataset, InMemoryImages):
-            # drop_last: a final batch of one sample would break the head's BatchNorm.
-            return batch_loader(dataset.set, self.config.batch_size, drop_last=train, **sampling)
+            # drop_last: a final batch of one sample would break the head's BatchNorm. Host batches
+            # for a GPU are pinned, so their copy overlaps the previous step.
+            pin = dataset.set.device.type == "cpu" and torch.cuda.is_available() and self._on_gpu()
+            return batch_loader(dataset.set, self.config.batch_size, drop_last=train, pin_memory=pin, **sampling)
         workers = self.config.num_workers
         return DataLoader(
             dataset,
@@ -190,6 +318,9 @@ class EuroSATDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             **sampling,
         )
+
+    def _on_gpu(self) -> bool:
+        return bool(self.trainer) and self.trainer.strategy.root_device.type == "cuda"
 
     def _world(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -221,24 +352,29 @@ class EuroSATDataModule(L.LightningDataModule):
         if name not in self.cached_features:
             started = time.perf_counter()
             images = self.datasets[name].set
-            features = self._compute_features(images.images)
-            self.cached_features[name] = InMemoryImages(ImageSet(features, images.labels, images.paths))
+            features = self._compute_features(images)
+            self.cached_features[name] = InMemoryImages(tensor_set(features, images.labels, images.paths))
             elapsed = time.perf_counter() - started
             self.feature_seconds += elapsed
             log.info("phase 1: backbone features of %d %s images computed once (%.0f s)", len(images), name, elapsed)
         return self.cached_features[name]
 
-    def _compute_features(self, images: torch.Tensor) -> torch.Tensor:
+    def _compute_features(self, images: ImageSet) -> torch.Tensor:
         """Every image's features: on a GPU in the run's precision (autocast under bf16/16-mixed), on
         a CPU in the inference format (bf16 where the CPU has it natively). Under DDP each rank
         computes one shard and the shards are gathered, so the pass costs 1/world each."""
         model = self.trainer.lightning_module.model
         world, rank = self._world()
-        fmt = feature_format(images.device) if images.device.type == "cpu" else None
+        device = self.trainer.strategy.root_device
+        fmt = feature_format(device) if device.type == "cpu" else None
         shard = -(-len(images) // world)
         with self.trainer.precision_plugin.forward_context():
             part = backbone_features(
-                model, images[rank * shard : (rank + 1) * shard], channels_last=self.config.channels_last, fmt=fmt
+                model,
+                images.subset(slice(rank * shard, (rank + 1) * shard)),
+                channels_last=self.config.channels_last,
+                fmt=fmt,
+                device=device,
             )
         if world == 1:
             return part

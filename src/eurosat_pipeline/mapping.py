@@ -6,9 +6,15 @@ row of tiles at a time (64 rows x full width), never whole, and the tiles go to 
 batches through :func:`eurosat_pipeline.predict.load_predictor`, which applies the model's own
 resize and normalisation.
 
-**Bands and scaling.** A 3-band file is taken as red, green, blue (a 4-band 8-bit file whose 4th
-band is alpha too); otherwise ``bands`` names them (1-based, e.g. ``4,3,2`` in Sentinel-2's
-13-band order). ``scale`` maps the values to the 8 bits the model was trained on:
+**Bands.** The model's bands (stored with it) are found in the scene by name when the scene's
+GeoTIFF band descriptions name them (``B04``, ``B08``, ...); else by position when the scene has
+as many bands as the training data had, or exactly as many as the model takes; else ``bands``
+gives them (1-based, in the model's order, e.g. ``4,3,2`` for an RGB model on Sentinel-2's 13
+bands). An RGB model also takes any 3-band file (or a 4-band 8-bit one whose 4th band is alpha).
+A scene with fewer bands than the model takes is refused, naming the bands the model needs.
+
+**Scaling.** A model trained on 8-bit RGB takes 8-bit values; ``scale`` maps the scene's values
+to them:
 
 - ``none``: used as is (values clipped to 0..255); the ``auto`` default for 8-bit files.
 - ``s2``: the ``auto`` default for anything else. Sentinel-2 digital numbers (reflectance x 10,000)
@@ -19,6 +25,10 @@ band is alpha too); otherwise ``bands`` names them (1-based, e.g. ``4,3,2`` in S
   products of processing baseline 04.00 and later (from January 2022) add 1000 to every DN.
 - ``minmax``: per band, the 2nd..98th percentile (of valid pixels sampled from up to 64 tile
   windows spread over the scene) map to 0..255: for rasters of unknown radiometry.
+
+A model trained on other data (16-bit reflectance, other bands) was normalised with its training
+split's own per-band statistics, so the scene's values go in as they are (``offset`` subtracted);
+``scale`` must stay ``auto``. For 16-bit models 0 is nodata unless ``nodata`` says otherwise.
 
 **Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
 as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with ``s2`` scaling
@@ -48,7 +58,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES, IMAGE_SIZE
+from eurosat_pipeline.classes import IMAGE_SIZE, class_colours_of
+from eurosat_pipeline.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path
 
@@ -63,6 +74,7 @@ READ_BYTES = 64 * 2**20  # at most this much of the scene is read at a time
 EUROSAT_PIXEL_M = 10.0
 
 Scaler = Callable[[np.ndarray], np.ndarray]
+UINT8 = np.dtype(np.uint8)
 
 
 class MapError(PipelineError):
@@ -115,6 +127,7 @@ class LandUseMap:
     transform: object
     tile_area_m2: float | None
     notes: list[str] = field(default_factory=list)
+    class_names: tuple[str, ...] = ()  # the model's classes, index order
     seconds: float = 0.0
     engine: str = ""
     preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
@@ -130,7 +143,7 @@ class LandUseMap:
 
     def areas(self) -> list[dict[str, object]]:
         """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
-        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(CLASSES))
+        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(self.class_names))
         total = max(int(counts.sum()), 1)
         return [
             {
@@ -140,7 +153,7 @@ class LandUseMap:
                 "hectares": "" if self.tile_area_m2 is None else round(counts[index] * self.tile_area_m2 / 10_000, 4),
                 "percent": round(100 * counts[index] / total, 2),
             }
-            for index, name in enumerate(CLASSES)
+            for index, name in enumerate(self.class_names)
         ]
 
 
@@ -149,7 +162,7 @@ def make_map(
     out: str | Path,
     checkpoint: str | Path = "models/best.ckpt",
     onnx_file: str | Path | None = None,
-    bands: tuple[int, int, int] | None = None,
+    bands: tuple[int, ...] | None = None,
     scale: str = "auto",
     offset: float = 0.0,
     nodata: float | None = None,
@@ -173,18 +186,27 @@ def make_map(
     if any(p.resolve() == scene.resolve() for p in outputs.all()):
         raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
     with open_scene(scene) as src, contextlib.ExitStack() as stack:
-        chosen = choose_bands(src, bands)
-        if nodata is None and resolve_scale(src, chosen, scale) == "s2":
-            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
-        scaler = make_scaler(src, chosen, scale, offset, nodata)
+        check_band_numbers(src, bands)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         watch = Stopwatch()
         with watch("loading the model"):
             predictor = load_predictor(checkpoint, onnx_file, device, precision, engine)
+        data = predictor.data
+        chosen = choose_bands(src, bands, data)
+        if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
+            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
+        scaler = make_scaler(src, chosen, scale, offset, nodata, data)
         started = time.perf_counter()
         try:
             result = classify_scene(
-                src, chosen, scaler, predictor.classify, nodata, batch_size, PREVIEW_LONGEST if scene_preview else None
+                src,
+                chosen,
+                scaler,
+                predictor.classify,
+                nodata,
+                batch_size,
+                PREVIEW_LONGEST if scene_preview else None,
+                data,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
@@ -192,9 +214,10 @@ def make_map(
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
         with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
-            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, colours=True)
+            names = result.class_names
+            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
             if outputs.confidence is not None:
-                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform)
+                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
             write_csv(temporaries["csv"], result)
         with result.watch("preview"):
             write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
@@ -232,31 +255,66 @@ def open_scene(path: Path) -> Iterator[object]:
         yield src
 
 
-def choose_bands(src: object, bands: tuple[int, int, int] | None) -> tuple[int, int, int]:
-    """The 1-based red, green, blue band numbers: given, or implied by a 3-band (or RGBA) file."""
+def check_band_numbers(src: object, bands: tuple[int, ...] | None) -> None:
+    """``--bands`` must name bands the scene has (checked before the model is loaded)."""
+    wrong = [b for b in bands or () if not 1 <= b <= src.count]
+    if wrong:
+        raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{src.count}")
+
+
+def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec | None = None) -> tuple[int, ...]:
+    """The 1-based scene bands that feed the model's bands, in its order (see the module's docstring)."""
+    data = data or DataSpec.eurosat_rgb()
+    count, needed = src.count, data.in_chans
+    shown = ", ".join(data.shown_bands())
+    if bands is not None:
+        if len(bands) != needed:
+            raise MapError(
+                f"--bands takes {needed} band number(s), the model's bands in order ({shown}); got {len(bands)}"
+            )
+        wrong = [b for b in bands if not 1 <= b <= count]
+        if wrong:
+            raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{count}")
+        return tuple(bands)
+    if count < needed:
+        raise MapError(
+            f"{src.name}: has {count} band(s); the model needs {needed}: {shown} "
+            f"(of the training data's {data.data_bands})"
+        )
+    by_name = _bands_by_name(src, data)
+    if by_name is not None:
+        return by_name
+    if data.rgb_roles == RGB_ROLES and (count == 3 or (count == 4 and _fourth_is_alpha(src))):
+        return (1, 2, 3)
+    if count == data.data_bands:
+        return tuple(data.bands)
+    if count == needed and data.rgb_roles != RGB_ROLES:
+        return tuple(range(1, needed + 1))
+    example = " (e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)" if needed == 3 else ""
+    raise MapError(
+        f"{src.name}: has {count} bands without names the model knows; say which are the model's {shown} "
+        f"with --bands{example}"
+    )
+
+
+def _fourth_is_alpha(src: object) -> bool:
     from rasterio.enums import ColorInterp
 
-    count = src.count
-    if bands is None:
-        if count == 3 or (count == 4 and src.colorinterp[3] == ColorInterp.alpha):
-            return (1, 2, 3)
-        if count < 3:
-            raise MapError(
-                f"{src.name}: has {count} band(s); the model needs red, green and blue (3 bands, or --bands)"
-            )
-        raise MapError(
-            f"{src.name}: has {count} bands; say which are red, green, blue with --bands "
-            "(e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)"
-        )
-    if len(bands) != 3:
-        raise MapError(f"--bands takes three band numbers (red, green, blue), got {len(bands)}")
-    wrong = [b for b in bands if not 1 <= b <= count]
-    if wrong:
-        raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{count}")
-    return bands
+    return src.colorinterp[3] == ColorInterp.alpha
 
 
-def resolve_scale(src: object, bands: tuple[int, int, int], scale: str) -> str:
+def _bands_by_name(src: object, data: DataSpec) -> tuple[int, ...] | None:
+    """The model's bands found among the scene's band descriptions, when all of them are there."""
+    if not data.band_names:
+        return None
+    described = [(d or "").strip().casefold() for d in src.descriptions]
+    wanted = [name.casefold() for name in data.band_names]
+    if not all(name in described for name in wanted):
+        return None
+    return tuple(described.index(name) + 1 for name in wanted)
+
+
+def resolve_scale(src: object, bands: tuple[int, ...], scale: str) -> str:
     """``auto`` made concrete: ``none`` for 8-bit bands, ``s2`` for anything else."""
     if scale not in SCALES:
         raise MapError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
@@ -266,9 +324,16 @@ def resolve_scale(src: object, bands: tuple[int, int, int], scale: str) -> str:
 
 
 def make_scaler(
-    src: object, bands: tuple[int, int, int], scale: str, offset: float = 0.0, nodata: float | None = None
+    src: object,
+    bands: tuple[int, ...],
+    scale: str,
+    offset: float = 0.0,
+    nodata: float | None = None,
+    data: DataSpec | None = None,
 ) -> Scaler:
-    """A function from the file's values (``3 x h x w``) to uint8, as documented above."""
+    """A function from the file's values (``bands x h x w``) to what the model takes, as documented above."""
+    if data is not None and not data.is_rgb8:
+        return _raw_scaler(scale, offset, data)
     scale = resolve_scale(src, bands, scale)
     if scale == "none":
         return lambda x: np.clip(x, 0, 255).astype(np.uint8)
@@ -276,6 +341,23 @@ def make_scaler(
         return lambda x: _to_uint8(x, offset, 254 / S2_DN_MAX, 1)
     low, high = _percentiles(src, bands, nodata)
     return lambda x: _to_uint8(x, low, 255 / np.maximum(high - low, 1e-6), 0)
+
+
+def _raw_scaler(scale: str, offset: float, data: DataSpec) -> Scaler:
+    """Values as they are (``offset`` subtracted), in the model's type: it normalises them itself."""
+    if scale not in ("auto", "none"):
+        raise MapError(
+            f"--scale {scale}: this model was trained on {data.dtype} values normalised with its training "
+            "split's own band statistics, so the scene's values go in as they are; leave --scale out "
+            "(use --offset 1000 for Sentinel-2 products of processing baseline 04.00 or later)"
+        )
+    limit = np.iinfo(np.dtype(data.dtype)).max
+
+    def scaler(values: np.ndarray) -> np.ndarray:
+        shifted = values.astype(np.float32) - np.float32(offset) if offset else values
+        return np.clip(shifted, 0, limit).astype(data.dtype)
+
+    return scaler
 
 
 Number = float | np.ndarray
@@ -293,7 +375,7 @@ def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int
     return scaled.astype(np.uint8)
 
 
-def _percentiles(src: object, bands: tuple[int, int, int], nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _percentiles(src: object, bands: tuple[int, ...], nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band 2nd and 98th percentiles of valid pixels in up to SAMPLE_WINDOWS tiles over the scene."""
     from rasterio.windows import Window
 
@@ -311,10 +393,8 @@ def _percentiles(src: object, bands: tuple[int, int, int], nodata: float | None)
     return low[:, None, None], high[:, None, None]
 
 
-def _read(
-    src: object, bands: tuple[int, int, int], window: object, nodata: float | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The bands' values in ``window`` and where all three are valid (mask, nodata, alpha, ``nodata``)."""
+def _read(src: object, bands: tuple[int, ...], window: object, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The bands' values in ``window`` and where all of them are valid (mask, nodata, alpha, ``nodata``)."""
     data = src.read(list(bands), window=window)
     valid = (src.read_masks(list(bands), window=window) > 0).all(axis=0)
     if nodata is not None:
@@ -324,12 +404,13 @@ def _read(
 
 def classify_scene(
     src: object,
-    bands: tuple[int, int, int],
+    bands: tuple[int, ...],
     scaler: Scaler,
     classify: Callable[[np.ndarray], np.ndarray],
     nodata: float | None = None,
     batch_size: int = 256,
     preview_longest: int | None = PREVIEW_LONGEST,
+    data: DataSpec | None = None,
 ) -> LandUseMap:
     """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
 
@@ -339,6 +420,7 @@ def classify_scene(
     """
     from affine import Affine
 
+    data = data or DataSpec.eurosat_rgb()
     rows, cols = -(-src.height // TILE), -(-src.width // TILE)
     result = LandUseMap(
         np.full((rows, cols), NODATA, dtype=np.uint8),
@@ -346,20 +428,22 @@ def classify_scene(
         src.crs,
         src.transform @ Affine.scale(TILE),  # tile (0, 0) starts at the scene's origin
         *_tile_area(src),
+        class_names=tuple(data.classes),
     )
     watch = result.watch
-    batches = TileBatches(classify, batch_size, result)
-    preview = Decimator(src, scaler, preview_longest) if preview_longest else None
+    batches = TileBatches(classify, batch_size, result, len(bands), np.dtype(data.dtype))
+    preview_scaler = scaler if data.is_rgb8 else _preview_scaler(data)
+    preview = Decimator(src, preview_scaler, preview_longest) if preview_longest else None
     full_cols = src.width // TILE
     width = full_cols * TILE
-    for first_row, data, valid in _tile_row_bands(src, bands, nodata, watch):
+    for first_row, values, valid in _tile_row_bands(src, bands, nodata, watch):
         if preview is not None:
             with watch("preview"):
-                preview.add(first_row * TILE, data)
-        for offset in range(data.shape[1] // TILE):  # one tile row at a time: small temporaries
+                preview.add(first_row * TILE, values)
+        for offset in range(values.shape[1] // TILE):  # one tile row at a time: small temporaries
             with watch("tiling and scaling"):
                 lines = slice(offset * TILE, (offset + 1) * TILE)
-                tiles = data[:, lines, :width].reshape(3, TILE, full_cols, TILE).transpose(2, 0, 1, 3)
+                tiles = values[:, lines, :width].reshape(len(bands), TILE, full_cols, TILE).transpose(2, 0, 1, 3)
                 complete = valid[lines, :width].reshape(TILE, full_cols, TILE).all(axis=(0, 2))
                 picked = np.flatnonzero(complete)
                 scaled = scaler(tiles[picked]) if picked.size else None
@@ -376,14 +460,21 @@ def classify_scene(
 class TileBatches:
     """Fills fixed-size uint8 batches of tiles and writes each batch's classes into the map."""
 
-    def __init__(self, classify: Callable[[np.ndarray], np.ndarray], size: int, result: LandUseMap) -> None:
+    def __init__(
+        self,
+        classify: Callable[[np.ndarray], np.ndarray],
+        size: int,
+        result: LandUseMap,
+        bands: int = 3,
+        dtype: np.dtype = UINT8,
+    ) -> None:
         self.classify, self.size, self.result = classify, size, result
-        self.buffer = np.empty((size, 3, TILE, TILE), dtype=np.uint8)
+        self.buffer = np.empty((size, bands, TILE, TILE), dtype=dtype)
         self.where = np.empty((size, 2), dtype=np.int64)
         self.filled = 0
 
     def add(self, row: int, cols: np.ndarray, tiles: np.ndarray) -> None:
-        """``tiles`` (uint8 ``n x 3 x 64 x 64``) of tile row ``row``, at columns ``cols``."""
+        """``tiles`` (``n x bands x 64 x 64``) of tile row ``row``, at columns ``cols``."""
         start = 0
         while start < len(tiles):
             take = min(self.size - self.filled, len(tiles) - start)
@@ -407,7 +498,7 @@ class TileBatches:
 
 
 def _tile_row_bands(
-    src: object, bands: tuple[int, int, int], nodata: float | None, watch: Stopwatch
+    src: object, bands: tuple[int, ...], nodata: float | None, watch: Stopwatch
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
     tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is
@@ -423,9 +514,9 @@ def _tile_row_bands(
         yield first, data, valid
 
 
-def _tile_rows_per_read(src: object, bands: tuple[int, int, int]) -> int:
+def _tile_rows_per_read(src: object, bands: tuple[int, ...]) -> int:
     block_height = src.block_shapes[bands[0] - 1][0]
-    fits = max(1, READ_BYTES // (TILE * src.width * 3 * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
+    fits = max(1, READ_BYTES // (TILE * src.width * len(bands) * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
     aligned = block_height // TILE if block_height % TILE == 0 else 1
     return max(1, min(aligned, fits))
 
@@ -448,7 +539,7 @@ class Decimator:
         self.rows.append(self.scaler(taken))
         self.next_line += taken.shape[1] * self.factor
 
-    def add_remainder(self, bands: tuple[int, int, int]) -> None:
+    def add_remainder(self, bands: tuple[int, ...]) -> None:
         """The lines below the last whole tile row, read on their own (less than one tile row)."""
         from rasterio.windows import Window
 
@@ -459,6 +550,20 @@ class Decimator:
 
     def picture(self) -> np.ndarray:
         return np.concatenate(self.rows, axis=1).transpose(1, 2, 0) if self.rows else np.zeros((1, 1, 3), np.uint8)
+
+
+def _preview_scaler(data: DataSpec) -> Scaler:
+    """The scene as 8-bit RGB for the picture, from a model's non-RGB input: its red, green and blue
+    bands when it has all three (else its first band as grey), 16-bit values stretched as EuroSAT's
+    JPEGs were (0..2750 -> 1..255)."""
+    roles = data.rgb_roles
+    picks = [roles.index(r) for r in RGB_ROLES] if all(r in roles for r in RGB_ROLES) else [0, 0, 0]
+    stretch = 254 / S2_DN_MAX if data.dtype == "uint16" else 1.0
+
+    def scaler(values: np.ndarray) -> np.ndarray:
+        return _to_uint8(values[picks], 0.0, stretch, 1 if data.dtype == "uint16" else 0)
+
+    return scaler
 
 
 def _tile_area(src: object) -> tuple[float | None, list[str]]:
@@ -483,10 +588,10 @@ def _tile_area(src: object) -> tuple[float | None, list[str]]:
     return pixel_m2 * TILE * TILE, notes
 
 
-def class_colours() -> dict[int, tuple[int, int, int, int]]:
+def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
     """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
-
-    table = {i: (*_rgb(CLASS_COLOURS[name]), 255) for i, name in enumerate(CLASSES)}
+    colours = class_colours_of(names)
+    table = {i: (*_rgb(colours[name]), 255) for i, name in enumerate(names)}
     table[NODATA] = (0, 0, 0, 0)
     return table
 
@@ -496,7 +601,9 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
 
 
-def write_geotiff(path: Path, values: np.ndarray, crs: object, transform: object, colours: bool = False) -> None:
+def write_geotiff(
+    path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
+) -> None:
     """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
     import rasterio
 
@@ -513,9 +620,9 @@ def write_geotiff(path: Path, values: np.ndarray, crs: object, transform: object
     }
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(values, 1)
-        dst.update_tags(classes=",".join(CLASSES))
+        dst.update_tags(classes=",".join(names))
         if colours:
-            dst.write_colormap(1, class_colours())
+            dst.write_colormap(1, class_colours(names))
         else:
             dst.update_tags(1, meaning="top-1 probability in percent")
 
@@ -544,7 +651,9 @@ def write_preview(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
-    cmap = ListedColormap([CLASS_COLOURS[name] for name in CLASSES]).with_extremes(bad="white")
+    names = result.class_names
+    colours = class_colours_of(names)
+    cmap = ListedColormap([colours[name] for name in names]).with_extremes(bad="white")
     rows, cols = result.classes.shape
     panels = 1 if scene is None else 2
     height = min(8.0, max(3.0, 6.0 * rows / cols))
@@ -558,7 +667,7 @@ def write_preview(
         np.ma.masked_equal(result.classes, NODATA),
         cmap=cmap,
         vmin=-0.5,
-        vmax=len(CLASSES) - 0.5,
+        vmax=len(names) - 0.5,
         interpolation="nearest",
         extent=extent,
     )
@@ -573,7 +682,7 @@ def write_preview(
         f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
         for row in result.areas()
     ]
-    handles = [Patch(color=CLASS_COLOURS[name]) for name in CLASSES]
+    handles = [Patch(color=colours[name]) for name in names]
     axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     figure.savefig(path, format="png", bbox_inches="tight")
     plt.close(figure)

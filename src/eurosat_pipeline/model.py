@@ -9,11 +9,12 @@ import timm
 from timm.models import group_modules
 from torch import Tensor, nn
 
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config
+from eurosat_pipeline.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.errors import ConfigError, PipelineError
 from eurosat_pipeline.preprocessing import Preprocessing
-from eurosat_pipeline.weights import load_backbone_weights, resolve_weights
+from eurosat_pipeline.stem import adapted_weight, describe_adaptation, stem_conv_name
+from eurosat_pipeline.weights import WeightsFile, load_backbone_weights, resolve_weights
 
 
 class Classifier(nn.Module):
@@ -36,6 +37,8 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.preprocessing = preprocessing
         self.pretrained_weights: dict[str, Any] | None = None
+        self.data = DataSpec.eurosat_rgb()  # the classes and bands it takes (set by build_model)
+        self.stem_adaptation: str | None = None  # what was done to the pretrained stem, if anything
         self.head = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(backbone.num_features, hidden),
@@ -49,38 +52,65 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
-def build_model(config: Config, load_pretrained: bool = True) -> Classifier:
-    """Build the classifier; ImageNet weights only when asked and ``config.pretrained``.
+def build_model(config: Config, data: DataSpec | None = None, load_pretrained: bool = True) -> Classifier:
+    """Build the classifier for ``data`` (classes, bands; EuroSAT RGB when not given); ImageNet
+    weights only when asked and ``config.pretrained``.
 
     A local ``pretrained_weights`` file (or packaged weights) is loaded strictly here; without one,
-    timm downloads the model's default weights.
+    timm downloads the model's default weights. Bands other than red, green, blue in that order get
+    an adapted stem (:mod:`eurosat_pipeline.stem`).
     """
+    data = data or DataSpec.eurosat_rgb()
     pretrained = load_pretrained and config.pretrained
     weights = resolve_weights(config.pretrained_weights) if pretrained else None
-    backbone = _create_backbone(config.model_name, pretrained and weights is None)
-    if weights is not None:
-        load_backbone_weights(backbone, config.model_name, weights)
+    adapt = data.rgb_roles != RGB_ROLES
+    if pretrained:
+        backbone = _pretrained_backbone(config.model_name, weights)
+        if adapt:
+            backbone = _with_adapted_stem(config.model_name, backbone, data.rgb_roles)
+    else:
+        backbone = _create_backbone(config.model_name, False, in_chans=data.in_chans)
     classifier = Classifier(
         backbone,
-        num_classes=len(CLASSES),
+        num_classes=data.num_classes,
         hidden=config.head_hidden,
         dropout=config.head_dropout,
         hidden_dropout=config.head_hidden_dropout,
-        preprocessing=Preprocessing.for_backbone(backbone, config.image_size),
+        preprocessing=Preprocessing.for_model(backbone, config.image_size, data, config.pretrained),
     )
+    classifier.data = data
+    if config.pretrained:
+        classifier.stem_adaptation = describe_adaptation(data.rgb_roles, data.shown_bands())
     if pretrained:
         classifier.pretrained_weights = weights.describe() if weights else {"source": f"timm hub: {config.model_name}"}
     return classifier
 
 
-def _create_backbone(name: str, from_hub: bool) -> nn.Module:
+def _pretrained_backbone(name: str, weights: WeightsFile | None) -> nn.Module:
+    backbone = _create_backbone(name, weights is None)
+    if weights is not None:
+        load_backbone_weights(backbone, name, weights)
+    return backbone
+
+
+def _with_adapted_stem(name: str, rgb_backbone: nn.Module, roles: tuple[int | None, ...]) -> nn.Module:
+    """The same network built for ``len(roles)`` bands, every weight copied, the stem adapted."""
+    state = rgb_backbone.state_dict()
+    key = f"{stem_conv_name(rgb_backbone)}.weight"
+    state[key] = adapted_weight(state[key], roles)
+    backbone = _create_backbone(name, False, in_chans=len(roles))
+    backbone.load_state_dict(state)
+    return backbone
+
+
+def _create_backbone(name: str, from_hub: bool, in_chans: int = 3) -> nn.Module:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"key 'model_name': '{name}' is not a timm model.{hint}")
     try:
         # num_classes=0: timm drops its classifier and returns pooled features.
-        return timm.create_model(name, pretrained=from_hub, num_classes=0)
+        return timm.create_model(name, pretrained=from_hub, num_classes=0, in_chans=in_chans)
     except (OSError, RuntimeError, ValueError) as err:
         if not from_hub:
             raise

@@ -6,7 +6,7 @@ import collections
 from pathlib import Path
 from typing import Any
 
-from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.classes import CLASSES, IMAGE_SIZE
 from eurosat_pipeline.dataset import SYNTHETIC_WARNING
 from eurosat_pipeline.split import read_split
 
@@ -38,6 +38,16 @@ RECIPE_KEYS = (
 )
 
 
+def _adaptation_lines(summary: dict[str, Any]) -> list[str]:
+    """The stem adaptation (pretrained models) and the augmentation, where the summary has them."""
+    lines = []
+    if summary.get("stem_adaptation"):
+        lines.append(f"- Pretrained stem: {summary['stem_adaptation']}.")
+    if summary.get("augmentation"):
+        lines.append(f"- Augmentation (training only): {summary['augmentation']}.")
+    return lines
+
+
 def model_card(
     summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]], split_csv: Path
 ) -> str:
@@ -48,19 +58,31 @@ def model_card(
         if data.get("synthetic")
         else ""
     )
+    model_input = summary.get("model_input") or {}
+    classes = list(model_input.get("classes") or data.get("classes") or CLASSES)
+    bands = model_input.get("band_names") or [f"band {b}" for b in model_input.get("bands", [1, 2, 3])]
+    dtype = model_input.get("dtype", "uint8")
+    size = data.get("image_size") or IMAGE_SIZE
+    eurosat = classes == list(CLASSES)
+    title = "EuroSAT land-use classifier" if eurosat else f"scene classifier, {len(classes)} classes"
+    what = "the ten EuroSAT land-use classes" if eurosat else f"{len(classes)} classes"
     lines = [
-        f"# Model card: EuroSAT land-use classifier ({config['model_name']})",
+        f"# Model card: {title} ({config['model_name']})",
         "",
-        warning + "Classifies 64x64 RGB Sentinel-2 patches into the ten EuroSAT land-use classes.",
+        warning
+        + f"Classifies {size}x{size} patches of {len(bands)} band(s) ({', '.join(bands)}; {dtype}) into {what}.",
         "",
         "## Model",
         "",
         f"- Backbone: timm `{config['model_name']}`, "
         + _weights_text(summary.get("pretrained_weights"), config["pretrained"])
         + f"; head: Dropout({config['head_dropout']}) -> Linear(features, {config['head_hidden']}) -> "
-        f"BatchNorm1d -> ReLU -> Dropout({config['head_hidden_dropout']}) -> Linear({config['head_hidden']}, 10).",
-        f"- Input: 3-band RGB, {_preprocessing_text(summary.get('preprocessing'), config['image_size'])}.",
-        f"- Output: probabilities over {', '.join(CLASSES)}.",
+        f"BatchNorm1d -> ReLU -> Dropout({config['head_hidden_dropout']}) -> "
+        f"Linear({config['head_hidden']}, {len(classes)}).",
+        f"- Input: {len(bands)} band(s) ({', '.join(bands)}; {dtype}), "
+        f"{_preprocessing_text(summary.get('preprocessing'), config['image_size'])}.",
+        *_adaptation_lines(summary),
+        f"- Output: probabilities over {', '.join(classes)}.",
         f"- Files: `models/best.ckpt` ({summary['best_checkpoint']}; a Lightning checkpoint holding its own "
         "config, loadable with `weights_only=True`) and `models/model.onnx` (export stage).",
         "",
@@ -69,7 +91,7 @@ def model_card(
         f"- Source: `{data['source']}`"
         + (" (SYNTHETIC)" if data.get("synthetic") else "")
         + f", {data['num_images']:,} images: "
-        + ", ".join(f"{name} {data['class_counts'][name]:,}" for name in CLASSES)
+        + ", ".join(f"{name} {count:,}" for name, count in data["class_counts"].items())
         + ".",
         f"- Split (stratified, seed {config['split_seed']}, `data/split.csv`): train {split_counts['train']:,}, "
         f"validation {split_counts['val']:,}, test {split_counts['test']:,}.",
@@ -143,9 +165,12 @@ def _preprocessing_text(preprocessing: dict[str, Any] | None, image_size: int) -
     """Summaries from before preprocessing was recorded used ImageNet statistics."""
     if not preprocessing:
         return f"resized to {image_size} px, ImageNet mean/std normalisation"
-    mean = ", ".join(f"{v:g}" for v in preprocessing["mean"])
-    std = ", ".join(f"{v:g}" for v in preprocessing["std"])
-    return (
-        f"resized to {preprocessing['image_size']} px ({preprocessing['interpolation']}), normalised with the "
-        f"backbone's own mean ({mean}) and std ({std}) from timm's data config"
-    )
+    mean = ", ".join(f"{v:.4g}" for v in preprocessing["mean"])
+    std = ", ".join(f"{v:.4g}" for v in preprocessing["std"])
+    resized = f"resized to {preprocessing['image_size']} px ({preprocessing['interpolation']})"
+    if preprocessing.get("value_scale", 255.0) == 1.0:
+        return (
+            f"{resized}, normalised per band with the training split's own mean ({mean}) and std ({std}) "
+            "of the raw values (`data/band_stats.json`)"
+        )
+    return f"{resized}, normalised with the backbone's own mean ({mean}) and std ({std}) from timm's data config"

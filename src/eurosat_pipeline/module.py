@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from eurosat_pipeline.augment import BatchTransform
 from eurosat_pipeline.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEIGHTS_KEY
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config, config_from_mapping
+from eurosat_pipeline.dataspec import DataSpec
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.model import build_model, leading_groups, split_decay
 from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
@@ -28,13 +28,17 @@ class LandUseClassifier(L.LightningModule):
     """Phase 1 trains the head on a frozen backbone (BatchNorm in eval, no backward through it);
     phase 2 unfreezes everything under a fresh cosine schedule (see :mod:`.schedule`)."""
 
-    def __init__(self, config: dict[str, Any], load_pretrained: bool = True) -> None:
+    def __init__(
+        self, config: dict[str, Any], data: dict[str, Any] | None = None, load_pretrained: bool = True
+    ) -> None:
         super().__init__()
-        # Only the plain-dict config is saved: the checkpoint alone rebuilds the model.
-        self.save_hyperparameters("config")
+        # Only plain dicts are saved (the config, and the classes and bands of the data): the
+        # checkpoint alone rebuilds the model.
+        self.save_hyperparameters("config", "data")
         self.frozen_modules: list[nn.Module] = []  # phase 2's frozen leading layers (kept in eval mode)
         self.config: Config = config_from_mapping(config, source="checkpoint config")
-        self.model = build_model(self.config, load_pretrained=load_pretrained)
+        self.data = DataSpec.from_dict(data) if data else DataSpec.eurosat_rgb()
+        self.model = build_model(self.config, self.data, load_pretrained=load_pretrained)
         # Found once, here: too many stages fail now, not when phase 2 starts.
         self.phase2_frozen = leading_groups(self.model.backbone, self.config.phase2_frozen_stages)
         jitter = (
@@ -44,7 +48,7 @@ class LandUseClassifier(L.LightningModule):
             self.config.jitter_hue,
         )
         self.transform = BatchTransform(
-            self.model.preprocessing, self.config.random_flips, jitter, self.config.channels_last
+            self.model.preprocessing, self.config.random_flips, jitter, self.config.channels_last, rgb=self.data.is_rgb8
         )
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)
@@ -53,7 +57,7 @@ class LandUseClassifier(L.LightningModule):
         # caught by the module's own deferred watch (below); labels come from our own loader.
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss = MeanMetric(nan_strategy="disable")
-        self.val_acc = MulticlassAccuracy(num_classes=len(CLASSES), average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes=self.data.num_classes, average="micro", validate_args=False)
         self.backbone_frozen = False
         self.fingerprint = ""  # of config and data; decides whether a later run may resume
         self.val_record: dict[str, float] = {}

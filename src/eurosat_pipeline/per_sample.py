@@ -29,7 +29,12 @@ def original_transform(config: Config, preprocessing: Preprocessing, train: bool
         steps.append(
             T.ColorJitter(config.jitter_brightness, config.jitter_contrast, config.jitter_saturation, config.jitter_hue)
         )
-    steps += [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
+    # ToTensor gives raw / 255; the stored normalisation is on raw / value_scale.
+    to_unit = preprocessing.value_scale / 255
+    steps += [
+        T.ToTensor(),
+        T.Normalize([m * to_unit for m in preprocessing.mean], [s * to_unit for s in preprocessing.std]),
+    ]
     return T.Compose(steps)
 
 

@@ -1,9 +1,11 @@
 """``eurosat predict``: the top classes for image files and folders, from a checkpoint or ONNX file.
 
-Any size of 3-band RGB image is accepted and preprocessed as in validation (resize to the
-model's ``image_size``, the backbone's own normalisation, both stored with the model). When
-images sit in folders named after EuroSAT classes (as in the dataset), the command also says how
-many it got right.
+Images of any size are accepted and preprocessed as in validation (resize to the model's
+``image_size``, its normalisation; both stored with the model). They must hold the model's bands:
+8-bit RGB models take JPEG, PNG and TIFF files; models of other bands take (Geo)TIFF or PNG patches
+like those they were trained on, whose bands are found by name (GeoTIFF band descriptions) or by
+position. When images sit in folders named after the model's classes (as in the dataset), the
+command also says how many it got right.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from eurosat_pipeline import nvidia
-from eurosat_pipeline.classes import CLASSES
+from eurosat_pipeline.dataspec import DataSpec
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import sha256_of, write_text
 from eurosat_pipeline.preprocessing import Preprocessing
@@ -41,11 +43,12 @@ class Prediction:
     path: Path
     classes: list[str]
     probabilities: list[float]
+    #: The class named by the image's folder, when a folder is named after one of the model's classes.
+    expected: str | None = None
 
-    @property
-    def expected(self) -> str | None:
-        """The class named by the image's folder, when there is one (EuroSAT's own layout)."""
-        return next((part for part in reversed(self.path.parent.parts) if part in CLASSES), None)
+
+def expected_class(path: Path, classes: Sequence[str]) -> str | None:
+    return next((part for part in reversed(path.parent.parts) if part in classes), None)
 
 
 def find_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -62,6 +65,42 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     if not found:
         raise PipelineError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, inputs))}")
     return found
+
+
+def read_image(path: Path, data: DataSpec) -> np.ndarray:
+    """The model's bands of an image file as ``bands x H x W`` of the model's value type."""
+    if data.is_rgb8 and path.suffix.lower() not in (".tif", ".tiff"):
+        return read_rgb(path)
+    from eurosat_pipeline.imagefile import ImageProblem, decode, read_header
+
+    try:
+        raw = path.read_bytes()
+        header = read_header(raw)
+        pixels = decode(raw, header)
+    except (ImageProblem, OSError) as err:
+        raise PipelineError(f"{path}: {err}") from err
+    if header.dtype != data.dtype:
+        raise PipelineError(f"{path}: has {header.dtype} values; the model was trained on {data.dtype} images")
+    return pixels[model_bands(header.band_names, header.bands, data, str(path))]
+
+
+def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: str) -> list[int]:
+    """0-based positions of the model's bands in a file of ``count`` bands: by name where both the
+    file and the model name their bands, else by position (the training data's layout, or exactly
+    the model's bands in its order)."""
+    if names and data.band_names:
+        folded = [n.casefold() for n in names]
+        if all(n.casefold() in folded for n in data.band_names):
+            return [folded.index(n.casefold()) for n in data.band_names]
+    if count == data.data_bands:
+        return [b - 1 for b in data.bands]
+    if count == data.in_chans:
+        return list(range(count))
+    raise PipelineError(
+        f"{where}: has {count} band(s){' (' + ', '.join(names) + ')' if names else ''}; the model takes "
+        f"{data.in_chans} ({', '.join(data.shown_bands())}) of the training data's {data.data_bands}: give it "
+        f"patches with those {data.data_bands} bands, or with exactly the model's {data.in_chans} in that order"
+    )
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -83,16 +122,17 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 class Predictor:
-    """Class probabilities for uint8 RGB batches, with the model's own preprocessing."""
+    """Class probabilities for batches of the model's bands, with the model's own preprocessing."""
 
     preprocessing: Preprocessing
+    data: DataSpec
 
     @property
     def image_size(self) -> int:
         return self.preprocessing.image_size
 
     def classify(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (``N x classes``) for uint8 ``N x 3 x H x W`` images of one size."""
+        """Probabilities (``N x classes``) for ``N x bands x H x W`` images of one size (the model's value type)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -130,6 +170,7 @@ class TorchPredictor(Predictor):
         self.format = inference_format(precision)
         self.model = prepare(model, self.device)
         self.preprocessing = self.model.preprocessing
+        self.data = self.model.data
         self.transform = eval_transform(self.preprocessing, channels_last=True).to(self.device)
 
     def describe(self) -> str:
@@ -185,9 +226,12 @@ class OnnxPredictor(Predictor):
             if stored
             else Preprocessing.legacy(int(self.metadata["image_size"]))
         )
+        self.data = _onnx_data(self.metadata)
         self.input_name = self.session.get_inputs()[0].name
-        self.mean = np.array(self.preprocessing.mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255
-        self.scale = 1 / (np.array(self.preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1) * 255)
+        value_scale = self.preprocessing.value_scale
+        shape = (1, self.preprocessing.bands, 1, 1)
+        self.mean = np.array(self.preprocessing.mean, dtype=np.float32).reshape(shape) * value_scale
+        self.scale = 1 / (np.array(self.preprocessing.std, dtype=np.float32).reshape(shape) * value_scale)
 
     def describe(self) -> str:
         return f"ONNX Runtime, fp32 on {', '.join(self.session.get_providers())}"
@@ -203,6 +247,13 @@ class OnnxPredictor(Predictor):
             inputs = eval_transform(self.preprocessing)(torch.from_numpy(images), train=False).numpy()
         (logits,) = self.session.run(None, {self.input_name: inputs})
         return softmax(logits)
+
+
+def _onnx_data(metadata: dict[str, str]) -> DataSpec:
+    """The classes and bands stored in an export (EuroSAT RGB for exports from before they were)."""
+    if "data" in metadata:
+        return DataSpec.from_dict(json.loads(metadata["data"]))
+    return DataSpec.eurosat_rgb()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -221,29 +272,32 @@ def predict(
     engine: str = "auto",
 ) -> list[Prediction]:
     paths = find_images(inputs)
+    model = load_predictor(checkpoint, onnx_file, device, precision, engine)
     images, problems = [], []
     for path in paths:
         try:
-            images.append(read_rgb(path))
+            images.append(read_image(path, model.data))
         except PipelineError as err:
             problems.append(str(err))
     if problems:
         listed = "\n  - ".join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise PipelineError(f"{len(problems)} input(s) cannot be used:\n  - {listed}{more}")
-    model = load_predictor(checkpoint, onnx_file, device, precision, engine)
     probabilities = classify_any_sizes(model, images, batch_size)
-    k = max(1, min(top_k, len(CLASSES)))
+    classes = model.data.classes
+    k = max(1, min(top_k, len(classes)))
     order = np.argsort(-probabilities, axis=1)[:, :k]
     return [
-        Prediction(path, [CLASSES[i] for i in row], [float(probabilities[n, i]) for i in row])
+        Prediction(
+            path, [classes[i] for i in row], [float(probabilities[n, i]) for i in row], expected_class(path, classes)
+        )
         for n, (path, row) in enumerate(zip(paths, order, strict=True))
     ]
 
 
 def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
     """Probabilities for uint8 images of any sizes, in their order: images of one size go in batches."""
-    probabilities = np.empty((len(images), len(CLASSES)), dtype=np.float32)
+    probabilities = np.empty((len(images), model.data.num_classes), dtype=np.float32)
     by_size: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_size.setdefault(tuple(image.shape), []).append(index)

@@ -1,10 +1,15 @@
-"""How a backbone wants its input: size, mean, std and resize interpolation.
+"""How a model wants its input: size, per-band mean and std, value scale and resize interpolation.
 
-The numbers come from timm's data config of the chosen model (``resolve_model_data_config``), not
-from constants: ``tf_efficientnet_lite0`` was trained with mean = std = 0.5, ``efficientnet_b0``
-with ImageNet's statistics, and feeding a backbone the other's normalisation costs accuracy. The
-resolved numbers travel in the checkpoint and the ONNX metadata, so train, evaluate, predict, the
-per-sample loader and the export all use the same ones.
+Two cases (:func:`Preprocessing.for_model`):
+
+- 8-bit red, green, blue with a pretrained backbone: the backbone's own statistics from timm's
+  data config (``resolve_model_data_config``), on values divided by 255, as the backbone was
+  trained (``tf_efficientnet_lite0`` used mean = std = 0.5, ``efficientnet_b0`` ImageNet's).
+- anything else (other bands, 16-bit values, no pretrained weights): the mean and std of each
+  band over the training split, on the raw values (``value_scale`` 1), computed by the split stage.
+
+The resolved numbers travel in the checkpoint and the ONNX metadata, so train, evaluate, predict,
+map, the per-sample loader and the export all scale exactly alike.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+    from eurosat_pipeline.dataspec import DataSpec
+
 # What every checkpoint and ONNX file written before preprocessing was stored used.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,12 +31,17 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize to ``image_size`` with ``interpolation``, then ``(x - mean) / std`` on [0, 1] pixels."""
+    """Resize to ``image_size`` with ``interpolation``, then ``(x / value_scale - mean) / std`` per band."""
 
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     interpolation: str = "bilinear"
+    value_scale: float = 255.0
+
+    @property
+    def bands(self) -> int:
+        return len(self.mean)
 
     @classmethod
     def for_backbone(cls, backbone: nn.Module, image_size: int) -> Preprocessing:
@@ -37,13 +49,22 @@ class Preprocessing:
         import timm  # here, not at the top: inference from an ONNX file needs neither timm nor torch
 
         data_config = timm.data.resolve_model_data_config(backbone)
-        interpolation = data_config.get("interpolation", "bilinear")
         return cls(
             image_size=image_size,
-            mean=_triple(data_config["mean"]),
-            std=_triple(data_config["std"]),
-            interpolation=interpolation if interpolation in INTERPOLATIONS else "bilinear",
+            mean=_floats(data_config["mean"]),
+            std=_floats(data_config["std"]),
+            interpolation=_interpolation(data_config),
         )
+
+    @classmethod
+    def for_model(cls, backbone: nn.Module, image_size: int, data: DataSpec, pretrained: bool) -> Preprocessing:
+        """The backbone's statistics for 8-bit RGB into a pretrained backbone, else the data's own."""
+        own = cls.for_backbone(backbone, image_size)
+        if (pretrained and data.is_rgb8) or data.mean is None or data.std is None:
+            return own
+        # A band with one value everywhere has std 0: dividing by 1 leaves it centred, not infinite.
+        std = tuple(s if s > 0 else 1.0 for s in data.std)
+        return cls(image_size, tuple(data.mean), std, own.interpolation, value_scale=1.0)
 
     @classmethod
     def legacy(cls, image_size: int) -> Preprocessing:
@@ -54,9 +75,10 @@ class Preprocessing:
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         return cls(
             image_size=int(data["image_size"]),
-            mean=_triple(data["mean"]),
-            std=_triple(data["std"]),
+            mean=_floats(data["mean"]),
+            std=_floats(data["std"]),
             interpolation=str(data.get("interpolation", "bilinear")),
+            value_scale=float(data.get("value_scale", 255.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +86,10 @@ class Preprocessing:
         return {**data, "mean": list(self.mean), "std": list(self.std)}
 
 
-def _triple(values: Any) -> tuple[float, float, float]:
-    a, b, c = (float(v) for v in values)
-    return a, b, c
+def _floats(values: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+def _interpolation(data_config: Mapping[str, Any]) -> str:
+    interpolation = data_config.get("interpolation", "bilinear")
+    return interpolation if interpolation in INTERPOLATIONS else "bilinear"

@@ -12,7 +12,6 @@ from typing import Any
 import plotly.graph_objects as go
 
 from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.dataset import SYNTHETIC_WARNING
 from eurosat_pipeline.embeddings import read_tsne_csv, tsne_figure
 from eurosat_pipeline.files import read_json, write_text
@@ -62,7 +61,8 @@ def build_report(paths: ReportPaths) -> Path:
     ]
     tsne = read_tsne_csv(paths.tsne)
     if tsne:
-        figures.append(tsne_figure(tsne, "t-SNE of validation embeddings (slide through the logged epochs)"))
+        classes = _classes_of(summary)
+        figures.append(tsne_figure(tsne, "t-SNE of validation embeddings (slide through the logged epochs)", classes))
     page = _page(summary, metrics, per_class, figures)
     write_text(paths.model_card, model_card(summary, metrics, per_class, paths.split))
     write_text(paths.out, page)
@@ -127,6 +127,14 @@ def lr_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
     return figure
 
 
+def _classes_of(summary: dict[str, Any]) -> list[str]:
+    """The model's classes (summaries from before they were stored: the data's, else EuroSAT's)."""
+    from eurosat_pipeline.classes import CLASSES
+
+    model_input = summary.get("model_input") or {}
+    return list(model_input.get("classes") or summary.get("data", {}).get("classes") or CLASSES)
+
+
 def _read_lr_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
     """DVCLive's per-step tables, one per group: ``step<TAB><group>``."""
     curves = {}
@@ -138,9 +146,10 @@ def _read_lr_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def confusion_figure(per_class: list[dict[str, Any]]) -> go.Figure:
-    matrix = [[row[name] for name in CLASSES] for row in per_class]
+    classes = [row["class"] for row in per_class]
+    matrix = [[row[name] for name in classes] for row in per_class]
     figure = go.Figure(
-        go.Heatmap(z=matrix, x=list(CLASSES), y=list(CLASSES), colorscale="Blues", text=matrix, texttemplate="%{text}")
+        go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues", text=matrix, texttemplate="%{text}")
     )
     figure.update_layout(
         title="Confusion matrix (test split)",
@@ -155,13 +164,14 @@ def confusion_figure(per_class: list[dict[str, Any]]) -> go.Figure:
 def _read_per_class(path: Path) -> list[dict[str, Any]]:
     with Path(path).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    classes = [r["class"] for r in rows]
     numeric = ("precision", "recall", "f1")
     return [
         {
             "class": r["class"],
             **{k: float(r[k]) for k in numeric},
             "support": int(r["support"]),
-            **{name: int(r[name]) for name in CLASSES},
+            **{name: int(r[name]) for name in classes},
         }
         for r in rows
     ]

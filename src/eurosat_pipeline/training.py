@@ -21,6 +21,8 @@ from eurosat_pipeline import slots
 from eurosat_pipeline.callbacks import BestCheckpoints, EpochLines, HistoryWriter
 from eurosat_pipeline.checkpoints import fingerprint, resumable
 from eurosat_pipeline.config import Config
+from eurosat_pipeline.dataset import images_path_for, read_info
+from eurosat_pipeline.dataspec import DataSpec, data_spec
 from eurosat_pipeline.embeddings import TSNELogger
 from eurosat_pipeline.errors import TrainingError
 from eurosat_pipeline.files import atomic_path, read_json, write_json
@@ -43,7 +45,7 @@ from eurosat_pipeline.resume import (
     scratch_root,
 )
 from eurosat_pipeline.slots import Placement
-from eurosat_pipeline.split import read_split
+from eurosat_pipeline.split import read_split, stats_path_for
 from eurosat_pipeline.tracking import finish_loggers, make_loggers
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,18 @@ class TrainPaths:
     scratch: Path
     #: The check stage's record of the pretrained weights: their bytes are part of a run's identity.
     weights_info: Path | None = None
+    #: The decoded array (default: ``images.npy`` beside the archive) and the split's band statistics
+    #: (default: ``band_stats.json`` beside the split).
+    images: Path | None = None
+    band_stats: Path | None = None
+
+    @property
+    def images_file(self) -> Path:
+        return self.images or images_path_for(self.archive)
+
+    @property
+    def band_stats_file(self) -> Path:
+        return self.band_stats or stats_path_for(self.split)
 
     @classmethod
     def under(cls, data: Path, models: Path, reports: Path) -> TrainPaths:
@@ -82,11 +96,13 @@ class TrainPaths:
             tsne=reports / "tsne.csv",
             scratch=models.parent / ".scratch" / "train",
             weights_info=models / "pretrained.json",
+            images=data / "images.npy",
+            band_stats=data / "band_stats.json",
         )
 
     def inputs(self) -> list[Path]:
-        """The files a run computes from."""
-        given = [self.archive, self.split, self.dataset_info, self.weights_info]
+        """The files a run computes from (images.npy is decoded from the archive, so the archive stands for it)."""
+        given = [self.archive, self.split, self.dataset_info, self.weights_info, self.band_stats_file]
         return [path for path in given if path is not None and path.is_file()]
 
 
@@ -126,11 +142,12 @@ def _train_in(
     precision = choose_precision(config.precision, accelerator)
     placement = place_run(config, accelerator)
     L.seed_everything(config.seed, workers=True)
-    dataset_info = read_json(paths.dataset_info)
+    dataset_info = read_info(paths.dataset_info)
+    data = data_spec(dataset_info, read_band_stats(paths.band_stats_file), config.bands)
     resume_from = resumable(work.last, run_fingerprint, config.max_epochs) if config.resume else None
     if resume_from is None and launched_as_rank_zero():
         work.clear()
-    module = LandUseClassifier(config.to_dict(), load_pretrained=resume_from is None)
+    module = LandUseClassifier(config.to_dict(), data.to_dict(), load_pretrained=resume_from is None)
     module.fingerprint = run_fingerprint
     _share_cpu_cores(config, accelerator, placement)
     if config.compile:
@@ -175,7 +192,9 @@ def _train_in(
     # uninitialised memory; results do not depend on it): 17 % of a CPU training step's time, in
     # 1,700 fills per step (benchmarks/phase2_profile.py). Determinism itself stays on.
     torch.utils.deterministic.fill_uninitialized_memory = False
-    datamodule = EuroSATDataModule(paths.archive, paths.split, config, module.model.preprocessing)
+    datamodule = EuroSATDataModule(
+        paths.archive, paths.split, config, module.model.preprocessing, data, paths.images_file
+    )
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
@@ -193,7 +212,11 @@ def _train_in(
         "compile": config.compile,
         "compile_reason": choose_compile(config.compile, accelerator),
         "pretrained_weights": module.model.pretrained_weights,
+        "stem_adaptation": module.model.stem_adaptation,
         "preprocessing": module.model.preprocessing.to_dict(),
+        "model_input": data.to_dict(),
+        "augmentation": _augmentation(config, data),
+        "image_placement": datamodule.placement,
     }
     return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from, extras)
 
@@ -229,6 +252,19 @@ def _finish(
     }
     write_json(paths.summary, summary)
     return summary
+
+
+def read_band_stats(path: Path) -> dict[str, Any] | None:
+    """The split stage's band statistics; None where an older split stage wrote none."""
+    return read_json(path) if path.is_file() else None
+
+
+def _augmentation(config: Config, data: DataSpec) -> str:
+    """Which jitter the run used, in words (for the summary and the model card)."""
+    flips = "random flips, " if config.random_flips else ""
+    if data.is_rgb8:
+        return f"{flips}colour jitter (brightness, contrast, saturation, hue) on 8-bit RGB"
+    return f"{flips}band jitter (one brightness factor per image, contrast per band); no hue or saturation (not RGB)"
 
 
 def last_checkpoint(path: Path) -> ModelCheckpoint:

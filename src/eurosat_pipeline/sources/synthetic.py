@@ -7,16 +7,36 @@ brightness keep it from being trivial.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from eurosat_pipeline.classes import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.sources.base import Listing, SourceFile
 
 # Fixed so that the same size knob always gives the same bytes (and the same DVC hash).
 SYNTHETIC_SEED = 20190601
+SYNTHETIC_WARNING = "SYNTHETIC data generated for tests and the offline demo: not EuroSAT."
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    images_per_class: int
+
+    @contextlib.contextmanager
+    def open(self, work_dir: Path) -> Iterator[Listing]:
+        files = [
+            SourceFile((name, file_name), functools.partial(lambda data: data, data))
+            for name, file_name, data in synthetic_images(self.images_per_class)
+        ]
+        description = {"source": "synthetic", "synthetic": True, "warning": SYNTHETIC_WARNING}
+        yield Listing(files, {(name,) for name in CLASSES}, "synthetic", description)
 
 
 def synthetic_images(images_per_class: int) -> Iterator[tuple[str, str, bytes]]:

@@ -1,0 +1,136 @@
+"""Reading one image file's bytes: what it holds (a header) and its pixels (``bands x H x W``).
+
+JPEG goes through libjpeg-turbo (torchvision, as the loader always did); PNG and (Geo)TIFF
+through GDAL (rasterio), which reads any band count and 16-bit values, and the band
+descriptions a GeoTIFF carries.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+DTYPES = ("uint8", "uint16")
+_COLOUR_NAMES = {"red": "red", "green": "green", "blue": "blue", "gray": "gray"}
+
+
+class ImageProblem(ValueError):
+    """Why one file cannot be used, in words (the caller adds the file's name)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str
+    bands: int
+    dtype: str
+    height: int
+    width: int
+    #: A GeoTIFF's band descriptions, else the colour interpretation (red, green, blue; gray), else None.
+    band_names: tuple[str, ...] | None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def read_header(data: bytes) -> Header:
+    if data[:3] == b"\xff\xd8\xff":
+        return _jpeg_header(data)
+    return _raster_header(data)
+
+
+def decode(data: bytes, header: Header) -> np.ndarray:
+    """The pixels as ``bands x H x W`` of the header's dtype."""
+    if header.format == "JPEG":
+        import torch
+        from torchvision.io import decode_jpeg
+
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
+    with _opened(data) as src:
+        return src.read()
+
+
+def _jpeg_header(data: bytes) -> Header:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            mode, (width, height) = image.mode, image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageProblem(f"cannot be decoded as a JPEG ({err})") from err
+    if mode not in ("RGB", "L"):
+        raise ImageProblem(f"is a {mode} JPEG; use RGB or grayscale JPEGs (or PNG / GeoTIFF)")
+    names = ("red", "green", "blue") if mode == "RGB" else ("gray",)
+    return Header("JPEG", len(names), "uint8", height, width, names)
+
+
+def _raster_header(data: bytes) -> Header:
+    with _opened(data) as src:
+        dtypes = set(src.dtypes)
+        if len(dtypes) > 1:
+            raise ImageProblem(f"mixes band types ({', '.join(sorted(dtypes))}) within the file")
+        dtype = dtypes.pop()
+        if dtype not in DTYPES:
+            raise ImageProblem(f"has {dtype} values; use uint8 or uint16 (e.g. reflectance x 10,000 as uint16)")
+        interpretation = [c.name for c in src.colorinterp]
+        if "palette" in interpretation:
+            raise ImageProblem("is a palette (indexed-colour) image; save it as RGB")
+        if "alpha" in interpretation and src.driver == "PNG":
+            raise ImageProblem("has an alpha band (transparency); save it as RGB or grey")
+        # A TIFF's 4th 8-bit band is often tagged alpha by default (RGB + near-infrared files
+        # included): it is read as a band like any other.
+        header = Header(src.driver, src.count, dtype, src.height, src.width, _band_names(src, interpretation))
+        src.read(1, window=((0, 1), (0, 1)))  # a truncated file fails here, not in the decode pass
+    return header
+
+
+def _band_names(src: object, interpretation: list[str]) -> tuple[str, ...] | None:
+    descriptions = tuple(d.strip() if d else "" for d in src.descriptions)
+    if descriptions and all(descriptions):
+        return descriptions
+    colours = tuple(_COLOUR_NAMES.get(name) for name in interpretation)
+    if colours in (("red", "green", "blue"), ("gray",)):
+        return colours
+    return None
+
+
+class _opened:
+    """rasterio's dataset over in-memory bytes, with GDAL's failures as :class:`ImageProblem`."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __enter__(self) -> object:
+        from rasterio.errors import NotGeoreferencedWarning, RasterioError
+        from rasterio.io import MemoryFile
+
+        self.memory = MemoryFile(self.data)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.src = self.memory.open()
+        except RasterioError as err:
+            self.memory.close()
+            raise ImageProblem(f"cannot be decoded as an image ({_first_line(err)})") from err
+        if self.src.driver not in ("PNG", "GTiff", "COG"):
+            self.__exit__(None, None, None)
+            raise ImageProblem(f"is a {self.src.driver} file; use JPEG, PNG or (Geo)TIFF")
+        return self.src
+
+    def __exit__(self, kind: object, error: object, trace: object) -> bool:
+        from rasterio.errors import RasterioError
+
+        self.src.close()
+        self.memory.close()
+        if isinstance(error, RasterioError):
+            raise ImageProblem(f"cannot be read ({_first_line(error)})") from error
+        return False
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
