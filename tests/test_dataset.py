@@ -224,3 +224,53 @@ def test_unreachable_download_says_how_to_work_offline(tmp_path: Path, monkeypat
     monkeypatch.setattr(official, "EUROSAT_RGB", unreachable)
     with pytest.raises(DatasetError, match=r"Could not download EuroSAT.*set data_source to its local path"):
         prepare("eurosat", tmp_path / "out")
+
+
+def test_official_multispectral_download_is_verified_and_its_bands_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EuroSAT's 13-band release: its zip's layout, 13-band uint16 GeoTIFFs without descriptions."""
+    import numpy as np
+
+    from .own_data import tiff_bytes
+
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "EuroSATallBands.zip"
+    base = "ds/images/remote_sensing/otherDatasets/sentinel_2/tif"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(archive, "w") as out:
+        for name in ("Forest", "River", "SeaLake"):
+            for number in range(1, 4):
+                pixels = rng.integers(1, 4000, size=(13, 16, 16)).astype(np.uint16)
+                out.writestr(f"{base}/{name}/{name}_{number}.tif", tiff_bytes(pixels))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+        md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+        monkeypatch.setattr(official, "EUROSAT_MS", Download(archive.name, url, md5, "eurosat_ms"))
+        info = prepare("eurosat_ms", tmp_path / "out")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert info["source"] == "eurosat_ms" and info["source_md5"] == md5
+    assert info["classes"] == ["Forest", "River", "SeaLake"] and info["dtype"] == "uint16"
+    assert info["band_names"] == [
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B09",
+        "B10",
+        "B11",
+        "B12",
+        "B8A",
+    ]
+    assert leftovers(tmp_path / "out") == []

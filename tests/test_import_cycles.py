@@ -36,7 +36,15 @@ def _absolute(node: ast.ImportFrom, module: str) -> str:
 
 
 def package_graph(package_dir: Path = PACKAGE_DIR, package: str = PACKAGE) -> dict[str, set[str]]:
-    files = {f"{package}.{path.stem}": path for path in sorted(package_dir.glob("*.py")) if path.stem != "__init__"}
+    """Every module of the package and its subpackages (``sources/__init__.py`` is the module
+    ``sources``), with the package's modules it imports."""
+    files = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:  # the package's own __init__ is not a module of it
+            files[".".join((package, *parts))] = path
     return {name: imported_modules(path.read_text(), name, set(files)) for name, path in files.items()}
 
 
@@ -86,6 +94,7 @@ def test_the_package_has_no_import_cycle() -> None:
     graph = package_graph()
     assert len(graph) > 20 and f"{PACKAGE}.classes" in graph  # the parser saw the package
     assert graph[f"{PACKAGE}.classes"] == set(), "the EuroSAT facts are the lowest layer"
+    assert f"{PACKAGE}.sources.local" in graph[f"{PACKAGE}.sources.eurosat"], "subpackages are seen"
     found = cycles(graph)
     assert not found, f"import cycles: {_describe(found, graph)}"
 
@@ -103,6 +112,9 @@ def test_the_cycle_finder_sees_function_level_relative_and_long_cycles(tmp_path:
     }
     for name, text in files.items():
         (package / name).write_text(text)
+    (package / "sub").mkdir()
+    (package / "sub" / "__init__.py").write_text("from pkg.sub.g import Z\n")
+    (package / "sub" / "g.py").write_text("from pkg import sub\n")  # a loop through a subpackage
     graph = package_graph(package, "pkg")
     assert graph["pkg.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a"}
-    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"], ["pkg.e", "pkg.f"]]
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"], ["pkg.e", "pkg.f"], ["pkg.sub", "pkg.sub.g"]]

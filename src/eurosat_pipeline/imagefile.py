@@ -10,8 +10,12 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPES = ("uint8", "uint16")
 _COLOUR_NAMES = {"red": "red", "green": "green", "blue": "blue", "gray": "gray"}
@@ -51,6 +55,17 @@ def decode(data: bytes, header: Header) -> np.ndarray:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
     with _opened(data) as src:
         return src.read()
+
+
+def as_torch_integers(pixels: np.ndarray) -> torch.Tensor:
+    """A batch as a torch tensor; uint16 values as int32, which every torch operation on every
+    device takes (torch's uint16 is a storage type with few kernels, on a GPU especially)."""
+    import torch
+
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype == np.uint16:
+        return torch.from_numpy(pixels.astype(np.int32))
+    return torch.from_numpy(pixels)
 
 
 def _jpeg_header(data: bytes) -> Header:

@@ -27,6 +27,7 @@ from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import archive_members, images_path_for, open_images, read_archive
 from eurosat_pipeline.dataspec import DataSpec
 from eurosat_pipeline.errors import ConfigError, DatasetError
+from eurosat_pipeline.imagefile import as_torch_integers
 from eurosat_pipeline.inference import backbone_features, feature_format
 from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import EncodedSet, read_split
@@ -56,13 +57,9 @@ class ImageSet:
 
     @property
     def nbytes(self) -> int:
-        per_image = (
-            self.source[0].nelement() * self.source[0].element_size()
-            if isinstance(self.source, torch.Tensor)
-            else self.source[0].nbytes
-        )
-        share = len(self.bands) / self.source.shape[1] if self.bands is not None else 1.0
-        return int(len(self) * per_image * share)
+        """What the set's images take as tensors (16-bit values become 32-bit ones: see below)."""
+        first = self.gather([0]) if len(self) else torch.empty(0)
+        return len(self) * first.nelement() * first.element_size()
 
     def gather(self, positions: Sequence[int] | np.ndarray | slice) -> torch.Tensor:
         """The images at ``positions`` (of this set) as one tensor on the set's device."""
@@ -72,7 +69,7 @@ class ImageSet:
             batch = self.source.index_select(0, index)
             return batch if self.bands is None else batch[:, self.bands]
         batch = self.source[rows] if self.bands is None else self.source[rows][:, self.bands]
-        return torch.from_numpy(np.ascontiguousarray(batch))
+        return as_torch_integers(batch)
 
     def __getitem__(self, positions: slice) -> torch.Tensor:
         return self.gather(positions)

@@ -1,7 +1,8 @@
 """Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
 
-The scene is cut into tiles of EuroSAT's native 64 x 64 pixels (stride = tile: one class per
-tile, so the map is a raster 64x coarser than the scene that lies exactly on it). It is read one
+The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
+native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
+the scene that lies exactly on it). It is read one
 row of tiles at a time (64 rows x full width), never whole, and the tiles go to the model in
 batches through :func:`eurosat_pipeline.predict.load_predictor`, which applies the model's own
 resize and normalisation.
@@ -63,7 +64,7 @@ from eurosat_pipeline.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.errors import PipelineError
 from eurosat_pipeline.files import atomic_path
 
-TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m
+TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
 SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
@@ -128,6 +129,7 @@ class LandUseMap:
     tile_area_m2: float | None
     notes: list[str] = field(default_factory=list)
     class_names: tuple[str, ...] = ()  # the model's classes, index order
+    tile: int = TILE  # pixels per tile side: the model's patch size
     seconds: float = 0.0
     engine: str = ""
     preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
@@ -192,6 +194,7 @@ def make_map(
         with watch("loading the model"):
             predictor = load_predictor(checkpoint, onnx_file, device, precision, engine)
         data = predictor.data
+        check_scene_size(src, tile_of(data))
         chosen = choose_bands(src, bands, data)
         if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
@@ -247,12 +250,20 @@ def open_scene(path: Path) -> Iterator[object]:
         except RasterioIOError as err:
             raise MapError(f"{path}: not a raster GDAL can read ({err})") from err
     with src:
-        if src.width < TILE or src.height < TILE:
-            raise MapError(
-                f"{path}: {src.width} x {src.height} pixels is smaller than one {TILE} x {TILE} tile "
-                "(EuroSAT's patch size); nothing to classify"
-            )
         yield src
+
+
+def check_scene_size(src: object, tile: int) -> None:
+    if src.width < tile or src.height < tile:
+        raise MapError(
+            f"{src.name}: {src.width} x {src.height} pixels is smaller than one {tile} x {tile} tile "
+            "(the model's patch size); nothing to classify"
+        )
+
+
+def tile_of(data: DataSpec) -> int:
+    """The model's patch size: tiles the size of its training images (64 px for EuroSAT)."""
+    return data.patch_size or TILE
 
 
 def check_band_numbers(src: object, bands: tuple[int, ...] | None) -> None:
@@ -339,7 +350,7 @@ def make_scaler(
         return lambda x: np.clip(x, 0, 255).astype(np.uint8)
     if scale == "s2":
         return lambda x: _to_uint8(x, offset, 254 / S2_DN_MAX, 1)
-    low, high = _percentiles(src, bands, nodata)
+    low, high = _percentiles(src, bands, nodata, tile_of(data) if data else TILE)
     return lambda x: _to_uint8(x, low, 255 / np.maximum(high - low, 1e-6), 0)
 
 
@@ -375,15 +386,17 @@ def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int
     return scaled.astype(np.uint8)
 
 
-def _percentiles(src: object, bands: tuple[int, ...], nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _percentiles(
+    src: object, bands: tuple[int, ...], nodata: float | None, tile: int = TILE
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-band 2nd and 98th percentiles of valid pixels in up to SAMPLE_WINDOWS tiles over the scene."""
     from rasterio.windows import Window
 
-    rows, cols = src.height // TILE, src.width // TILE
+    rows, cols = src.height // tile, src.width // tile
     picks = np.linspace(0, rows * cols - 1, num=min(SAMPLE_WINDOWS, rows * cols)).astype(int)
     values = []
     for pick in picks:
-        window = Window((pick % cols) * TILE, (pick // cols) * TILE, TILE, TILE)
+        window = Window((pick % cols) * tile, (pick // cols) * tile, tile, tile)
         data, valid = _read(src, bands, window, nodata)
         values.append(data[:, valid])
     pixels = np.concatenate(values, axis=1).astype(np.float32)
@@ -421,30 +434,32 @@ def classify_scene(
     from affine import Affine
 
     data = data or DataSpec.eurosat_rgb()
-    rows, cols = -(-src.height // TILE), -(-src.width // TILE)
+    tile = tile_of(data)
+    rows, cols = -(-src.height // tile), -(-src.width // tile)
     result = LandUseMap(
         np.full((rows, cols), NODATA, dtype=np.uint8),
         np.full((rows, cols), NODATA, dtype=np.uint8),
         src.crs,
-        src.transform @ Affine.scale(TILE),  # tile (0, 0) starts at the scene's origin
-        *_tile_area(src),
+        src.transform @ Affine.scale(tile),  # tile (0, 0) starts at the scene's origin
+        *_tile_area(src, tile, data.classes == DataSpec.eurosat_rgb().classes),
         class_names=tuple(data.classes),
+        tile=tile,
     )
     watch = result.watch
-    batches = TileBatches(classify, batch_size, result, len(bands), np.dtype(data.dtype))
+    batches = TileBatches(classify, batch_size, result, len(bands), np.dtype(data.dtype), tile)
     preview_scaler = scaler if data.is_rgb8 else _preview_scaler(data)
-    preview = Decimator(src, preview_scaler, preview_longest) if preview_longest else None
-    full_cols = src.width // TILE
-    width = full_cols * TILE
-    for first_row, values, valid in _tile_row_bands(src, bands, nodata, watch):
+    preview = Decimator(src, preview_scaler, preview_longest, tile) if preview_longest else None
+    full_cols = src.width // tile
+    width = full_cols * tile
+    for first_row, values, valid in _tile_row_bands(src, bands, nodata, watch, tile):
         if preview is not None:
             with watch("preview"):
-                preview.add(first_row * TILE, values)
-        for offset in range(values.shape[1] // TILE):  # one tile row at a time: small temporaries
+                preview.add(first_row * tile, values)
+        for offset in range(values.shape[1] // tile):  # one tile row at a time: small temporaries
             with watch("tiling and scaling"):
-                lines = slice(offset * TILE, (offset + 1) * TILE)
-                tiles = values[:, lines, :width].reshape(len(bands), TILE, full_cols, TILE).transpose(2, 0, 1, 3)
-                complete = valid[lines, :width].reshape(TILE, full_cols, TILE).all(axis=(0, 2))
+                lines = slice(offset * tile, (offset + 1) * tile)
+                tiles = values[:, lines, :width].reshape(len(bands), tile, full_cols, tile).transpose(2, 0, 1, 3)
+                complete = valid[lines, :width].reshape(tile, full_cols, tile).all(axis=(0, 2))
                 picked = np.flatnonzero(complete)
                 scaled = scaler(tiles[picked]) if picked.size else None
             if scaled is not None:
@@ -467,9 +482,10 @@ class TileBatches:
         result: LandUseMap,
         bands: int = 3,
         dtype: np.dtype = UINT8,
+        tile: int = TILE,
     ) -> None:
         self.classify, self.size, self.result = classify, size, result
-        self.buffer = np.empty((size, bands, TILE, TILE), dtype=dtype)
+        self.buffer = np.empty((size, bands, tile, tile), dtype=dtype)
         self.where = np.empty((size, 2), dtype=np.int64)
         self.filled = 0
 
@@ -498,26 +514,26 @@ class TileBatches:
 
 
 def _tile_row_bands(
-    src: object, bands: tuple[int, ...], nodata: float | None, watch: Stopwatch
+    src: object, bands: tuple[int, ...], nodata: float | None, watch: Stopwatch, tile: int = TILE
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
     tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is
     decoded twice."""
     from rasterio.windows import Window
 
-    full_rows = src.height // TILE
-    per_read = _tile_rows_per_read(src, bands)
+    full_rows = src.height // tile
+    per_read = _tile_rows_per_read(src, bands, tile)
     for first in range(0, full_rows, per_read):
         count = min(per_read, full_rows - first)
         with watch("reading"):
-            data, valid = _read(src, bands, Window(0, first * TILE, src.width, count * TILE), nodata)
+            data, valid = _read(src, bands, Window(0, first * tile, src.width, count * tile), nodata)
         yield first, data, valid
 
 
-def _tile_rows_per_read(src: object, bands: tuple[int, ...]) -> int:
+def _tile_rows_per_read(src: object, bands: tuple[int, ...], tile: int = TILE) -> int:
     block_height = src.block_shapes[bands[0] - 1][0]
-    fits = max(1, READ_BYTES // (TILE * src.width * len(bands) * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
-    aligned = block_height // TILE if block_height % TILE == 0 else 1
+    fits = max(1, READ_BYTES // (tile * src.width * len(bands) * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
+    aligned = block_height // tile if block_height % tile == 0 else 1
     return max(1, min(aligned, fits))
 
 
@@ -525,8 +541,8 @@ class Decimator:
     """The scene as 8-bit RGB at most ``longest`` pixels on a side (nearest neighbour), gathered
     from the bands of rows already read, so the preview costs no second pass over the scene."""
 
-    def __init__(self, src: object, scaler: Scaler, longest: int) -> None:
-        self.src, self.scaler = src, scaler
+    def __init__(self, src: object, scaler: Scaler, longest: int, tile: int = TILE) -> None:
+        self.src, self.scaler, self.tile = src, scaler, tile
         self.factor = max(1, -(-max(src.width, src.height) // longest))
         self.rows: list[np.ndarray] = []
         self.next_line = 0  # the next scene line the picture takes
@@ -543,7 +559,7 @@ class Decimator:
         """The lines below the last whole tile row, read on their own (less than one tile row)."""
         from rasterio.windows import Window
 
-        start = (self.src.height // TILE) * TILE
+        start = (self.src.height // self.tile) * self.tile
         if start < self.src.height:
             window = Window(0, start, self.src.width, self.src.height - start)
             self.add(start, self.src.read(list(bands), window=window))
@@ -566,7 +582,7 @@ def _preview_scaler(data: DataSpec) -> Scaler:
     return scaler
 
 
-def _tile_area(src: object) -> tuple[float | None, list[str]]:
+def _tile_area(src: object, tile: int = TILE, eurosat: bool = True) -> tuple[float | None, list[str]]:
     """A tile's area in m² (None without a projected CRS) and notes for the user."""
     crs = src.crs
     if crs is None:
@@ -580,12 +596,12 @@ def _tile_area(src: object) -> tuple[float | None, list[str]]:
     pixel_m2 = abs(src.transform.determinant) * metres**2
     notes = []
     pixel_m = pixel_m2**0.5
-    if not 0.8 * EUROSAT_PIXEL_M <= pixel_m <= 1.25 * EUROSAT_PIXEL_M:
+    if eurosat and not 0.8 * EUROSAT_PIXEL_M <= pixel_m <= 1.25 * EUROSAT_PIXEL_M:
         notes.append(
-            f"pixels are {pixel_m:.3g} m; EuroSAT's are 10 m, so a tile covers {pixel_m * TILE:.0f} m "
+            f"pixels are {pixel_m:.3g} m; EuroSAT's are 10 m, so a tile covers {pixel_m * tile:.0f} m "
             "instead of 640 m and the model may do worse"
         )
-    return pixel_m2 * TILE * TILE, notes
+    return pixel_m2 * tile * tile, notes
 
 
 def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
@@ -661,7 +677,8 @@ def write_preview(
     axes = np.atleast_1d(axes)
     extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
     if scene is not None:
-        axes[0].imshow(scene, extent=(0, scene_size[0] / TILE, scene_size[1] / TILE, 0), interpolation="nearest")
+        tile = result.tile
+        axes[0].imshow(scene, extent=(0, scene_size[0] / tile, scene_size[1] / tile, 0), interpolation="nearest")
         axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
     axes[-1].imshow(
         np.ma.masked_equal(result.classes, NODATA),
@@ -676,7 +693,7 @@ def write_preview(
         ax.set_ylim(rows, 0)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[-1].set_title(f"{result.classified} tiles of {TILE} px classified, {result.skipped} nodata", fontsize=9)
+    axes[-1].set_title(f"{result.classified} tiles of {result.tile} px classified, {result.skipped} nodata", fontsize=9)
     figure.suptitle(title)
     labels = [
         f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")

@@ -179,7 +179,9 @@ class TorchPredictor(Predictor):
     def classify(self, images: np.ndarray) -> np.ndarray:
         import torch  # not at the top: the ONNX Runtime path never imports it
 
-        batch = torch.from_numpy(images)
+        from eurosat_pipeline.imagefile import as_torch_integers
+
+        batch = as_torch_integers(images)
         # The uint8 tiles travel to the device, and are resized and normalised there: at 224 px a
         # batch of 256 is 3 MB as uint8 against 150 MB as float32.
         if self.device.type == "cuda":

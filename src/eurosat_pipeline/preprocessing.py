@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from eurosat_pipeline.errors import DatasetError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -60,8 +62,15 @@ class Preprocessing:
     def for_model(cls, backbone: nn.Module, image_size: int, data: DataSpec, pretrained: bool) -> Preprocessing:
         """The backbone's statistics for 8-bit RGB into a pretrained backbone, else the data's own."""
         own = cls.for_backbone(backbone, image_size)
-        if (pretrained and data.is_rgb8) or data.mean is None or data.std is None:
+        if pretrained and data.is_rgb8:
             return own
+        if data.mean is None or data.std is None:
+            if data.is_rgb8:
+                return own  # 8-bit RGB split from before band statistics were written
+            raise DatasetError(
+                f"no band statistics for the model's {data.in_chans} {data.dtype} band(s): the split stage "
+                "writes them (data/band_stats.json); run `dvc repro split`."
+            )
         # A band with one value everywhere has std 0: dividing by 1 leaves it centred, not infinite.
         std = tuple(s if s > 0 else 1.0 for s in data.std)
         return cls(image_size, tuple(data.mean), std, own.interpolation, value_scale=1.0)

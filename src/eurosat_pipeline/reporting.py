@@ -127,6 +127,13 @@ def lr_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
     return figure
 
 
+def _input_text(summary: dict[str, Any]) -> str:
+    """The model's bands, value type and class count (summaries from before: EuroSAT RGB)."""
+    model_input = summary.get("model_input") or {"band_names": ["red", "green", "blue"], "dtype": "uint8"}
+    bands = model_input.get("band_names") or [f"band {b}" for b in model_input.get("bands", [])]
+    return f"{', '.join(bands)} ({model_input['dtype']}); {len(_classes_of(summary))} classes"
+
+
 def _classes_of(summary: dict[str, Any]) -> list[str]:
     """The model's classes (summaries from before they were stored: the data's, else EuroSAT's)."""
     from eurosat_pipeline.classes import CLASSES
@@ -201,6 +208,7 @@ def _run_rows(summary: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[st
     return [
         ("data source", source),
         ("images", f"{data['num_images']:,}"),
+        ("model input", _input_text(summary)),
         ("test accuracy", f"{test['acc']:.2%} on {test['images']:,} images"),
         ("test macro F1", f"{test['macro_f1']:.4f}"),
         ("best / final val accuracy", f"{summary['best_val_acc']:.2%} / {summary['final_val_acc']:.2%}"),
