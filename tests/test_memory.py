@@ -100,6 +100,7 @@ def test_training_memory_does_not_grow_with_the_decoded_dataset(tmp_path: Path) 
     baseline = peak_anonymous_memory(tmp_path / "small")
     peak = peak_anonymous_memory(tmp_path / "large")
     grown = peak - baseline
+    print(f"RssAnon peak: {baseline / 2**20:.0f} MiB (small), {peak / 2**20:.0f} MiB ({large / 2**20:.0f} MiB decoded)")
     assert grown < limit, (
         f"RssAnon peak {peak / 2**20:.0f} MiB on {large / 2**20:.0f} MiB of decoded images, "
         f"{grown / 2**20:.0f} MiB above the small dataset's {baseline / 2**20:.0f} MiB"
