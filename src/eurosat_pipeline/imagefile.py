@@ -53,7 +53,7 @@ def decode(data: bytes, header: Header) -> np.ndarray:
         from torchvision.io import decode_jpeg
 
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)).numpy()
-    with _opened(data) as src:
+    with _OpenRaster(data) as src:
         return src.read()
 
 
@@ -84,7 +84,7 @@ def _jpeg_header(data: bytes) -> Header:
 
 
 def _raster_header(data: bytes) -> Header:
-    with _opened(data) as src:
+    with _OpenRaster(data) as src:
         dtypes = set(src.dtypes)
         if len(dtypes) > 1:
             raise ImageProblem(f"mixes band types ({', '.join(sorted(dtypes))}) within the file")
@@ -113,7 +113,7 @@ def _band_names(src: object, interpretation: list[str]) -> tuple[str, ...] | Non
     return None
 
 
-class _opened:
+class _OpenRaster:
     """rasterio's dataset over in-memory bytes, with GDAL's failures as :class:`ImageProblem`."""
 
     def __init__(self, data: bytes) -> None:
