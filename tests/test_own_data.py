@@ -58,6 +58,15 @@ def test_uint16_geotiff_bands_keep_their_descriptions_and_values(tmp_path: Path)
     assert array.dtype == np.uint16 and array.max() > 255, "16-bit values must not be cut to 8 bits"
 
 
+def test_rgb_plus_near_infrared_in_8_bits_keeps_the_colour_names(tmp_path: Path) -> None:
+    """GDAL tags a 4-band 8-bit TIFF's bands red, green, blue, alpha: the fourth is a band like any other."""
+    source = make_class_folders(tmp_path / "src", {"a": texture(4), "b": texture(4)}, 3, tiff_bytes, ".tif")
+    info = prepare(source, tmp_path / "data")
+    assert info["band_names"] == ["red", "green", "blue", "band 4"]
+    spec = data_spec(info, None, [])
+    assert spec.rgb_roles == (0, 1, 2, None) and not spec.is_rgb8
+
+
 def test_eurosat_multispectral_layout_is_recognised(tmp_path: Path) -> None:
     classes = {"Forest": texture(13, "uint16", size=16, high=4000), "River": texture(13, "uint16", size=16)}
     source = make_class_folders(tmp_path / "src", classes, 3, tiff_bytes, ".tif")

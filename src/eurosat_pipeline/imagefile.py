@@ -108,8 +108,13 @@ def _band_names(src: object, interpretation: list[str]) -> tuple[str, ...] | Non
     if descriptions and all(descriptions):
         return descriptions
     colours = tuple(_COLOUR_NAMES.get(name) for name in interpretation)
-    if colours in (("red", "green", "blue"), ("gray",)):
+    if colours == ("gray",):
         return colours
+    if {"red", "green", "blue"} <= set(colours) and len(colours) == len(set(colours)):
+        # RGB plus other bands (near-infrared in a 4-band 8-bit file, often tagged alpha or undefined):
+        # red, green and blue keep their names, and so their pretrained stem filters.
+        rgb = ("red", "green", "blue")
+        return tuple(c if c in rgb else f"band {i}" for i, c in enumerate(colours, start=1))
     return None
 
 
