@@ -26,6 +26,9 @@ def main() -> None:
         f"{info['num_images']} images of {len(info['classes'])} classes from {info['source']}{note} "
         f"({bands}, {info['dtype']}) -> {args.archive}, {args.images}"
     )
+    skipped = info.get("skipped_files")
+    if skipped:
+        print(f"skipped {skipped['count']} file(s) that are not images, e.g. {', '.join(skipped['examples'][:3])}")
 
 
 if __name__ == "__main__":

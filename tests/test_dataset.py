@@ -88,7 +88,7 @@ def test_all_bad_images_are_reported_at_once(tmp_path: Path, eurosat_folder: Pat
     root = eurosat_folder / "2750"
     (root / "Forest" / "Forest_1.jpg").write_bytes(jpeg_bytes(1)[:300])
     (root / "Forest" / "Forest_2.jpg").write_bytes(jpeg_bytes(2, fmt="PNG"))  # a PNG by another name: fine
-    (root / "Highway" / "notes.txt").write_text("not an image")
+    (root / "Highway" / "notes.jpg").write_text("not an image")
     (root / "River" / "River_1.jpg").write_bytes(jpeg_bytes(3, size=(128, 64)))  # resized to 64 x 64
     (root / "Pasture" / "Pasture_1.jpg").write_bytes(jpeg_bytes(4, mode="L"))
     (root / "Pasture" / "Pasture_2.jpg").write_bytes(jpeg_bytes(5, mode="CMYK"))
@@ -97,7 +97,7 @@ def test_all_bad_images_are_reported_at_once(tmp_path: Path, eurosat_folder: Pat
     message = str(err.value)
     assert "4 problem(s)" in message
     assert "2750/Forest/Forest_1.jpg: cannot be decoded" in message
-    assert "2750/Highway/notes.txt: cannot be decoded" in message
+    assert "2750/Highway/notes.jpg: cannot be decoded" in message
     assert "2750/Pasture/Pasture_2.jpg: is a CMYK JPEG" in message
     assert (
         "band counts differ between images (3: 27 image(s); 1: 1 image(s) (e.g. 2750/Pasture/Pasture_1.jpg))" in message

@@ -77,6 +77,21 @@ def test_eurosat_multispectral_layout_is_recognised(tmp_path: Path) -> None:
     assert spec.bands == (4, 3, 2) and spec.rgb_roles == (0, 1, 2) and not spec.is_rgb8
 
 
+def test_files_that_are_not_images_are_skipped_and_listed(tmp_path: Path) -> None:
+    """A README beside the class folders, world files beside GeoTIFFs: skipped, and dataset.json says so."""
+    source = make_class_folders(tmp_path / "src", {"x": texture(3), "y": texture(3)}, 3, tiff_bytes, ".tif")
+    (source / "README.md").write_text("my dataset")
+    (source / "x" / "x_0.tfw").write_text("10\n0\n0\n-10\n0\n0\n")
+    (source / "x" / "x_extra.png").write_bytes(png_bytes(np.zeros((3, 32, 32), np.uint8)))
+    (source / "stray.tif").write_bytes(tiff_bytes(np.zeros((3, 32, 32), np.uint8)))
+    with pytest.raises(DatasetError, match=r"stray\.tif: not inside a class folder"):
+        prepare(source, tmp_path / "data")
+    (source / "stray.tif").unlink()
+    info = prepare(source, tmp_path / "data")
+    assert info["num_images"] == 7
+    assert info["skipped_files"] == {"count": 2, "examples": ["README.md", "x/x_0.tfw"]}
+
+
 def test_images_of_other_sizes_are_resized_to_the_most_common(tmp_path: Path) -> None:
     source = make_class_folders(tmp_path / "src", {"x": texture(3), "y": texture(3)}, 3, png_bytes, ".png")
     rng = np.random.default_rng(1)

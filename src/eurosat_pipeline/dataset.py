@@ -57,15 +57,16 @@ def prepare_dataset(
     images = Path(images) if images else images_path_for(archive)
     _remove_stale_temporaries(archive, info_path, images)
     with source_for(source, synthetic_images_per_class).open(archive.parent) as listing:
-        found, layout_problems = class_samples(listing)
-        samples = sorted(found, key=lambda s: (s.class_name, s.file_name))
+        folders = class_samples(listing)
+        samples = sorted(folders.samples, key=lambda s: (s.class_name, s.file_name))
         with atomic_path(archive) as archive_tmp:
             headers, problems = _copy_and_inspect(samples, archive_tmp)
-            problems = layout_problems + problems
-            layout = describe_layout(samples, headers, listing.where, problems)
+            layout = describe_layout(samples, headers, listing.where, folders.problems + problems)
             with atomic_path(images) as images_tmp:
                 resized = decode_archive(archive_tmp, headers, layout, images_tmp)
                 description = _description(listing.description, samples, headers, layout, resized, images)
+                if folders.skipped:
+                    description["skipped_files"] = folders.skipped_record()
                 write_json(info_path, description)
     return description
 

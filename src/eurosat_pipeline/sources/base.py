@@ -21,6 +21,10 @@ MAX_LISTED_PROBLEMS = 20
 # GDAL, Finder and Windows write these beside images; they are never images themselves.
 SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk")
 SIDECAR_NAMES = {"Thumbs.db", "desktop.ini"}
+# What the pipeline reads as images. Other files (a README, world files, label lists) are skipped,
+# and dataset.json says which.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+EXAMPLES_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -82,10 +86,25 @@ def ignored(parts: tuple[str, ...]) -> bool:
     )
 
 
-def class_samples(listing: Listing) -> tuple[list[Sample], list[str]]:
+@dataclass
+class ClassFolders:
+    """What a source holds, sorted out: the images of every class, the layout's problems, and the
+    files that are not images (skipped, counted in dataset.json)."""
+
+    samples: list[Sample]
+    problems: list[str]
+    skipped: list[str]
+
+    def skipped_record(self) -> dict[str, Any]:
+        return {"count": len(self.skipped), "examples": self.skipped[:EXAMPLES_KEPT]} if self.skipped else {}
+
+
+def class_samples(listing: Listing) -> ClassFolders:
     """The images of every class folder, and every layout problem: the folder that holds the class
-    folders is found at any depth (the one most files sit two levels below)."""
-    files = [f for f in listing.files if not ignored(f.parts)]
+    folders is found at any depth (the one most images sit two levels below)."""
+    kept = [f for f in listing.files if not ignored(f.parts)]
+    files = [f for f in kept if f.parts[-1].lower().endswith(IMAGE_SUFFIXES)]
+    skipped = [f.label for f in kept if not f.parts[-1].lower().endswith(IMAGE_SUFFIXES)]
     depths = collections.Counter(f.parts[:-2] for f in files if len(f.parts) >= 2)
     root = depths.most_common(1)[0][0] if depths else ()
     depth = len(root)
@@ -102,7 +121,7 @@ def class_samples(listing: Listing) -> tuple[list[Sample], list[str]]:
         name = file.parts[depth]
         counts[name] = counts.get(name, 0) + 1
         samples.append(Sample(name, file.parts[-1], file.read, file.label))
-    return samples, problems + class_problems(counts)
+    return ClassFolders(samples, problems + class_problems(counts), skipped)
 
 
 def class_problems(counts: dict[str, int]) -> list[str]:
