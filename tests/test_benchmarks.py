@@ -64,3 +64,18 @@ def test_phase2_profile_smoke_run_compares_the_pipeline_step_with_the_bare_one(t
     assert all(rate > 0 for rate in report["images_per_s"].values())
     assert report["cpu"] and "self_cpu_time_total" not in result.stderr
     assert "| bare step (forward, backward, AdamW) |" in result.stdout and "Self CPU" in report["profile"]
+
+
+def test_gather_benchmark_compares_the_memory_map_with_ram(tmp_path: Path) -> None:
+    import numpy as np
+
+    for dtype in ("uint8", "uint16"):
+        np.save(tmp_path / f"{dtype}.npy", np.zeros((100, 3, 8, 8), dtype=dtype))
+    arrays = [str(tmp_path / "uint8.npy"), str(tmp_path / "uint16.npy")]
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "gather.py"), *arrays], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4 and all("images/s" in line for line in lines)
+    assert "uint16  memory map" in lines[2]
