@@ -32,7 +32,7 @@ class SyntheticSource:
     @contextlib.contextmanager
     def open(self, work_dir: Path) -> Iterator[Listing]:
         files = [
-            SourceFile((name, file_name), functools.partial(lambda data: data, data))
+            SourceFile((name, file_name), functools.partial(bytes, data))
             for name, file_name, data in synthetic_images(self.images_per_class)
         ]
         description = {"source": "synthetic", "synthetic": True, "warning": SYNTHETIC_WARNING}
