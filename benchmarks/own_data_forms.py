@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eurosat_pipeline.mapping import S2_DN_MAX
+
 FORMS = ("jpeg", "renamed", "png", "geotiff")
-S2_DN_MAX = 2750
 RENAMED = {"AnnualCrop": "crops", "Forest": "woodland", "Highway": "roads", "Residential": "houses", "SeaLake": "water"}
 
 

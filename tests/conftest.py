@@ -15,6 +15,7 @@ from eurosat_pipeline.classes import CLASSES
 from eurosat_pipeline.config import Config
 from eurosat_pipeline.dataset import prepare_dataset
 from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.training import TrainPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_EUROSAT = REPO_ROOT.parent / "shared" / "eurosat" / "EuroSAT.zip"
@@ -84,6 +85,15 @@ def tiny_config(**changes: object) -> Config:
         accelerator="cpu",
     )
     return base.replace(**changes) if changes else base
+
+
+def evaluated_accuracy(paths: TrainPaths, reports: Path) -> float:
+    """The evaluate stage's test accuracy for the run that wrote ``paths`` (its files go to ``reports``)."""
+    from eurosat_pipeline.evaluation import EvalPaths, evaluate
+
+    outputs = (reports / "metrics.json", reports / "per_class.csv", reports / "predictions.csv")
+    evaluation = EvalPaths(paths.best, paths.archive, paths.split, paths.dataset_info, *outputs)
+    return evaluate(evaluation)["test"]["acc"]
 
 
 @pytest.fixture

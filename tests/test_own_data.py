@@ -20,7 +20,7 @@ from eurosat_pipeline.model import build_model
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.stem import adapted_weight, stem_conv_name
 
-from .conftest import tiny_config
+from .conftest import evaluated_accuracy, tiny_config
 from .own_data import make_class_folders, png_bytes, texture, tiff_bytes, with_extra_band
 
 
@@ -220,7 +220,6 @@ def test_pretrained_model_for_four_bands_adapts_the_real_stem() -> None:
 
 
 def _train_and_test(tmp_path: Path, source: Path, bands: list) -> float:
-    from eurosat_pipeline.evaluation import EvalPaths, evaluate
     from eurosat_pipeline.training import TrainPaths, train
 
     data, reports = tmp_path / "data", tmp_path / f"reports-{len(bands)}"
@@ -233,16 +232,7 @@ def _train_and_test(tmp_path: Path, source: Path, bands: list) -> float:
         bands=bands, phase1_epochs=0, phase2_epochs=8, phase2_lr=1e-2, backbone_lr_scale=1.0, batch_size=16
     )
     train(config, paths)
-    evaluation = EvalPaths(
-        paths.best,
-        paths.archive,
-        paths.split,
-        paths.dataset_info,
-        reports / "m.json",
-        reports / "pc.csv",
-        reports / "p.csv",
-    )
-    return evaluate(evaluation)["test"]["acc"]
+    return evaluated_accuracy(paths, reports)
 
 
 def test_an_extra_band_is_really_used(tmp_path: Path) -> None:
@@ -253,6 +243,7 @@ def test_an_extra_band_is_really_used(tmp_path: Path) -> None:
     source = make_class_folders(tmp_path / "src", classes, 60, lambda p: tiff_bytes(p, names), ".tif")
     rgb_only = _train_and_test(tmp_path, source, ["B04", "B03", "B02"])
     with_nir = _train_and_test(tmp_path, source, [])
+    print(f"test accuracy: red, green, blue {rgb_only:.2%}; with B08 {with_nir:.2%}")
     assert with_nir >= 0.95, with_nir
     assert rgb_only <= 0.75, rgb_only
 

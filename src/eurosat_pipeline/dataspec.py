@@ -54,6 +54,21 @@ class DataSpec:
         """8-bit red, green, blue in that order: images an ImageNet backbone was trained on."""
         return self.dtype == "uint8" and self.rgb_roles == RGB_ROLES
 
+    def positions_in(self, names: Sequence[str | None] | None, count: int) -> list[int] | None:
+        """0-based positions of the model's bands in a file of ``count`` bands named ``names``: by
+        name where the file names all of them (any order), else by position (the training data's
+        layout, or exactly the model's bands in its order); None when neither fits."""
+        if names and self.band_names:
+            folded = [(n or "").strip().casefold() for n in names]
+            wanted = [n.casefold() for n in self.band_names]
+            if all(n in folded for n in wanted):
+                return [folded.index(n) for n in wanted]
+        if count == self.data_bands:
+            return [b - 1 for b in self.bands]
+        if count == self.in_chans:
+            return list(range(count))
+        return None
+
     def shown_bands(self) -> list[str]:
         return band_labels(self.band_names, self.in_chans) if self.band_names else [f"band {b}" for b in self.bands]
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("uint8", "uint16")
-_COLOUR_NAMES = {"red": "red", "green": "green", "blue": "blue", "gray": "gray"}
+_COLOUR_NAMES = {"red", "green", "blue", "gray"}
 
 
 class ImageProblem(ValueError):
@@ -107,7 +107,7 @@ def _band_names(src: object, interpretation: list[str]) -> tuple[str, ...] | Non
     descriptions = tuple(d.strip() if d else "" for d in src.descriptions)
     if descriptions and all(descriptions):
         return descriptions
-    colours = tuple(_COLOUR_NAMES.get(name) for name in interpretation)
+    colours = tuple(name if name in _COLOUR_NAMES else None for name in interpretation)
     if colours == ("gray",):
         return colours
     if {"red", "green", "blue"} <= set(colours) and len(colours) == len(set(colours)):

@@ -255,11 +255,12 @@ class EuroSATDataModule(L.LightningDataModule):
         on the host and copied through pinned memory (the loader pins each batch)."""
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            if images.nbytes <= GPU_SHARE * free:
-                self.placement[name] = f"uploaded to {device} ({images.nbytes / 2**20:,.0f} MiB)"
+            size = images.nbytes
+            if size <= GPU_SHARE * free:
+                self.placement[name] = f"uploaded to {device} ({size / 2**20:,.0f} MiB)"
                 return images.to(device)
             self.placement[name] = (
-                f"gathered on the host through pinned memory ({images.nbytes / 2**20:,.0f} MiB > "
+                f"gathered on the host through pinned memory ({size / 2**20:,.0f} MiB > "
                 f"{GPU_SHARE:.0%} of {free / 2**20:,.0f} MiB free on {device})"
             )
         else:

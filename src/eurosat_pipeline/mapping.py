@@ -292,15 +292,11 @@ def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec | No
             f"{src.name}: has {count} band(s); the model needs {needed}: {shown} "
             f"(of the training data's {data.data_bands})"
         )
-    by_name = _bands_by_name(src, data)
-    if by_name is not None:
-        return by_name
-    if data.rgb_roles == RGB_ROLES and (count == 3 or (count == 4 and _fourth_is_alpha(src))):
+    found = data.positions_in(src.descriptions, count)
+    if found is not None:
+        return tuple(i + 1 for i in found)
+    if data.rgb_roles == RGB_ROLES and count == 4 and _fourth_is_alpha(src):
         return (1, 2, 3)
-    if count == data.data_bands:
-        return tuple(data.bands)
-    if count == needed and data.rgb_roles != RGB_ROLES:
-        return tuple(range(1, needed + 1))
     example = " (e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)" if needed == 3 else ""
     raise MapError(
         f"{src.name}: has {count} bands without names the model knows; say which are the model's {shown} "
@@ -312,17 +308,6 @@ def _fourth_is_alpha(src: object) -> bool:
     from rasterio.enums import ColorInterp
 
     return src.colorinterp[3] == ColorInterp.alpha
-
-
-def _bands_by_name(src: object, data: DataSpec) -> tuple[int, ...] | None:
-    """The model's bands found among the scene's band descriptions, when all of them are there."""
-    if not data.band_names:
-        return None
-    described = [(d or "").strip().casefold() for d in src.descriptions]
-    wanted = [name.casefold() for name in data.band_names]
-    if not all(name in described for name in wanted):
-        return None
-    return tuple(described.index(name) + 1 for name in wanted)
 
 
 def resolve_scale(src: object, bands: tuple[int, ...], scale: str) -> str:

@@ -85,17 +85,11 @@ def read_image(path: Path, data: DataSpec) -> np.ndarray:
 
 
 def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: str) -> list[int]:
-    """0-based positions of the model's bands in a file of ``count`` bands: by name where both the
-    file and the model name their bands, else by position (the training data's layout, or exactly
-    the model's bands in its order)."""
-    if names and data.band_names:
-        folded = [n.casefold() for n in names]
-        if all(n.casefold() in folded for n in data.band_names):
-            return [folded.index(n.casefold()) for n in data.band_names]
-    if count == data.data_bands:
-        return [b - 1 for b in data.bands]
-    if count == data.in_chans:
-        return list(range(count))
+    """0-based positions of the model's bands in a file (:meth:`DataSpec.positions_in`), or an error
+    that names what the model takes."""
+    found = data.positions_in(names, count)
+    if found is not None:
+        return found
     raise PipelineError(
         f"{where}: has {count} band(s){' (' + ', '.join(names) + ')' if names else ''}; the model takes "
         f"{data.in_chans} ({', '.join(data.shown_bands())}) of the training data's {data.data_bands}: give it "

@@ -89,9 +89,10 @@ def split_archive(
 ) -> list[SplitRow]:
     """Split the archive's images, then write the split and the training split's band statistics."""
     paths = archive_members(archive)
-    labels = [path.split("/", 1)[0] for path in paths]
+    ordered = sorted(paths)
+    labels = [path.split("/", 1)[0] for path in ordered]
     check_class_sizes(labels, val_fraction, test_fraction)
-    rows = make_split(sorted(paths), [p.split("/", 1)[0] for p in sorted(paths)], val_fraction, test_fraction, seed)
+    rows = make_split(ordered, labels, val_fraction, test_fraction, seed)
     array = open_images(images or images_path_for(archive), len(paths))
     info = Path(info) if info else Path(archive).with_name("dataset.json")
     names = read_json(info).get("band_names") if info.is_file() else None
