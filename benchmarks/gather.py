@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eurosat_pipeline.dataset import open_images
-from eurosat_pipeline.imagefile import as_torch_integers
+from eurosat_pipeline.data.dataset import open_images
+from eurosat_pipeline.data.imagefile import as_torch_integers
 
 BATCH, BATCHES, WARMUP = 64, 400, 20
 

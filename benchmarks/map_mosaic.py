@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from eurosat_pipeline.dataset import CLASSES, IMAGE_SIZE, read_archive
-from eurosat_pipeline.files import atomic_path
-from eurosat_pipeline.split import read_split
+from eurosat_pipeline.core.files import atomic_path
+from eurosat_pipeline.data.dataset import CLASSES, IMAGE_SIZE, read_archive
+from eurosat_pipeline.data.split import read_split
 
 CRS = "EPSG:32633"
 ORIGIN = (500_000.0, 5_300_000.0)  # west, north: inside UTM 33N, in central Europe
@@ -87,7 +87,7 @@ def write_mosaic(path: Path, images: list[np.ndarray], cols: int) -> tuple[int, 
 
 def synthetic_regions(rows: int, cols: int, seed: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
     """Synthetic tiles in ten regions (nearest of ten random centres), row by row, with their labels."""
-    from eurosat_pipeline.sources.synthetic import synthetic_images
+    from eurosat_pipeline.data.sources.synthetic import synthetic_images
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform((0, 0), (rows, cols), size=(len(CLASSES), 2))

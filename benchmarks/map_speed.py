@@ -58,13 +58,13 @@ def tile_pool(data: str, count: int = 2000) -> tuple[list[np.ndarray], str]:
     from PIL import Image
 
     if data != "synthetic" and Path(data).is_file():
-        from eurosat_pipeline.dataset import read_archive
+        from eurosat_pipeline.data.dataset import read_archive
 
         blobs = list(read_archive(data).values())
         picks = np.random.default_rng(0).choice(len(blobs), size=min(count, len(blobs)), replace=False)
         tiles = [np.asarray(Image.open(io.BytesIO(blobs[i])).convert("RGB")) for i in picks]
         return tiles, f"real EuroSAT images from {data}"
-    from eurosat_pipeline.sources.synthetic import synthetic_images
+    from eurosat_pipeline.data.sources.synthetic import synthetic_images
 
     tiles = [np.asarray(Image.open(io.BytesIO(blob)).convert("RGB")) for _, _, blob in synthetic_images(count // 10)]
     return tiles, "SYNTHETIC tiles"
@@ -199,10 +199,10 @@ def main() -> int:
 
 
 def _tiny_checkpoint(root: Path) -> Path:
-    from eurosat_pipeline.config import Config
-    from eurosat_pipeline.dataset import prepare_dataset
-    from eurosat_pipeline.split import split_archive
-    from eurosat_pipeline.training import TrainPaths, train
+    from eurosat_pipeline.core.config import Config
+    from eurosat_pipeline.data.dataset import prepare_dataset
+    from eurosat_pipeline.data.split import split_archive
+    from eurosat_pipeline.training.train import TrainPaths, train
 
     config = Config(
         data_source="synthetic",

@@ -5,7 +5,7 @@
     python benchmarks/phase2_profile.py --smoke                 # synthetic data, a few steps (tests)
 
 The CPU recipe's phase 2 (``eurosat demo --data``: Lite0, 64 px, batch 64, stem + 2 stages frozen)
-on ``--images`` real training images, one epoch through :func:`eurosat_pipeline.training.train`
+on ``--images`` real training images, one epoch through :func:`eurosat_pipeline.training.train.train`
 (Lightning, the on-device batch transform, logging, checkpoints, validation), with per-step wall
 times taken by a callback: the step itself (forward, backward, AdamW, logging) and the time between
 steps (gathering the next batch and its augmentation). Then the bare step (the same model, real
@@ -29,13 +29,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.config import config_from_mapping
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.demo import REAL_DATA_OVERRIDES
-from eurosat_pipeline.hardware import cpu_kind
-from eurosat_pipeline.split import read_split, split_archive, write_split
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.cli.demo import REAL_DATA_OVERRIDES
+from eurosat_pipeline.core.config import config_from_mapping
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.split import read_split, split_archive, write_split
+from eurosat_pipeline.platform.accelerators import cpu_kind
+from eurosat_pipeline.training.callbacks import read_history
+from eurosat_pipeline.training.train import TrainPaths, train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -36,15 +36,21 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from eurosat_pipeline.augment import BatchTransform
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.hardware import choose_precision, resolve_accelerator
-from eurosat_pipeline.loading import EuroSATDataModule, load_splits, read_splits
-from eurosat_pipeline.module import LandUseClassifier
-from eurosat_pipeline.per_sample import PerSampleImages
-from eurosat_pipeline.preprocessing import Preprocessing
-from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.loading import load_splits
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.augment import BatchTransform
+from eurosat_pipeline.platform.accelerators import choose_precision, resolve_accelerator
+from eurosat_pipeline.training.datamodule import EuroSATDataModule
+from eurosat_pipeline.training.module import LandUseClassifier
+from per_sample import (  # benchmarks/, the script's own folder
+    PerSampleClassifier,
+    PerSampleDataModule,
+    PerSampleImages,
+    imagenet_preprocessing,
+    read_splits,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "eurosat" / "EuroSAT.zip"
@@ -134,7 +140,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
     rows = []
     for workers in sorted({0, os.cpu_count() or 1}):
         loader = DataLoader(
-            PerSampleImages(train, config, Preprocessing.legacy(config.image_size), train=True),
+            PerSampleImages(train, config, imagenet_preprocessing(config.image_size), train=True),
             batch_size=BATCH,
             shuffle=True,
             num_workers=workers,
@@ -189,7 +195,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
 def transform_rate(resident: torch.Tensor, image_size: int, batches: int) -> float:
     """images/s of finished training batches made from ``resident`` uint8 images on their device."""
     device = resident.device.type
-    transform = BatchTransform(Preprocessing.legacy(image_size)).to(resident.device)
+    transform = BatchTransform(imagenet_preprocessing(image_size)).to(resident.device)
 
     def run() -> None:
         order = torch.randperm(len(resident), device=resident.device)
@@ -241,14 +247,10 @@ def train_suite(data: Path, steps: int, cuda: bool, base: Config) -> list[dict[s
     for pipeline in ("per_sample", "device"):
         for phase in (1, 2):
             workers = 0 if pipeline == "device" else (os.cpu_count() or 1)
-            config = base.replace(
-                phase1_epochs=1 if phase == 1 else 0,
-                phase2_epochs=1,
-                batch_size=batch,
-                input_pipeline=pipeline,
-                num_workers=workers,
+            config = base.replace(phase1_epochs=1 if phase == 1 else 0, phase2_epochs=1, batch_size=batch)
+            rate = _train_rate(
+                config, data, steps + 2, warmup=2, per_sample_workers=workers if pipeline == "per_sample" else None
             )
-            rate = _train_rate(config, data, steps + 2, warmup=2)
             rows.append(
                 {
                     "suite": "train",
@@ -262,10 +264,13 @@ def train_suite(data: Path, steps: int, cuda: bool, base: Config) -> list[dict[s
     return rows
 
 
-def _train_rate(config: Config, data: Path, batches: int, warmup: int) -> float:
+def _train_rate(config: Config, data: Path, batches: int, warmup: int, per_sample_workers: int | None = None) -> float:
+    """Steady-state training images/s: the pipeline's own module and data module, or with
+    ``per_sample_workers`` the original per-sample loader feeding the same module."""
     L.seed_everything(0, verbose=False)
     timer = StepTimer(warmup)
-    module = LandUseClassifier(config.to_dict(), load_pretrained=False)
+    per_sample = per_sample_workers is not None
+    module = (PerSampleClassifier if per_sample else LandUseClassifier)(config.to_dict(), load_pretrained=False)
     module.model.to(memory_format=torch.channels_last)
     trainer = L.Trainer(
         max_epochs=1,
@@ -283,7 +288,12 @@ def _train_rate(config: Config, data: Path, batches: int, warmup: int) -> float:
         accelerator=_accelerator(),
         devices=1,
     )
-    datamodule = EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config, module.model.preprocessing)
+    archive, split = data / "eurosat.zip", data / "split.csv"
+    datamodule = (
+        PerSampleDataModule(archive, split, config, module.model.preprocessing, per_sample_workers)
+        if per_sample
+        else EuroSATDataModule(archive, split, config, module.model.data, data / "images.npy")
+    )
     trainer.fit(module, datamodule=datamodule)
     return timer.rate
 
@@ -299,23 +309,13 @@ def _precision() -> str:
 
 # ----- recipe suite (GPU) -------------------------------------------------------------------------
 def recipe_suite(data: Path, root: Path, base: Config) -> list[dict[str, Any]]:
-    from eurosat_pipeline.training import TrainPaths, train
+    from eurosat_pipeline.training.train import TrainPaths, train
 
     auto = _precision()  # bf16-mixed on Ampere and newer, 16-mixed on 7.x
     variants = [
         (f"ours, {auto}, channels_last", {}, None),
         ("ours, fp32, channels_last", {"precision": "32-true"}, None),
         (f"ours, {auto}, no channels_last", {"channels_last": False}, None),
-        (
-            f"original per-sample loader, num_workers=0, {auto}",
-            {"input_pipeline": "per_sample", "num_workers": 0},
-            1,
-        ),
-        (
-            f"original per-sample loader, num_workers={os.cpu_count()}, {auto}",
-            {"input_pipeline": "per_sample", "num_workers": os.cpu_count() or 1},
-            1,
-        ),
     ]
     rows = []
     for name, changes, epochs in variants:

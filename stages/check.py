@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from eurosat_pipeline.config import load_config
-from eurosat_pipeline.stage import run_stage
-from eurosat_pipeline.weights import check_pretrained_weights
+from eurosat_pipeline.core.config import load_config
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.model.weights import check_pretrained_weights
 
 
 def main() -> None:

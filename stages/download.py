@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from eurosat_pipeline.config import load_config
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.core.config import load_config
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.data.dataset import prepare_dataset
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eurosat_pipeline.export import export_onnx
-from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.use.export import export_onnx
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eurosat_pipeline.reporting import ReportPaths, build_report
-from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.reporting.report import ReportPaths, build_report
 
 
 def main() -> None:

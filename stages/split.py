@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import collections
 
-from eurosat_pipeline.config import load_config
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.core.config import load_config
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.data.split import split_archive
 
 
 def main() -> None:

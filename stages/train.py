@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eurosat_pipeline.config import load_config
-from eurosat_pipeline.stage import run_stage
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.core.config import load_config
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.training.train import TrainPaths, train
 
 
 def main() -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.training.train import TrainPaths
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_EUROSAT = REPO_ROOT.parent / "shared" / "eurosat" / "EuroSAT.zip"
@@ -89,7 +89,7 @@ def tiny_config(**changes: object) -> Config:
 
 def evaluated_accuracy(paths: TrainPaths, reports: Path) -> float:
     """The evaluate stage's test accuracy for the run that wrote ``paths`` (its files go to ``reports``)."""
-    from eurosat_pipeline.evaluation import EvalPaths, evaluate
+    from eurosat_pipeline.reporting.evaluation import EvalPaths, evaluate
 
     outputs = (reports / "metrics.json", reports / "per_class.csv", reports / "predictions.csv")
     evaluation = EvalPaths(paths.best, paths.archive, paths.split, paths.dataset_info, *outputs)

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from eurosat_pipeline.inference import backbone_features, feature_format
-from eurosat_pipeline.loading import EuroSATDataModule
-from eurosat_pipeline.module import LandUseClassifier
-from eurosat_pipeline.stage import run_stage
+from eurosat_pipeline.core.stage import run_stage
+from eurosat_pipeline.model.inference import backbone_features, feature_format
+from eurosat_pipeline.training.datamodule import EuroSATDataModule
+from eurosat_pipeline.training.module import LandUseClassifier
 
 TRAIN_STAGE = Path(__file__).resolve().parents[1] / "stages" / "train.py"
 POISON_RANK = int(os.environ["POISON_RANK"])

@@ -64,6 +64,9 @@ class PipelineRepo:
         env = dict(os.environ)
         # `python` in dvc.yaml must be this interpreter, with the package installed.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        # Stages write __pycache__ beside the code they import, as on a user's machine where this is
+        # unset: .dvcignore must keep it out of the hashed source folders.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.update(DVC_NO_ANALYTICS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
         return env
 

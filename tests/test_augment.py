@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from benchmarks.per_sample import imagenet_preprocessing, original_transform
 
-from eurosat_pipeline.augment import (
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.model.augment import (
     BRIGHTNESS,
     CONTRAST,
     HUE,
@@ -16,9 +18,7 @@ from eurosat_pipeline.augment import (
     eval_transform,
     random_flips,
 )
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.per_sample import original_transform
-from eurosat_pipeline.preprocessing import Preprocessing
+from eurosat_pipeline.model.preprocessing import Preprocessing
 
 torch.manual_seed(0)
 # Mid-range pixels and mild factors: no step leaves [0, 1], so torchvision's per-step clamps are no-ops.
@@ -91,7 +91,7 @@ def test_flips_are_independent_per_image() -> None:
 
 @pytest.mark.parametrize(
     "preprocessing",
-    [Preprocessing.legacy(224), Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")],
+    [imagenet_preprocessing(224), Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")],
     ids=["imagenet-bilinear", "lite0-bicubic"],
 )
 def test_eval_transform_is_the_validation_preprocessing(preprocessing: Preprocessing) -> None:
@@ -110,7 +110,7 @@ def test_eval_transform_is_the_validation_preprocessing(preprocessing: Preproces
 def test_normalisation_follows_the_preprocessing() -> None:
     images = torch.full((1, 3, 64, 64), 255, dtype=torch.uint8)
     lite0 = eval_transform(Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)))(images, train=False)
-    imagenet = eval_transform(Preprocessing.legacy(64))(images, train=False)
+    imagenet = eval_transform(imagenet_preprocessing(64))(images, train=False)
     assert torch.allclose(lite0, torch.ones_like(lite0))  # (1 - 0.5) / 0.5
     assert torch.allclose(
         imagenet[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, 2.64]), atol=1e-3
@@ -119,6 +119,6 @@ def test_normalisation_follows_the_preprocessing() -> None:
 
 def test_train_transform_keeps_shape_and_normalised_range() -> None:
     images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
-    out = BatchTransform(Preprocessing.legacy(96))(images, train=True)
+    out = BatchTransform(imagenet_preprocessing(96))(images, train=True)
     assert out.shape == (8, 3, 96, 96) and out.dtype == torch.float32
     assert out.min() > -2.2 and out.max() < 2.7

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline.cli import main as cli
-from eurosat_pipeline.compare import whole_epoch_ticks
-from eurosat_pipeline.dvc_cli import CHECKOUT_LOGGER, quiet_fresh_clone_notice
-from eurosat_pipeline.reporting import accuracy_figure, loss_figure
-from eurosat_pipeline.stage import QUIET_LINES, quiet_third_party
+from eurosat_pipeline.cli.dvc import CHECKOUT_LOGGER, quiet_fresh_clone_notice
+from eurosat_pipeline.cli.main import main as cli
+from eurosat_pipeline.core.stage import QUIET_LINES, quiet_third_party
+from eurosat_pipeline.reporting.compare import whole_epoch_ticks
+from eurosat_pipeline.reporting.report import accuracy_figure, loss_figure
 
 HISTORY = [{"epoch": e, "val_acc": 0.1 * e, "train_loss": 2.0 / e, "val_loss": 2.1 / e} for e in (1, 2, 3)]
 
@@ -72,7 +72,7 @@ def _shown(message: str, category: type[Warning], module: str) -> bool:
 
 def test_known_noise_is_hidden_by_message_and_module_and_real_warnings_still_show() -> None:
     assert not _shown(LEAFSPEC, FutureWarning, "lightning.pytorch.utilities._pytree")
-    assert _shown(LEAFSPEC, FutureWarning, "eurosat_pipeline.module")  # same words, our code: shown
+    assert _shown(LEAFSPEC, FutureWarning, "eurosat_pipeline.training.module")  # same words, our code: shown
     assert _shown("something else is deprecated", FutureWarning, "lightning.pytorch.utilities._pytree")
     assert _shown("a real problem", UserWarning, "lightning.pytorch.trainer.trainer")
     both = "You have overridden `on_after_batch_transfer` in both `LightningModule` and `LightningDataModule`."
@@ -117,7 +117,7 @@ def test_dvc_no_hash_notice_is_dropped_only_without_a_dvc_lock(
 def test_the_report_shows_a_local_data_path_from_the_repository_not_the_machines_folders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from eurosat_pipeline.reporting import shown_source
+    from eurosat_pipeline.reporting.report import shown_source
 
     repo, data = tmp_path / "work" / "repo", tmp_path / "work" / "shared" / "EuroSAT.zip"
     monkeypatch.setenv("DVC_ROOT", str(repo))  # also inside a queued run's temporary copy

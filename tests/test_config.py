@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline.config import Config, config_from_mapping, load_config
-from eurosat_pipeline.errors import ConfigError
+from eurosat_pipeline.core.config import Config, config_from_mapping, load_config
+from eurosat_pipeline.core.errors import ConfigError
 
 from .conftest import REPO_ROOT
 

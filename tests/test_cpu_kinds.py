@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from eurosat_pipeline import hardware
-from eurosat_pipeline.evaluation import _bf16_agreement
-from eurosat_pipeline.inference import feature_format
+from eurosat_pipeline.model.inference import feature_format
+from eurosat_pipeline.platform import accelerators as hardware
+from eurosat_pipeline.reporting.evaluation import _bf16_agreement
 
 # Flags lines trimmed from the three kinds of machine this project has run on.
 CPUS = {

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.dataset import prepare_dataset, read_archive
-from eurosat_pipeline.errors import DatasetError
-from eurosat_pipeline.sources import eurosat as official
-from eurosat_pipeline.sources.eurosat import Download
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.errors import DatasetError
+from eurosat_pipeline.data.dataset import prepare_dataset, read_archive
+from eurosat_pipeline.data.sources import eurosat as official
+from eurosat_pipeline.data.sources.eurosat import Download
 
 from .conftest import jpeg_bytes, make_eurosat_folder
 

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import torch
 
-from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.checkpoints import load_classifier
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.embeddings import read_tsne_csv
-from eurosat_pipeline.hardware import threads_per_process
-from eurosat_pipeline.inference import predict_logits
-from eurosat_pipeline.loading import load_splits
-from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.loading import load_splits
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.checkpoints import load_classifier
+from eurosat_pipeline.model.inference import predict_logits
+from eurosat_pipeline.platform.accelerators import threads_per_process
+from eurosat_pipeline.training.callbacks import read_history
+from eurosat_pipeline.training.embeddings import read_tsne_csv
 
 from .conftest import REPO_ROOT, tiny_config
 

@@ -17,16 +17,23 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from eurosat_pipeline import hardware, nvidia
-from eurosat_pipeline.augment import BatchTransform
-from eurosat_pipeline.config import config_from_mapping
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.errors import ConfigError
-from eurosat_pipeline.hardware import HardwareError, choose_precision, resolve_accelerator, threads_per_process
-from eurosat_pipeline.loading import EuroSATDataModule, index_tensor
-from eurosat_pipeline.module import LandUseClassifier
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, _log_interval, train
+from eurosat_pipeline.core.config import config_from_mapping
+from eurosat_pipeline.core.errors import ConfigError
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.loading import index_tensor
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.augment import BatchTransform
+from eurosat_pipeline.platform import accelerators as hardware
+from eurosat_pipeline.platform import nvidia
+from eurosat_pipeline.platform.accelerators import (
+    HardwareError,
+    choose_precision,
+    resolve_accelerator,
+    threads_per_process,
+)
+from eurosat_pipeline.training.datamodule import EuroSATDataModule
+from eurosat_pipeline.training.module import LandUseClassifier
+from eurosat_pipeline.training.train import TrainPaths, _log_interval, train
 
 from .conftest import tiny_config
 
@@ -92,7 +99,7 @@ def test_the_benchmark_chooses_precision_with_the_same_function(monkeypatch: pyt
 
 
 def test_summary_and_model_card_say_which_precision_and_why(data: Path, tmp_path: Path) -> None:
-    from eurosat_pipeline.model_card import model_card
+    from eurosat_pipeline.reporting.model_card import model_card
 
     summary = train(tiny_config(phase1_epochs=0, phase2_epochs=1), TrainPaths.under(data, tmp_path, tmp_path))
     assert summary["precision"] == "32-true" and summary["precision_reason"].startswith("CPU")
@@ -142,7 +149,7 @@ def _fit(data: Path, plugin: Any | None) -> tuple[list[float], Dtypes]:
     )
     trainer.fit(
         module,
-        datamodule=EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config, module.model.preprocessing),
+        datamodule=EuroSATDataModule(data / "eurosat.zip", data / "split.csv", config, module.model.data),
     )
     return losses, watch
 
@@ -203,7 +210,7 @@ def test_the_benchmark_trains_on_one_device(monkeypatch: pytest.MonkeyPatch, dat
 def test_predict_ships_uint8_and_preprocesses_on_the_device(
     monkeypatch: pytest.MonkeyPatch, data: Path, tmp_path: Path
 ) -> None:
-    from eurosat_pipeline.predict import TorchPredictor
+    from eurosat_pipeline.use.predict import TorchPredictor
 
     paths = TrainPaths.under(data, tmp_path, tmp_path)
     train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)
@@ -232,8 +239,8 @@ def test_predict_ships_uint8_and_preprocesses_on_the_device(
 
 @pytest.mark.parametrize("text", ["gpu", "cuda:7", "tpu"])
 def test_a_device_this_machine_lacks_is_a_clear_error(text: str) -> None:
-    from eurosat_pipeline.errors import PipelineError
-    from eurosat_pipeline.predict import parse_device
+    from eurosat_pipeline.core.errors import PipelineError
+    from eurosat_pipeline.use.predict import parse_device
 
     if text == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
@@ -247,8 +254,8 @@ def test_onnx_on_a_gpu_machine_says_it_runs_on_the_cpu(
 ) -> None:
     import onnxruntime
 
-    from eurosat_pipeline.export import export_onnx
-    from eurosat_pipeline.predict import OnnxPredictor
+    from eurosat_pipeline.use.export import export_onnx
+    from eurosat_pipeline.use.predict import OnnxPredictor
 
     paths = TrainPaths.under(data, tmp_path, tmp_path)
     train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)

@@ -1,5 +1,6 @@
 """Every import arrow inside the package points down: no two modules import each other, even
-through a function-level import or a longer loop (a circle means neither file stands alone)."""
+through a function-level import or a longer loop (a circle means neither file stands alone), and
+each room (subpackage) imports only the rooms below it."""
 
 from __future__ import annotations
 
@@ -90,11 +91,82 @@ def _describe(components: Iterable[list[str]], graph: dict[str, set[str]]) -> st
     )
 
 
+# The rooms and the rooms each may import. core and platform are the floor; training, use and
+# reporting stand on data and model; the command lines sit on top. reporting reads the t-SNE rows
+# and history that training writes.
+ALLOWED = {
+    "core": set(),
+    "platform": {"core"},
+    "data": {"core"},
+    "model": {"core", "platform"},
+    "training": {"core", "platform", "data", "model"},
+    "use": {"core", "platform", "data", "model"},
+    "reporting": {"core", "platform", "data", "model", "training"},
+    "cli": {"core", "platform", "data", "model", "training", "use", "reporting"},
+}
+# Third-party packages a room must not pull in, even indirectly through a room below it.
+FORBIDDEN = {"core": {"torch", "lightning", "timm"}, "data": {"lightning", "timm"}}
+
+
+def room_of(module: str) -> str:
+    """``eurosat_pipeline.data.sources.local`` -> ``data``."""
+    return module.split(".")[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import from one room into a room it may not import."""
+    return sorted(
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if room_of(b) != room_of(a) and room_of(b) not in ALLOWED[room_of(a)]
+    )
+
+
+def third_party_roots(source: str) -> set[str]:
+    """The top-level names of every package ``source`` imports, at any depth of the file."""
+    roots: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_every_room_is_a_subpackage_with_a_docstring() -> None:
+    rooms = {path.parent.name for path in PACKAGE_DIR.glob("*/__init__.py")}
+    assert rooms == set(ALLOWED), f"rooms on disk {sorted(rooms)} differ from the layering table"
+    assert sorted(p.name for p in PACKAGE_DIR.glob("*.py")) == ["__init__.py"], "no module outside a room"
+    for room in rooms:
+        doc = ast.get_docstring(ast.parse((PACKAGE_DIR / room / "__init__.py").read_text()))
+        assert doc and len(doc) > 80, f"{room}/__init__.py: say in a paragraph what the room is for"
+
+
+def test_rooms_import_only_the_rooms_below_them() -> None:
+    graph = package_graph()
+    assert f"{PACKAGE}.data.sources.local" in graph[f"{PACKAGE}.data.sources.eurosat"], "subpackages are seen"
+    upward = upward_imports(graph)
+    assert not upward, f"imports against the layering (see ALLOWED): {'; '.join(upward)}"
+
+
+def test_core_has_no_torch_and_data_no_lightning() -> None:
+    for room, banned in FORBIDDEN.items():
+        for path in sorted((PACKAGE_DIR / room).rglob("*.py")):
+            found = third_party_roots(path.read_text()) & banned
+            assert not found, f"{path.relative_to(REPO_ROOT)} imports {sorted(found)}; {room} must not"
+
+
+def test_the_layering_check_sees_an_upward_import() -> None:
+    graph = {f"{PACKAGE}.core.config": {f"{PACKAGE}.model.classifier"}, f"{PACKAGE}.model.classifier": set()}
+    assert upward_imports(graph) == [f"{PACKAGE}.core.config -> {PACKAGE}.model.classifier"]
+    assert third_party_roots("def f():\n    import lightning.pytorch as L\n") == {"lightning"}
+
+
 def test_the_package_has_no_import_cycle() -> None:
     graph = package_graph()
-    assert len(graph) > 20 and f"{PACKAGE}.classes" in graph  # the parser saw the package
-    assert graph[f"{PACKAGE}.classes"] == set(), "the EuroSAT facts are the lowest layer"
-    assert f"{PACKAGE}.sources.local" in graph[f"{PACKAGE}.sources.eurosat"], "subpackages are seen"
+    assert len(graph) > 40 and f"{PACKAGE}.core.classes" in graph  # the parser saw the package
+    assert graph[f"{PACKAGE}.core.classes"] == set(), "the EuroSAT facts are the lowest layer"
     found = cycles(graph)
     assert not found, f"import cycles: {_describe(found, graph)}"
 

@@ -17,15 +17,15 @@ from affine import Affine
 from PIL import Image
 from rasterio.transform import from_origin
 
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.cli import main as cli
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.errors import PipelineError
-from eurosat_pipeline.export import export_onnx
-from eurosat_pipeline.mapping import NODATA, S2_DN_MAX, TILE, make_map
-from eurosat_pipeline.sources.synthetic import synthetic_images
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.cli.main import main as cli
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.sources.synthetic import synthetic_images
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.training.train import TrainPaths, train
+from eurosat_pipeline.use.export import export_onnx
+from eurosat_pipeline.use.mapping import NODATA, S2_DN_MAX, TILE, make_map
 
 from .conftest import REAL_EUROSAT, REPO_ROOT, tiny_config
 

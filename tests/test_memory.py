@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eurosat_pipeline.split import split_archive
+from eurosat_pipeline.data.split import split_archive
 
 from .conftest import REPO_ROOT
 
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.training.train import TrainPaths, train
 root = Path(sys.argv[1])
 config = tiny_config(phase1_epochs=0, phase2_epochs=1, batch_size=128, image_size=32, num_workers=0)
 train(config, TrainPaths.under(root / "data", root / "models", root / "reports"))
@@ -113,8 +113,9 @@ def test_on_a_gpu_a_split_is_uploaded_when_it_fits_else_gathered_through_pinned_
 ) -> None:
     import torch
 
-    from eurosat_pipeline import loading
-    from eurosat_pipeline.loading import EuroSATDataModule, batch_loader, load_splits
+    from eurosat_pipeline.data.loading import batch_loader, load_splits
+    from eurosat_pipeline.training import datamodule as loading
+    from eurosat_pipeline.training.datamodule import EuroSATDataModule
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from eurosat_pipeline.bands import EUROSAT_MS_BANDS
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import open_images, prepare_dataset
-from eurosat_pipeline.dataspec import DataSpec, data_spec
-from eurosat_pipeline.errors import ConfigError, DatasetError
-from eurosat_pipeline.files import read_json
-from eurosat_pipeline.model import build_model
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.stem import adapted_weight, stem_conv_name
+from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.dataspec import DataSpec, data_spec
+from eurosat_pipeline.core.errors import ConfigError, DatasetError
+from eurosat_pipeline.core.files import read_json
+from eurosat_pipeline.data.dataset import open_images, prepare_dataset
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.classifier import build_model
+from eurosat_pipeline.model.stem import adapted_weight, stem_conv_name
 
 from .conftest import evaluated_accuracy, tiny_config
 from .own_data import make_class_folders, png_bytes, texture, tiff_bytes, with_extra_band
@@ -158,7 +158,7 @@ def test_band_statistics_are_those_of_the_training_split(tmp_path: Path) -> None
     rows = split_archive(data / "eurosat.zip", data / "split.csv", 0.2, 0.2, 42)
     stats = read_json(data / "band_stats.json")
     array = open_images(data / "images.npy")
-    from eurosat_pipeline.dataset import archive_members
+    from eurosat_pipeline.data.dataset import archive_members
 
     order = {path: i for i, path in enumerate(archive_members(data / "eurosat.zip"))}
     train = array[sorted(order[r.path] for r in rows if r.split == "train")].astype(np.float64)
@@ -220,7 +220,7 @@ def test_pretrained_model_for_four_bands_adapts_the_real_stem() -> None:
 
 
 def _train_and_test(tmp_path: Path, source: Path, bands: list) -> float:
-    from eurosat_pipeline.training import TrainPaths, train
+    from eurosat_pipeline.training.train import TrainPaths, train
 
     data, reports = tmp_path / "data", tmp_path / f"reports-{len(bands)}"
     if not (data / "split.csv").exists():
@@ -249,8 +249,8 @@ def test_an_extra_band_is_really_used(tmp_path: Path) -> None:
 
 
 def test_the_checkpoint_and_its_summary_carry_the_classes_and_bands(tmp_path: Path) -> None:
-    from eurosat_pipeline.checkpoints import load_classifier
-    from eurosat_pipeline.training import TrainPaths, train
+    from eurosat_pipeline.model.checkpoints import load_classifier
+    from eurosat_pipeline.training.train import TrainPaths, train
 
     names = ("B02", "B03", "B04", "B08", "B11")
     classes = {"c1": texture(5, "uint16", high=5000), "c2": texture(5, "uint16", high=5000), "c3": texture(5, "uint16")}
@@ -273,8 +273,8 @@ def test_the_checkpoint_and_its_summary_carry_the_classes_and_bands(tmp_path: Pa
 @pytest.fixture(scope="module")
 def nir_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 4-band uint16 model (B04 B03 B02 B08) whose two classes differ only in B08, and its export."""
-    from eurosat_pipeline.export import export_onnx
-    from eurosat_pipeline.training import TrainPaths, train
+    from eurosat_pipeline.training.train import TrainPaths, train
+    from eurosat_pipeline.use.export import export_onnx
 
     root = tmp_path_factory.mktemp("nir-model")
     rgb = texture(3, "uint16", size=32, high=3000)
@@ -299,7 +299,7 @@ def nir_patch(level: int, order: tuple[int, ...] = (0, 1, 2, 3), size: int = 32,
 
 @pytest.mark.parametrize("engine", ["checkpoint", "onnx"])
 def test_predict_classifies_tiff_patches_with_the_models_bands(nir_model: dict, tmp_path: Path, engine: str) -> None:
-    from eurosat_pipeline.predict import predict
+    from eurosat_pipeline.use.predict import predict
 
     # Band descriptions in another order: found by name. Without names: by position.
     shuffled = ("B08", "B02", "B03", "B04")
@@ -318,8 +318,8 @@ def test_predict_classifies_tiff_patches_with_the_models_bands(nir_model: dict, 
 
 
 def test_predict_refuses_patches_without_the_models_bands(nir_model: dict, tmp_path: Path) -> None:
-    from eurosat_pipeline.errors import PipelineError
-    from eurosat_pipeline.predict import predict
+    from eurosat_pipeline.core.errors import PipelineError
+    from eurosat_pipeline.use.predict import predict
 
     (tmp_path / "two.tif").write_bytes(tiff_bytes(nir_patch(1000)[:2]))
     (tmp_path / "eight-bit.png").write_bytes(png_bytes(np.zeros((3, 32, 32), np.uint8)))
@@ -349,7 +349,7 @@ def write_scene(path: Path, pixels: np.ndarray, descriptions: tuple[str, ...] | 
 def test_map_reads_the_models_bands_by_their_descriptions(nir_model: dict, tmp_path: Path) -> None:
     import rasterio
 
-    from eurosat_pipeline.mapping import make_map
+    from eurosat_pipeline.use.mapping import make_map
 
     levels = np.array([[1000, 2500, 2500], [2500, 1000, 1000]])
     order = (3, 0, 2, 1)  # B08, B04, B02, B03
@@ -370,7 +370,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_model: dict, tmp_path: Path) -> None:
-    from eurosat_pipeline.mapping import MapError, make_map
+    from eurosat_pipeline.use.mapping import MapError, make_map
 
     scene = write_scene(tmp_path / "rgb.tif", scene_of(np.array([[1000]]), (0, 1, 2))[:3], None)
     with pytest.raises(MapError, match=r"has 3 band\(s\); the model needs 4: B04, B03, B02, B08"):

@@ -18,7 +18,7 @@ import pytest
 import timm
 import torch
 
-from eurosat_pipeline.files import sha256_of
+from eurosat_pipeline.core.files import sha256_of
 
 from .browser import ALL_PLOTS_DRAWN, DESCRIBE_PLOTS, Browser, is_local, require_chromium
 from .conftest import tiny_config
@@ -104,6 +104,41 @@ def test_second_repro_runs_nothing(repo: PipelineRepo) -> None:
     result = repo.run("dvc", "repro")
     assert "Running stage" not in result.stdout, result.stdout
     assert "Stage 'check' didn't change" in result.stdout and "Stage 'train' didn't change" in result.stdout
+    assert_clean(repo)
+
+
+def test_bytecode_and_editor_files_beside_the_code_change_nothing(repo: PipelineRepo) -> None:
+    """The stages ran with bytecode writing on, so __pycache__ sits in every source folder they
+    import; importing the package again and an editor's droppings must leave every stage current."""
+    src = repo.root / "src" / "eurosat_pipeline"
+    repo.run("python", "-c", "import eurosat_pipeline.use.mapping, eurosat_pipeline.cli.main", env={"PYTHONPATH": "src"})
+    assert (src / "training" / "__pycache__").is_dir() and (src / "use" / "__pycache__").is_dir()
+    droppings = [src / "model" / name for name in (".classifier.py.swp", "classifier.py~", ".#classifier.py", ".DS_Store")]
+    for path in droppings:
+        path.write_text("not code")
+    try:
+        assert_clean(repo)
+    finally:
+        for path in droppings:
+            path.unlink()
+
+
+def test_a_change_to_code_a_stage_imports_makes_that_stage_stale(repo: PipelineRepo) -> None:
+    """data/loading.py is imported by evaluate only through reporting.evaluation, and was missing
+    from its deps before they named rooms. A change in use/ (predict, maps) touches no stage that
+    trains or evaluates."""
+    loading = repo.root / "src" / "eurosat_pipeline" / "data" / "loading.py"
+    mapping = repo.root / "src" / "eurosat_pipeline" / "use" / "mapping.py"
+    originals = {path: path.read_text() for path in (loading, mapping)}
+    try:
+        loading.write_text(originals[loading].replace("def index_tensor(", "def index_tensor(  ", 1))
+        assert {"train", "evaluate", "export", "split", "download", "report"} <= set(repo.dvc_json("status"))
+        loading.write_text(originals[loading])
+        mapping.write_text(originals[mapping] + "\n\ndef _unused() -> None:\n    pass\n")
+        assert set(repo.dvc_json("status")) == {"export"}
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
     assert_clean(repo)
 
 

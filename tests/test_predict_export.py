@@ -14,14 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from eurosat_pipeline import nvidia
-from eurosat_pipeline.checkpoints import load_checkpoint, load_classifier
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.cli import main as cli
-from eurosat_pipeline.dataset import prepare_dataset, read_archive
-from eurosat_pipeline.errors import CheckpointError, PipelineError
-from eurosat_pipeline.export import export_onnx
-from eurosat_pipeline.predict import (
+from eurosat_pipeline.cli.main import main as cli
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.errors import CheckpointError, PipelineError
+from eurosat_pipeline.data.dataset import prepare_dataset, read_archive
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.checkpoints import load_checkpoint, load_classifier
+from eurosat_pipeline.platform import nvidia
+from eurosat_pipeline.training.train import TrainPaths, train
+from eurosat_pipeline.use.export import export_onnx
+from eurosat_pipeline.use.predict import (
     OnnxPredictor,
     TorchPredictor,
     agreement,
@@ -30,8 +32,6 @@ from eurosat_pipeline.predict import (
     render,
     softmax,
 )
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, train
 
 from .conftest import tiny_config
 
@@ -228,7 +228,7 @@ def test_every_engine_agrees_with_fp32_pytorch_on_top1(trained: dict[str, Any], 
 
 
 def test_onnx_normalises_model_sized_tiles_in_numpy_exactly_as_the_torch_transform(beside: dict[str, Path]) -> None:
-    from eurosat_pipeline.augment import eval_transform
+    from eurosat_pipeline.model.augment import eval_transform
 
     predictor = OnnxPredictor(beside["onnx"])
     size = predictor.image_size
@@ -260,7 +260,7 @@ def test_map_with_the_export_never_imports_torch(trained: dict[str, Any], tmp_pa
         dst.write(pixels)
     script = (
         "import sys; from eurosat_pipeline import nvidia; nvidia.gpu_present = lambda: False\n"
-        "from eurosat_pipeline.mapping import make_map\n"
+        "from eurosat_pipeline.use.mapping import make_map\n"
         f"result, _ = make_map({str(scene)!r}, {str(tmp_path / 'map.tif')!r}, {str(paths.best)!r})\n"
         "print(result.engine, result.classified, 'torch' in sys.modules, 'timm' in sys.modules)"
     )

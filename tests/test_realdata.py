@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmarks.per_sample import PerSampleImages, imagenet_preprocessing, read_splits
 
-from eurosat_pipeline.augment import BatchTransform
-from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.loading import load_splits, read_splits
-from eurosat_pipeline.per_sample import PerSampleImages
-from eurosat_pipeline.preprocessing import Preprocessing
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.loading import load_splits
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.model.augment import BatchTransform
+from eurosat_pipeline.training.callbacks import read_history
+from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import REAL_EUROSAT, REPO_ROOT, evaluated_accuracy
 
@@ -75,8 +74,8 @@ def test_real_zip_verifies_with_the_published_class_counts(real: Path) -> None:
 def test_batched_validation_preprocessing_matches_the_per_sample_one(real: Path) -> None:
     encoded = read_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
     decoded = load_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
-    per_sample = PerSampleImages(encoded, Config(), Preprocessing.legacy(224), train=False)
-    ours = BatchTransform(Preprocessing.legacy(224))(decoded.images[:64], train=False)
+    per_sample = PerSampleImages(encoded, Config(), imagenet_preprocessing(224), train=False)
+    ours = BatchTransform(imagenet_preprocessing(224))(decoded.images[:64], train=False)
     reference = torch.stack([per_sample[i][0] for i in range(64)])
     assert (ours - reference).abs().mean() < 0.01
 

@@ -18,12 +18,12 @@ import lightning as L
 import pytest
 import torch
 
-from eurosat_pipeline.callbacks import read_history
-from eurosat_pipeline.dataset import prepare_dataset
-from eurosat_pipeline.errors import TrainingError
-from eurosat_pipeline.slots import exclusive
-from eurosat_pipeline.split import split_archive
-from eurosat_pipeline.training import TrainPaths, scratch_for, train
+from eurosat_pipeline.core.errors import TrainingError
+from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.platform.slots import exclusive
+from eurosat_pipeline.training.callbacks import read_history
+from eurosat_pipeline.training.train import TrainPaths, scratch_for, train
 
 from .conftest import REPO_ROOT, tiny_config
 
@@ -65,9 +65,9 @@ KILL_AFTER_EPOCH = """
 import json, os, sys
 import lightning as L
 from pathlib import Path
-from eurosat_pipeline.config import config_from_mapping
-from eurosat_pipeline.slots import exclusive
-from eurosat_pipeline.training import TrainPaths, scratch_for, train
+from eurosat_pipeline.core.config import config_from_mapping
+from eurosat_pipeline.platform.slots import exclusive
+from eurosat_pipeline.training.train import TrainPaths, scratch_for, train
 
 class Kill(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
@@ -184,8 +184,8 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
 DOWNLOAD = """
 import sys
 from pathlib import Path
-from eurosat_pipeline import dataset
-from eurosat_pipeline.sources import eurosat
+from eurosat_pipeline.data import dataset
+from eurosat_pipeline.data.sources import eurosat
 eurosat.EUROSAT_RGB = eurosat.Download("EuroSAT.zip", sys.argv[1], eurosat.EUROSAT_RGB.md5, "eurosat")
 out = Path(sys.argv[2])
 dataset.prepare_dataset("eurosat", out / "eurosat.zip", out / "dataset.json", 10)
@@ -223,7 +223,7 @@ def test_no_shell_strings_anywhere() -> None:
 
 def test_the_sources_read_the_official_addresses_at_call_time() -> None:
     # The download tests above monkeypatch these; they must stay module-level constants.
-    from eurosat_pipeline.sources import eurosat, source_for
+    from eurosat_pipeline.data.sources import eurosat, source_for
 
     for download in (eurosat.EUROSAT_RGB, eurosat.EUROSAT_MS):
         assert download.url.startswith("https://") and len(download.md5) == 32

@@ -5,8 +5,8 @@ import itertools
 import pytest
 import torch
 
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.training.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
 
 RECIPE = TwoPhaseSchedule.from_config(Config(), steps_per_epoch=100)
 

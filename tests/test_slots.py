@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline import slots
-from eurosat_pipeline.slots import place_run, queue_worker_count, queued_experiment_root
+from eurosat_pipeline.platform import slots
+from eurosat_pipeline.platform.slots import place_run, queue_worker_count, queued_experiment_root
 
 from .conftest import REPO_ROOT
 
@@ -27,7 +27,7 @@ from .conftest import REPO_ROOT
 CLAIMANT = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-from eurosat_pipeline.slots import place_run
+from eurosat_pipeline.platform.slots import place_run
 placement = place_run(sys.argv[2], "cuda", int(sys.argv[1]))
 print("devices", placement.devices, flush=True)
 time.sleep(300)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from eurosat_pipeline.classes import CLASSES
-from eurosat_pipeline.errors import ConfigError, DatasetError
-from eurosat_pipeline.split import make_split, read_split, split_archive
+from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.errors import ConfigError, DatasetError
+from eurosat_pipeline.data.split import make_split, read_split, split_archive
 
 
 def fake_dataset(per_class: dict[str, int]) -> tuple[list[str], list[str]]:

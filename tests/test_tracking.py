@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eurosat_pipeline.classes import CLASS_COLOURS, CLASSES
-from eurosat_pipeline.embeddings import MAX_PER_CLASS, sample_per_class, tsne_figure, tsne_rows
-from eurosat_pipeline.tracking import resolve_wandb_mode
-from eurosat_pipeline.training import TrainPaths, train
+from eurosat_pipeline.core.classes import CLASS_COLOURS, CLASSES
+from eurosat_pipeline.training.embeddings import MAX_PER_CLASS, sample_per_class, tsne_figure, tsne_rows
+from eurosat_pipeline.training.tracking import resolve_wandb_mode
+from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import tiny_config
 from .wandb_log import read_offline_run
@@ -68,8 +68,8 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         patch.setenv("WANDB_DIR", str(root))
         patch.setenv("WANDB_API_KEY", FAKE_KEY)
         patch.chdir(root)
-        from eurosat_pipeline.dataset import prepare_dataset
-        from eurosat_pipeline.split import split_archive
+        from eurosat_pipeline.data.dataset import prepare_dataset
+        from eurosat_pipeline.data.split import split_archive
 
         config = tiny_config(wandb_mode="offline", tsne_interval=2, wandb_project="tests")
         data = root / "data"

@@ -14,16 +14,13 @@ import torch
 from safetensors.torch import save_file
 from sklearn.datasets import load_sample_image
 
-from eurosat_pipeline.augment import eval_transform
-from eurosat_pipeline.checkpoints import PREPROCESSING_KEY, WEIGHTS_KEY, load_checkpoint, load_classifier
-from eurosat_pipeline.config import Config
-from eurosat_pipeline.errors import ConfigError, PipelineError
-from eurosat_pipeline.export import export_onnx
-from eurosat_pipeline.model import build_model
-from eurosat_pipeline.predict import load_predictor, predict
-from eurosat_pipeline.preprocessing import IMAGENET_MEAN, Preprocessing
-from eurosat_pipeline.training import TrainPaths, train
-from eurosat_pipeline.weights import (
+from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.errors import ConfigError, PipelineError
+from eurosat_pipeline.model.augment import eval_transform
+from eurosat_pipeline.model.checkpoints import PREPROCESSING_KEY, WEIGHTS_KEY, load_checkpoint, load_classifier
+from eurosat_pipeline.model.classifier import build_model
+from eurosat_pipeline.model.preprocessing import IMAGENET_MEAN, Preprocessing
+from eurosat_pipeline.model.weights import (
     WeightsFile,
     check_pretrained_weights,
     efficientnet_pytorch_to_timm,
@@ -34,6 +31,9 @@ from eurosat_pipeline.weights import (
     resolve_weights,
     sha256_of,
 )
+from eurosat_pipeline.training.train import TrainPaths, train
+from eurosat_pipeline.use.export import export_onnx
+from eurosat_pipeline.use.predict import load_predictor, predict
 
 from .conftest import tiny_config
 
@@ -214,8 +214,8 @@ def test_the_check_warns_about_a_file_dvc_cannot_see(
 # ----- a fine-tuned pretrained model end to end: checkpoint, predict, ONNX --------------------------------
 @pytest.fixture(scope="module")
 def fine_tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from eurosat_pipeline.dataset import prepare_dataset, read_archive
-    from eurosat_pipeline.split import split_archive
+    from eurosat_pipeline.data.dataset import prepare_dataset, read_archive
+    from eurosat_pipeline.data.split import split_archive
 
     root = tmp_path_factory.mktemp("lite0")
     # 15 head epochs on cached features (seconds): most predictions confident, so comparisons of
@@ -299,7 +299,7 @@ def test_bf16_inference_agrees_with_fp32_on_every_confident_prediction(fine_tune
 
 def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> None:
     """The same weights fed ImageNet statistics instead of Lite0's give other probabilities."""
-    from eurosat_pipeline.augment import eval_transform
+    from eurosat_pipeline.model.augment import eval_transform
 
     predictor = load_predictor(fine_tuned["paths"].best, engine="pytorch", device="cpu")
     assert predictor.preprocessing == load_classifier(fine_tuned["paths"].best)[0].preprocessing

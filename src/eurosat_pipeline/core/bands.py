@@ -1,0 +1,62 @@
+"""Band names and the ``bands`` param: which of the data's bands the model sees, and which of them
+are red, green and blue (those keep their pretrained stem filters, :mod:`eurosat_pipeline.model.stem`).
+
+Names come from the data: a GeoTIFF's band descriptions, the colour interpretation of JPEG and
+PNG files (red, green, blue; gray), or EuroSAT's multispectral layout (13 bands without
+descriptions, in the order below). ``bands`` selects by name where the data has names, else by
+1-based index; an empty list selects every band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from eurosat_pipeline.core.errors import ConfigError
+
+# The official EuroSAT multispectral GeoTIFFs: 13 Sentinel-2 L1C bands, B8A last.
+EUROSAT_MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
+RED, GREEN, BLUE = 0, 1, 2
+_ROLES = {
+    "red": RED, "r": RED, "b04": RED, "b4": RED,
+    "green": GREEN, "g": GREEN, "b03": GREEN, "b3": GREEN,
+    "blue": BLUE, "b": BLUE, "b02": BLUE, "b2": BLUE,
+}  # fmt: skip
+
+
+def rgb_role(name: str | None) -> int | None:
+    """0, 1, 2 for a band named as red, green, blue (colour names or Sentinel-2's B04, B03, B02)."""
+    return None if name is None else _ROLES.get(name.strip().casefold())
+
+
+def band_labels(names: Sequence[str] | None, count: int) -> list[str]:
+    """How bands are shown: their names, or ``band 1`` .. ``band N``."""
+    return list(names) if names else [f"band {i}" for i in range(1, count + 1)]
+
+
+def resolve_bands(selection: Sequence[str | int], names: Sequence[str] | None, count: int) -> list[int]:
+    """0-based indices of the selected bands, in the order given; every entry must exist once."""
+    if not selection:
+        return list(range(count))
+    indices = [_index_of(entry, names, count) for entry in selection]
+    repeated = sorted({band_labels(names, count)[i] for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"key 'bands': {', '.join(repeated)} selected more than once.")
+    return indices
+
+
+def _index_of(entry: str | int, names: Sequence[str] | None, count: int) -> int:
+    if isinstance(entry, int) and not isinstance(entry, bool):
+        if not 1 <= entry <= count:
+            raise ConfigError(f"key 'bands': band {entry} does not exist; the data has bands 1..{count} (1-based).")
+        return entry - 1
+    if names:
+        folded = [n.casefold() for n in names]
+        if str(entry).casefold() in folded:
+            return folded.index(str(entry).casefold())
+        raise ConfigError(
+            f"key 'bands': '{entry}' is not a band of this data; it has {', '.join(names)} (or give 1-based numbers)."
+        )
+    raise ConfigError(
+        f"key 'bands': '{entry}' is a name, but this data's {count} band(s) have no names "
+        f"(no GeoTIFF band descriptions): select them by 1-based number, 1..{count}."
+    )

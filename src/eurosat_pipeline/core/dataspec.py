@@ -1,0 +1,126 @@
+"""What a model was trained on: its classes and its input bands, carried with the model.
+
+Built by the train stage from ``dataset.json``, the split stage's band statistics and the
+``bands`` param; stored in the checkpoint and the ONNX metadata, so that evaluate, predict, map,
+the reports and the model card all read the classes and bands from the model itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from eurosat_pipeline.core.bands import band_labels, resolve_bands, rgb_role
+from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.core.errors import DatasetError
+
+RGB_ROLES = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Classes (label order), the selected bands (1-based numbers in the data, and their names),
+    the value type, the patch size, and the training split's mean and std of each selected band."""
+
+    classes: tuple[str, ...]
+    bands: tuple[int, ...]
+    band_names: tuple[str, ...] | None
+    dtype: str
+    patch_size: int | None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    #: How many bands the training data had (``bands`` are positions among them).
+    data_bands: int = 3
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.bands)
+
+    @property
+    def rgb_roles(self) -> tuple[int | None, ...]:
+        """Per input band: 0, 1, 2 where it is red, green, blue; None for any other band. Three unnamed
+        8-bit bands are taken as red, green, blue (what a 3-band 8-bit image almost always is)."""
+        if self.band_names:
+            return tuple(rgb_role(n) for n in self.band_names)
+        return RGB_ROLES if self.in_chans == 3 and self.dtype == "uint8" else (None,) * self.in_chans
+
+    @property
+    def is_rgb8(self) -> bool:
+        """8-bit red, green, blue in that order: images an ImageNet backbone was trained on."""
+        return self.dtype == "uint8" and self.rgb_roles == RGB_ROLES
+
+    def positions_in(self, names: Sequence[str | None] | None, count: int) -> list[int] | None:
+        """0-based positions of the model's bands in a file of ``count`` bands named ``names``: by
+        name where the file names all of them (any order), else by position (the training data's
+        layout, or exactly the model's bands in its order); None when neither fits."""
+        if names and self.band_names:
+            folded = [(n or "").strip().casefold() for n in names]
+            wanted = [n.casefold() for n in self.band_names]
+            if all(n in folded for n in wanted):
+                return [folded.index(n) for n in wanted]
+        if count == self.data_bands:
+            return [b - 1 for b in self.bands]
+        if count == self.in_chans:
+            return list(range(count))
+        return None
+
+    def shown_bands(self) -> list[str]:
+        return band_labels(self.band_names, self.in_chans) if self.band_names else [f"band {b}" for b in self.bands]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
+        def tuple_or_none(key: str, kind: type) -> tuple | None:
+            value = data.get(key)
+            return None if value is None else tuple(kind(v) for v in value)
+
+        return cls(
+            classes=tuple(str(c) for c in data["classes"]),
+            bands=tuple(int(b) for b in data["bands"]),
+            band_names=tuple_or_none("band_names", str),
+            dtype=str(data["dtype"]),
+            patch_size=None if data.get("patch_size") is None else int(data["patch_size"]),
+            mean=tuple_or_none("mean", float),
+            std=tuple_or_none("std", float),
+            data_bands=int(data.get("data_bands", max(int(b) for b in data["bands"]))),
+        )
+
+    @classmethod
+    def eurosat_rgb(cls) -> DataSpec:
+        """What every model from before the data was stored with it was trained on."""
+        return cls(CLASSES, (1, 2, 3), ("red", "green", "blue"), "uint8", IMAGE_SIZE)
+
+
+def data_spec(info: Mapping[str, Any], stats: Mapping[str, Any] | None, selection: Sequence[str | int]) -> DataSpec:
+    """The spec of a training run: dataset.json (``info``), the band statistics and ``bands``."""
+    count = int(info.get("bands", 3))
+    names = info.get("band_names", ["red", "green", "blue"] if count == 3 else None)
+    chosen = resolve_bands(selection, names, count)
+    mean = std = None
+    if stats is not None:
+        per_band = stats["bands"]
+        if len(per_band) != count:
+            raise DatasetError(
+                f"the band statistics cover {len(per_band)} band(s) but the data has {count}: they are stale; "
+                "run `dvc repro split`."
+            )
+        mean = tuple(float(per_band[i]["mean"]) for i in chosen)
+        std = tuple(float(per_band[i]["std"]) for i in chosen)
+    return DataSpec(
+        classes=tuple(info.get("classes", CLASSES)),
+        bands=tuple(i + 1 for i in chosen),
+        band_names=tuple(names[i] for i in chosen) if names else None,
+        dtype=str(info.get("dtype", "uint8")),
+        patch_size=info.get("image_size", IMAGE_SIZE),
+        mean=mean,
+        std=std,
+        data_bands=count,
+    )

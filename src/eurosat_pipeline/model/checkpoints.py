@@ -1,0 +1,121 @@
+"""Loading checkpoints safely, rebuilding the model from one, and deciding whether to resume.
+
+Checkpoints are loaded with ``weights_only=True``: a file that carries a pickled payload (code that
+would run on load) is refused, not executed. Nothing but plain data and tensors is ever needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eurosat_pipeline.core.config import Config, config_from_mapping
+from eurosat_pipeline.core.dataspec import DataSpec
+from eurosat_pipeline.core.errors import CheckpointError, ConfigError
+from eurosat_pipeline.model.classifier import Classifier, build_model
+from eurosat_pipeline.model.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+# Keys that change what training computes; the others (tracking, resume itself) do not.
+_NOT_TRAINING = {"wandb_mode", "wandb_project", "wandb_entity", "resume", "tsne_interval"}
+FINGERPRINT_KEY = "pipeline_fingerprint"
+PREPROCESSING_KEY = "preprocessing"
+WEIGHTS_KEY = "pretrained_weights"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint of this pipeline as plain data, refusing anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found. Train first (`dvc repro train`).")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused to load: it contains Python objects outside the allow-list for "
+            f"weights-only loading, which could run code ({_first_line(err)}). Use a checkpoint "
+            "written by this pipeline."
+        ) from err
+    except Exception as err:  # a random file fails inside torch's unpickler in many ways
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {_first_line(err)}).") from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict').")
+    if "config" not in checkpoint.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path}: not a checkpoint of this pipeline (no stored config).")
+    return checkpoint
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
+    """Rebuild the model from the config stored in the checkpoint and load its weights.
+
+    The model's ``preprocessing`` is the one stored with it (checkpoints from before it was stored
+    were all trained with ImageNet statistics and bilinear resizing).
+    """
+    checkpoint = load_checkpoint(path)
+    try:
+        config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
+        data = stored_data(checkpoint)
+        model = build_model(config, data, load_pretrained=False)
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its stored config is not usable: {err}") from err
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: its weights do not fit a {config.model_name} classifier with "
+            f"{data.num_classes} classes and {data.in_chans} bands ({_first_line(err)})."
+        ) from err
+    stored = checkpoint.get(PREPROCESSING_KEY)
+    model.preprocessing = Preprocessing.from_dict(stored) if stored else Preprocessing.legacy(config.image_size)
+    model.pretrained_weights = checkpoint.get(WEIGHTS_KEY)
+    return model.eval(), config
+
+
+def stored_data(checkpoint: dict[str, Any]) -> DataSpec:
+    """The classes and bands a checkpoint was trained on (EuroSAT RGB for checkpoints from before
+    they were stored)."""
+    data = checkpoint["hyper_parameters"].get("data")
+    return DataSpec.from_dict(data) if data else DataSpec.eurosat_rgb()
+
+
+def fingerprint(config: Config, *inputs: Path, code: str = "") -> str:
+    """What a run computes from: its training params, the bytes of its inputs and ``code`` (a
+    digest of the code that trains)."""
+    digest = hashlib.sha256(code.encode())
+    params = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    for path in inputs:
+        with Path(path).open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def resumable(last: Path, run_fingerprint: str, max_epochs: int) -> Path | None:
+    """``last`` if it is an unfinished run of exactly this config and data, else ``None``."""
+    if not last.is_file():
+        return None
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file means: start afresh
+        log.warning("Not resuming: %s is unreadable (%s); training from the start.", last, _first_line(err))
+        return None
+    if not isinstance(checkpoint, dict) or checkpoint.get(FINGERPRINT_KEY) != run_fingerprint:
+        log.warning("Not resuming from %s: params or data changed since it was written.", last)
+        return None
+    if checkpoint.get("epoch", 0) + 1 >= max_epochs:
+        return None
+    log.warning("Resuming from %s (after epoch %d).", last, checkpoint["epoch"] + 1)
+    return last
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,130 @@
+"""Lightning callbacks: checkpoint names with the real accuracy, and the per-epoch history."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from eurosat_pipeline.core.files import write_text
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "phase",
+    "train_loss",
+    "val_loss",
+    "val_acc",
+    "lr_head",
+    "lr_backbone",
+    "train_seconds",
+    "images_per_s",
+)
+
+
+class BestCheckpoints(ModelCheckpoint):
+    """Keeps the ``top_k`` checkpoints by ``val/acc`` as ``best-{epoch:03d}-{val_acc:.3f}.ckpt``.
+
+    The epoch in the name is 1-based, like the history's, and the accuracy is the logged
+    ``val/acc`` (the original formatted an unlogged ``val_acc`` and named every file 0.000).
+    """
+
+    def __init__(self, dirpath: str | Path, top_k: int = 3) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best-{epoch:03d}-{val/acc:.3f}",
+            monitor="val/acc",
+            mode="max",
+            save_top_k=top_k,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+
+    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: object) -> None:
+        """The folder is the run's own scratch (emptied unless the run resumes): files in it are
+        this run's, and Lightning's warning about a non-empty folder would only alarm."""
+        return None
+
+    def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, *args, **kwargs)
+
+
+class EpochRows(Callback):
+    """Per-epoch rows kept in the checkpoint, so a resumed run continues them; on start, rows of
+    epochs that will run again are dropped."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = [r for r in self.rows if r["epoch"] <= trainer.current_epoch]
+
+
+class HistoryWriter(EpochRows):
+    """One CSV row per trained epoch, written when the epoch ends (never for sanity checks or
+    ``validate()``), with that epoch's own train loss."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.resumed_after = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.resumed_after = len(self.rows)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows.append(pl_module.epoch_record())
+        if trainer.is_global_zero:
+            write_history(self.rows, self.path)
+
+
+class EpochLines(Callback):
+    """One line per epoch on standard output, for logs that are not a terminal (DVC, CI), where a
+    progress bar prints nothing readable. It shows the history's newest row, so it must come after
+    the :class:`HistoryWriter` in the callback list."""
+
+    def __init__(self, history: HistoryWriter, max_epochs: int) -> None:
+        self.history = history
+        self.max_epochs = max_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.history.rows:
+            print(epoch_line(self.history.rows[-1], self.max_epochs), flush=True)
+
+
+def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{max_epochs}  phase {row['phase']}  train loss {row['train_loss']:.4f}  "
+        f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.2%}  {row['images_per_s']:,.0f} images/s"
+    )
+
+
+def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [
+            {k: int(v) if k in ("epoch", "phase") else float(v) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]

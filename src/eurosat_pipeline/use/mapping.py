@@ -1,0 +1,707 @@
+"""Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
+
+The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
+native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
+the scene that lies exactly on it). It is read one
+row of tiles at a time (64 rows x full width), never whole, and the tiles go to the model in
+batches through :func:`eurosat_pipeline.use.predict.load_predictor`, which applies the model's own
+resize and normalisation.
+
+**Bands.** The model's bands (stored with it) are found in the scene by name when the scene's
+GeoTIFF band descriptions name them (``B04``, ``B08``, ...); else by position when the scene has
+as many bands as the training data had, or exactly as many as the model takes; else ``bands``
+gives them (1-based, in the model's order, e.g. ``4,3,2`` for an RGB model on Sentinel-2's 13
+bands). An RGB model also takes any 3-band file (or a 4-band 8-bit one whose 4th band is alpha).
+A scene with fewer bands than the model takes is refused, naming the bands the model needs.
+
+**Scaling.** A model trained on 8-bit RGB takes 8-bit values; ``scale`` maps the scene's values
+to them:
+
+- ``none``: used as is (values clipped to 0..255); the ``auto`` default for 8-bit files.
+- ``s2``: the ``auto`` default for anything else. Sentinel-2 digital numbers (reflectance x 10,000)
+  ``0..2750`` map linearly to ``1..255``, clipped. This is how the EuroSAT RGB JPEGs were made from
+  the Level-1C bands B04, B03, B02 (the dataset's maintainers: "clipped the original data from
+  range 0 to 2750 to the range 1 to 255, leaving 0 for nodata", i.e. ``gdal_translate -scale 0 2750
+  1 255``; EuroSAT is not atmospherically corrected). ``offset`` is subtracted first: Sentinel-2
+  products of processing baseline 04.00 and later (from January 2022) add 1000 to every DN.
+- ``minmax``: per band, the 2nd..98th percentile (of valid pixels sampled from up to 64 tile
+  windows spread over the scene) map to 0..255: for rasters of unknown radiometry.
+
+A model trained on other data (16-bit reflectance, other bands) was normalised with its training
+split's own per-band statistics, so the scene's values go in as they are (``offset`` subtracted);
+``scale`` must stay ``auto``. For 16-bit models 0 is nodata unless ``nodata`` says otherwise.
+
+**Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
+as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with ``s2`` scaling
+when ``nodata`` is not given) is not classified; nor are the partial tiles at the
+right and bottom edges. They get the map's nodata value, 255.
+
+**Outputs**, written to temporary names and renamed only when all are complete (the folder is
+checked to be writable before any classification): ``MAP.tif`` (uint8 class indices, nodata 255,
+a colour table with the t-SNE colours, the class names in a ``classes`` tag, the scene's CRS and
+the scene's transform scaled by 64), ``MAP.png`` (the scene beside the map, with a legend of
+classes and areas), ``MAP.csv`` (tiles and hectares per class) and, when asked,
+``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255). Areas need a
+projected CRS: for a geographic CRS (degrees) or none, the hectares are left empty and the result
+says why (a note printed by the command), while the tile counts are still written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eurosat_pipeline.core.classes import IMAGE_SIZE, class_colours_of
+from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
+from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.files import atomic_path
+
+TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
+NODATA = 255
+SCALES = ("auto", "s2", "minmax", "none")
+S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
+PERCENTILES = (2.0, 98.0)
+SAMPLE_WINDOWS = 64
+PREVIEW_LONGEST = 800  # pixels on the preview's longest side
+READ_BYTES = 64 * 2**20  # at most this much of the scene is read at a time
+EUROSAT_PIXEL_M = 10.0
+
+Scaler = Callable[[np.ndarray], np.ndarray]
+UINT8 = np.dtype(np.uint8)
+
+
+class MapError(PipelineError):
+    """The scene, the band choice or the output path cannot be used."""
+
+
+@dataclass(frozen=True)
+class MapOutputs:
+    tif: Path
+    png: Path
+    csv: Path
+    confidence: Path | None
+
+    @classmethod
+    def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
+        out = Path(out)
+        if out.suffix.lower() not in (".tif", ".tiff"):
+            raise MapError(f"{out}: the map is a GeoTIFF; give an output name ending in .tif")
+        if out.is_dir():
+            raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
+        sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
+        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar)
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
+
+
+class Stopwatch:
+    """Seconds spent per phase (reading, scaling, classifying, ...), added up over a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class LandUseMap:
+    """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    crs: object
+    transform: object
+    tile_area_m2: float | None
+    notes: list[str] = field(default_factory=list)
+    class_names: tuple[str, ...] = ()  # the model's classes, index order
+    tile: int = TILE  # pixels per tile side: the model's patch size
+    seconds: float = 0.0
+    engine: str = ""
+    preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
+    watch: Stopwatch = field(default_factory=Stopwatch)
+
+    @property
+    def classified(self) -> int:
+        return int((self.classes != NODATA).sum())
+
+    @property
+    def skipped(self) -> int:
+        return int(self.classes.size - self.classified)
+
+    def areas(self) -> list[dict[str, object]]:
+        """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
+        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(self.class_names))
+        total = max(int(counts.sum()), 1)
+        return [
+            {
+                "class": name,
+                "index": index,
+                "tiles": int(counts[index]),
+                "hectares": "" if self.tile_area_m2 is None else round(counts[index] * self.tile_area_m2 / 10_000, 4),
+                "percent": round(100 * counts[index] / total, 2),
+            }
+            for index, name in enumerate(self.class_names)
+        ]
+
+
+def make_map(
+    scene: str | Path,
+    out: str | Path,
+    checkpoint: str | Path = "models/best.ckpt",
+    onnx_file: str | Path | None = None,
+    bands: tuple[int, ...] | None = None,
+    scale: str = "auto",
+    offset: float = 0.0,
+    nodata: float | None = None,
+    batch_size: int = 256,
+    confidence: bool = False,
+    scene_preview: bool = True,
+    device: str | None = None,
+    precision: str = "fp32",
+    engine: str = "auto",
+) -> tuple[LandUseMap, MapOutputs]:
+    """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from eurosat_pipeline.use.predict import load_predictor
+
+    if batch_size < 1:
+        raise MapError(f"--batch-size must be at least 1, got {batch_size}")
+    outputs = MapOutputs.for_target(out, confidence)
+    scene = Path(scene)
+    if any(p.resolve() == scene.resolve() for p in outputs.all()):
+        raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
+    with open_scene(scene) as src, contextlib.ExitStack() as stack:
+        check_band_numbers(src, bands)
+        temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
+        watch = Stopwatch()
+        with watch("loading the model"):
+            predictor = load_predictor(checkpoint, onnx_file, device, precision, engine)
+        data = predictor.data
+        check_scene_size(src, tile_of(data))
+        chosen = choose_bands(src, bands, data)
+        if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
+            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
+        scaler = make_scaler(src, chosen, scale, offset, nodata, data)
+        started = time.perf_counter()
+        try:
+            result = classify_scene(
+                src,
+                chosen,
+                scaler,
+                predictor.classify,
+                nodata,
+                batch_size,
+                PREVIEW_LONGEST if scene_preview else None,
+                data,
+            )
+        except RasterioError as err:  # a corrupt block or a vanished file, found half-way
+            raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
+        result.seconds = time.perf_counter() - started
+        result.engine = predictor.describe()
+        result.watch.seconds = {**watch.seconds, **result.watch.seconds}
+        with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
+            names = result.class_names
+            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
+            if outputs.confidence is not None:
+                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
+            write_csv(temporaries["csv"], result)
+        with result.watch("preview"):
+            write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
+    return result, outputs
+
+
+def _reserve(outputs: MapOutputs, stack: contextlib.ExitStack) -> dict[str, Path]:
+    """Temporary siblings of every output, renamed onto them only if the whole block succeeds."""
+    named = {"tif": outputs.tif, "png": outputs.png, "csv": outputs.csv, "confidence": outputs.confidence}
+    try:
+        return {key: stack.enter_context(atomic_path(path)) for key, path in named.items() if path is not None}
+    except OSError as err:
+        raise MapError(f"{outputs.tif}: cannot write there ({err.strerror or err})") from err
+
+
+@contextlib.contextmanager
+def open_scene(path: Path) -> Iterator[object]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    if not path.is_file():
+        raise MapError(f"{path}: not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except RasterioIOError as err:
+            raise MapError(f"{path}: not a raster GDAL can read ({err})") from err
+    with src:
+        yield src
+
+
+def check_scene_size(src: object, tile: int) -> None:
+    if src.width < tile or src.height < tile:
+        raise MapError(
+            f"{src.name}: {src.width} x {src.height} pixels is smaller than one {tile} x {tile} tile "
+            "(the model's patch size); nothing to classify"
+        )
+
+
+def tile_of(data: DataSpec) -> int:
+    """The model's patch size: tiles the size of its training images (64 px for EuroSAT)."""
+    return data.patch_size or TILE
+
+
+def check_band_numbers(src: object, bands: tuple[int, ...] | None) -> None:
+    """``--bands`` must name bands the scene has (checked before the model is loaded)."""
+    wrong = [b for b in bands or () if not 1 <= b <= src.count]
+    if wrong:
+        raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{src.count}")
+
+
+def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec | None = None) -> tuple[int, ...]:
+    """The 1-based scene bands that feed the model's bands, in its order (see the module's docstring)."""
+    data = data or DataSpec.eurosat_rgb()
+    count, needed = src.count, data.in_chans
+    shown = ", ".join(data.shown_bands())
+    if bands is not None:
+        if len(bands) != needed:
+            raise MapError(
+                f"--bands takes {needed} band number(s), the model's bands in order ({shown}); got {len(bands)}"
+            )
+        wrong = [b for b in bands if not 1 <= b <= count]
+        if wrong:
+            raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{count}")
+        return tuple(bands)
+    if count < needed:
+        raise MapError(
+            f"{src.name}: has {count} band(s); the model needs {needed}: {shown} "
+            f"(of the training data's {data.data_bands})"
+        )
+    found = data.positions_in(src.descriptions, count)
+    if found is not None:
+        return tuple(i + 1 for i in found)
+    if data.rgb_roles == RGB_ROLES and count == 4 and _fourth_is_alpha(src):
+        return (1, 2, 3)
+    example = " (e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)" if needed == 3 else ""
+    raise MapError(
+        f"{src.name}: has {count} bands without names the model knows; say which are the model's {shown} "
+        f"with --bands{example}"
+    )
+
+
+def _fourth_is_alpha(src: object) -> bool:
+    from rasterio.enums import ColorInterp
+
+    return src.colorinterp[3] == ColorInterp.alpha
+
+
+def resolve_scale(src: object, bands: tuple[int, ...], scale: str) -> str:
+    """``auto`` made concrete: ``none`` for 8-bit bands, ``s2`` for anything else."""
+    if scale not in SCALES:
+        raise MapError(f"unknown --scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if scale == "auto":
+        return "none" if all(src.dtypes[b - 1] == "uint8" for b in bands) else "s2"
+    return scale
+
+
+def make_scaler(
+    src: object,
+    bands: tuple[int, ...],
+    scale: str,
+    offset: float = 0.0,
+    nodata: float | None = None,
+    data: DataSpec | None = None,
+) -> Scaler:
+    """A function from the file's values (``bands x h x w``) to what the model takes, as documented above."""
+    if data is not None and not data.is_rgb8:
+        return _raw_scaler(scale, offset, data)
+    scale = resolve_scale(src, bands, scale)
+    if scale == "none":
+        return lambda x: np.clip(x, 0, 255).astype(np.uint8)
+    if scale == "s2":
+        return lambda x: _to_uint8(x, offset, 254 / S2_DN_MAX, 1)
+    low, high = _percentiles(src, bands, nodata, tile_of(data) if data else TILE)
+    return lambda x: _to_uint8(x, low, 255 / np.maximum(high - low, 1e-6), 0)
+
+
+def _raw_scaler(scale: str, offset: float, data: DataSpec) -> Scaler:
+    """Values as they are (``offset`` subtracted), in the model's type: it normalises them itself."""
+    if scale not in ("auto", "none"):
+        raise MapError(
+            f"--scale {scale}: this model was trained on {data.dtype} values normalised with its training "
+            "split's own band statistics, so the scene's values go in as they are; leave --scale out "
+            "(use --offset 1000 for Sentinel-2 products of processing baseline 04.00 or later)"
+        )
+    limit = np.iinfo(np.dtype(data.dtype)).max
+
+    def scaler(values: np.ndarray) -> np.ndarray:
+        shifted = values.astype(np.float32) - np.float32(offset) if offset else values
+        return np.clip(shifted, 0, limit).astype(data.dtype)
+
+    return scaler
+
+
+Number = float | np.ndarray
+
+
+def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int) -> np.ndarray:
+    """``round(floor + (values - subtract) * multiply)`` clipped to ``floor..255``, in one float32
+    buffer (a scene's band of rows is tens of MB; no temporaries beyond it)."""
+    scaled = values.astype(np.float32)
+    scaled -= np.asarray(subtract, dtype=np.float32)
+    scaled *= np.asarray(multiply, dtype=np.float32)
+    scaled += floor
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, floor, 255, out=scaled)
+    return scaled.astype(np.uint8)
+
+
+def _percentiles(
+    src: object, bands: tuple[int, ...], nodata: float | None, tile: int = TILE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd and 98th percentiles of valid pixels in up to SAMPLE_WINDOWS tiles over the scene."""
+    from rasterio.windows import Window
+
+    rows, cols = src.height // tile, src.width // tile
+    picks = np.linspace(0, rows * cols - 1, num=min(SAMPLE_WINDOWS, rows * cols)).astype(int)
+    values = []
+    for pick in picks:
+        window = Window((pick % cols) * tile, (pick // cols) * tile, tile, tile)
+        data, valid = _read(src, bands, window, nodata)
+        values.append(data[:, valid])
+    pixels = np.concatenate(values, axis=1).astype(np.float32)
+    if pixels.shape[1] == 0:
+        raise MapError(f"{src.name}: no valid pixels found for --scale minmax (is all of it nodata?)")
+    low, high = np.percentile(pixels, PERCENTILES, axis=1)
+    return low[:, None, None], high[:, None, None]
+
+
+def _read(src: object, bands: tuple[int, ...], window: object, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The bands' values in ``window`` and where all of them are valid (mask, nodata, alpha, ``nodata``)."""
+    data = src.read(list(bands), window=window)
+    valid = (src.read_masks(list(bands), window=window) > 0).all(axis=0)
+    if nodata is not None:
+        valid &= ~(data == nodata).any(axis=0)
+    return data, valid
+
+
+def classify_scene(
+    src: object,
+    bands: tuple[int, ...],
+    scaler: Scaler,
+    classify: Callable[[np.ndarray], np.ndarray],
+    nodata: float | None = None,
+    batch_size: int = 256,
+    preview_longest: int | None = PREVIEW_LONGEST,
+    data: DataSpec | None = None,
+) -> LandUseMap:
+    """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
+
+    The scene is read once, in bands of whole tile rows aligned with the file's blocks (a block
+    is then decoded once, not once per tile row), each band is scaled in one vectorised step, and
+    the tiles fill fixed-size batches. The preview is decimated from the same reads.
+    """
+    from affine import Affine
+
+    data = data or DataSpec.eurosat_rgb()
+    tile = tile_of(data)
+    rows, cols = -(-src.height // tile), -(-src.width // tile)
+    result = LandUseMap(
+        np.full((rows, cols), NODATA, dtype=np.uint8),
+        np.full((rows, cols), NODATA, dtype=np.uint8),
+        src.crs,
+        src.transform @ Affine.scale(tile),  # tile (0, 0) starts at the scene's origin
+        *_tile_area(src, tile, data.classes == DataSpec.eurosat_rgb().classes),
+        class_names=tuple(data.classes),
+        tile=tile,
+    )
+    watch = result.watch
+    batches = TileBatches(classify, batch_size, result, len(bands), np.dtype(data.dtype), tile)
+    preview_scaler = scaler if data.is_rgb8 else _preview_scaler(data)
+    preview = Decimator(src, preview_scaler, preview_longest, tile) if preview_longest else None
+    full_cols = src.width // tile
+    width = full_cols * tile
+    for first_row, values, valid in _tile_row_bands(src, bands, nodata, watch, tile):
+        if preview is not None:
+            with watch("preview"):
+                preview.add(first_row * tile, values)
+        for offset in range(values.shape[1] // tile):  # one tile row at a time: small temporaries
+            with watch("tiling and scaling"):
+                lines = slice(offset * tile, (offset + 1) * tile)
+                tiles = values[:, lines, :width].reshape(len(bands), tile, full_cols, tile).transpose(2, 0, 1, 3)
+                complete = valid[lines, :width].reshape(tile, full_cols, tile).all(axis=(0, 2))
+                picked = np.flatnonzero(complete)
+                scaled = scaler(tiles[picked]) if picked.size else None
+            if scaled is not None:
+                batches.add(first_row + offset, picked, scaled)
+    batches.flush()
+    if preview is not None:
+        with watch("preview"):
+            preview.add_remainder(bands)
+            result.preview = preview.picture()
+    return result
+
+
+class TileBatches:
+    """Fills fixed-size uint8 batches of tiles and writes each batch's classes into the map."""
+
+    def __init__(
+        self,
+        classify: Callable[[np.ndarray], np.ndarray],
+        size: int,
+        result: LandUseMap,
+        bands: int = 3,
+        dtype: np.dtype = UINT8,
+        tile: int = TILE,
+    ) -> None:
+        self.classify, self.size, self.result = classify, size, result
+        self.buffer = np.empty((size, bands, tile, tile), dtype=dtype)
+        self.where = np.empty((size, 2), dtype=np.int64)
+        self.filled = 0
+
+    def add(self, row: int, cols: np.ndarray, tiles: np.ndarray) -> None:
+        """``tiles`` (``n x bands x 64 x 64``) of tile row ``row``, at columns ``cols``."""
+        start = 0
+        while start < len(tiles):
+            take = min(self.size - self.filled, len(tiles) - start)
+            self.buffer[self.filled : self.filled + take] = tiles[start : start + take]
+            self.where[self.filled : self.filled + take, 0] = row
+            self.where[self.filled : self.filled + take, 1] = cols[start : start + take]
+            self.filled += take
+            start += take
+            if self.filled == self.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.filled:
+            return
+        with self.result.watch("classifying"):
+            probabilities = self.classify(self.buffer[: self.filled])
+        rows, cols = self.where[: self.filled, 0], self.where[: self.filled, 1]
+        self.result.classes[rows, cols] = probabilities.argmax(axis=1)
+        self.result.confidence[rows, cols] = np.rint(100 * probabilities.max(axis=1))
+        self.filled = 0
+
+
+def _tile_row_bands(
+    src: object, bands: tuple[int, ...], nodata: float | None, watch: Stopwatch, tile: int = TILE
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
+    tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is
+    decoded twice."""
+    from rasterio.windows import Window
+
+    full_rows = src.height // tile
+    per_read = _tile_rows_per_read(src, bands, tile)
+    for first in range(0, full_rows, per_read):
+        count = min(per_read, full_rows - first)
+        with watch("reading"):
+            data, valid = _read(src, bands, Window(0, first * tile, src.width, count * tile), nodata)
+        yield first, data, valid
+
+
+def _tile_rows_per_read(src: object, bands: tuple[int, ...], tile: int = TILE) -> int:
+    block_height = src.block_shapes[bands[0] - 1][0]
+    fits = max(1, READ_BYTES // (tile * src.width * len(bands) * np.dtype(src.dtypes[bands[0] - 1]).itemsize))
+    aligned = block_height // tile if block_height % tile == 0 else 1
+    return max(1, min(aligned, fits))
+
+
+class Decimator:
+    """The scene as 8-bit RGB at most ``longest`` pixels on a side (nearest neighbour), gathered
+    from the bands of rows already read, so the preview costs no second pass over the scene."""
+
+    def __init__(self, src: object, scaler: Scaler, longest: int, tile: int = TILE) -> None:
+        self.src, self.scaler, self.tile = src, scaler, tile
+        self.factor = max(1, -(-max(src.width, src.height) // longest))
+        self.rows: list[np.ndarray] = []
+        self.next_line = 0  # the next scene line the picture takes
+
+    def add(self, first_line: int, data: np.ndarray) -> None:
+        offset = self.next_line - first_line
+        if offset >= data.shape[1]:
+            return
+        taken = data[:, offset :: self.factor, :: self.factor]
+        self.rows.append(self.scaler(taken))
+        self.next_line += taken.shape[1] * self.factor
+
+    def add_remainder(self, bands: tuple[int, ...]) -> None:
+        """The lines below the last whole tile row, read on their own (less than one tile row)."""
+        from rasterio.windows import Window
+
+        start = (self.src.height // self.tile) * self.tile
+        if start < self.src.height:
+            window = Window(0, start, self.src.width, self.src.height - start)
+            self.add(start, self.src.read(list(bands), window=window))
+
+    def picture(self) -> np.ndarray:
+        return np.concatenate(self.rows, axis=1).transpose(1, 2, 0) if self.rows else np.zeros((1, 1, 3), np.uint8)
+
+
+def _preview_scaler(data: DataSpec) -> Scaler:
+    """The scene as 8-bit RGB for the picture, from a model's non-RGB input: its red, green and blue
+    bands when it has all three (else its first band as grey), 16-bit values stretched as EuroSAT's
+    JPEGs were (0..2750 -> 1..255)."""
+    roles = data.rgb_roles
+    picks = [roles.index(r) for r in RGB_ROLES] if all(r in roles for r in RGB_ROLES) else [0, 0, 0]
+    stretch = 254 / S2_DN_MAX if data.dtype == "uint16" else 1.0
+
+    def scaler(values: np.ndarray) -> np.ndarray:
+        return _to_uint8(values[picks], 0.0, stretch, 1 if data.dtype == "uint16" else 0)
+
+    return scaler
+
+
+def _tile_area(src: object, tile: int = TILE, eurosat: bool = True) -> tuple[float | None, list[str]]:
+    """A tile's area in m² (None without a projected CRS) and notes for the user."""
+    crs = src.crs
+    if crs is None:
+        return None, ["the scene has no CRS: the map has pixel coordinates only and no areas"]
+    if not crs.is_projected:
+        return None, [
+            f"the scene's CRS ({crs.to_string()}) is geographic (degrees): hectares are left empty; "
+            "reproject the scene to a projected CRS (e.g. its UTM zone, with gdalwarp) for areas"
+        ]
+    metres = crs.linear_units_factor[1]
+    pixel_m2 = abs(src.transform.determinant) * metres**2
+    notes = []
+    pixel_m = pixel_m2**0.5
+    if eurosat and not 0.8 * EUROSAT_PIXEL_M <= pixel_m <= 1.25 * EUROSAT_PIXEL_M:
+        notes.append(
+            f"pixels are {pixel_m:.3g} m; EuroSAT's are 10 m, so a tile covers {pixel_m * tile:.0f} m "
+            "instead of 640 m and the model may do worse"
+        )
+    return pixel_m2 * tile * tile, notes
+
+
+def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
+    """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
+    colours = class_colours_of(names)
+    table = {i: (*_rgb(colours[name]), 255) for i, name in enumerate(names)}
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    value = hex_colour.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def write_geotiff(
+    path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
+) -> None:
+    """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
+    import rasterio
+
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[1],
+        "height": values.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": NODATA,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(values, 1)
+        dst.update_tags(classes=",".join(names))
+        if colours:
+            dst.write_colormap(1, class_colours(names))
+        else:
+            dst.update_tags(1, meaning="top-1 probability in percent")
+
+
+def write_csv(path: Path, result: LandUseMap) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, ["class", "index", "tiles", "hectares", "percent"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.areas())
+    writer.writerow({"class": "nodata", "index": NODATA, "tiles": result.skipped, "hectares": "", "percent": ""})
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def write_preview(
+    path: Path,
+    result: LandUseMap,
+    title: str,
+    scene: np.ndarray | None = None,
+    scene_size: tuple[int, int] = (0, 0),
+) -> None:
+    """The scene (when given) beside the map in the class colours (nodata white), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    names = result.class_names
+    colours = class_colours_of(names)
+    cmap = ListedColormap([colours[name] for name in names]).with_extremes(bad="white")
+    rows, cols = result.classes.shape
+    panels = 1 if scene is None else 2
+    height = min(8.0, max(3.0, 6.0 * rows / cols))
+    figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
+    axes = np.atleast_1d(axes)
+    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
+    if scene is not None:
+        tile = result.tile
+        axes[0].imshow(scene, extent=(0, scene_size[0] / tile, scene_size[1] / tile, 0), interpolation="nearest")
+        axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
+    axes[-1].imshow(
+        np.ma.masked_equal(result.classes, NODATA),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(names) - 0.5,
+        interpolation="nearest",
+        extent=extent,
+    )
+    for ax in axes:
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].set_title(f"{result.classified} tiles of {result.tile} px classified, {result.skipped} nodata", fontsize=9)
+    figure.suptitle(title)
+    labels = [
+        f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
+        for row in result.areas()
+    ]
+    handles = [Patch(color=colours[name]) for name in names]
+    axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figure.savefig(path, format="png", bbox_inches="tight")
+    plt.close(figure)
+
+
+def summary(result: LandUseMap, outputs: MapOutputs) -> str:
+    """What the command prints: throughput, the area table, notes and the files written."""
+    rate = result.classified / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
+        f"{rate:,.0f} tiles/s ({result.engine})",
+        "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
+    ]
+    for row in result.areas():
+        if row["tiles"]:
+            area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
+            lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
+    lines += [f"note: {note}" for note in result.notes]
+    lines.append("wrote " + ", ".join(map(str, outputs.all())))
+    return "\n".join(lines)
