@@ -111,9 +111,11 @@ def test_bytecode_and_editor_files_beside_the_code_change_nothing(repo: Pipeline
     """The stages ran with bytecode writing on, so __pycache__ sits in every source folder they
     import; importing the package again and an editor's droppings must leave every stage current."""
     src = repo.root / "src" / "eurosat_pipeline"
-    repo.run("python", "-c", "import eurosat_pipeline.use.mapping, eurosat_pipeline.cli.main", env={"PYTHONPATH": "src"})
+    imports = "import eurosat_pipeline.use.mapping, eurosat_pipeline.cli.main"
+    repo.run("python", "-c", imports, env={"PYTHONPATH": "src"})
     assert (src / "training" / "__pycache__").is_dir() and (src / "use" / "__pycache__").is_dir()
-    droppings = [src / "model" / name for name in (".classifier.py.swp", "classifier.py~", ".#classifier.py", ".DS_Store")]
+    names = (".classifier.py.swp", "classifier.py~", ".#classifier.py", ".DS_Store")
+    droppings = [src / "model" / name for name in names]
     for path in droppings:
         path.write_text("not code")
     try:

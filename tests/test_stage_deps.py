@@ -83,7 +83,9 @@ def test_the_check_names_the_stage_and_the_module_it_misses() -> None:
     evaluate["deps"] = [d for d in evaluate["deps"] if d != f"{SRC}/data"] + [f"{SRC}/use"]
     problems = code_deps_problems("evaluate", evaluate, graph)
     assert any(
-        p.startswith("stage 'evaluate' runs") and f"{PACKAGE}.data.loading" in p and p.endswith(f"{SRC}/data in its deps")
+        p.startswith("stage 'evaluate' runs")
+        and f"{PACKAGE}.data.loading" in p
+        and p.endswith(f"{SRC}/data in its deps")
         for p in problems
     ), problems
     assert f"stage 'evaluate' lists {SRC}/use, which it never imports: a change there reruns it for nothing" in problems
@@ -105,6 +107,14 @@ def test_dvc_ignores_bytecode_and_editor_droppings() -> None:
     patterns = DvcIgnorePatterns([line for line in lines if line.strip()], str(REPO_ROOT), "/")
     folder = str(REPO_ROOT / SRC / "model")
     assert patterns.matches(folder, "__pycache__", is_dir=True), ".dvcignore lets DVC hash __pycache__/"
-    for name in ("classifier.pyc", "classifier.pyo", ".classifier.py.swp", "classifier.py~", ".#classifier.py", ".DS_Store"):
+    dropped = (
+        "classifier.pyc",
+        "classifier.pyo",
+        ".classifier.py.swp",
+        "classifier.py~",
+        ".#classifier.py",
+        ".DS_Store",
+    )
+    for name in dropped:
         assert patterns.matches(folder, name), f".dvcignore lets DVC hash {name}"
     assert not patterns.matches(folder, "classifier.py"), "the source itself must stay a dependency"
