@@ -18,6 +18,7 @@ import torch
 from eurosat_pipeline.core.config import Config, config_from_mapping
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import CheckpointError, ConfigError
+from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.model.classifier import Classifier, build_model
 from eurosat_pipeline.model.preprocessing import Preprocessing
 
@@ -93,8 +94,7 @@ def fingerprint(config: Config, *inputs: Path, code: str = "") -> str:
     params = {k: v for k, v in config.to_dict().items() if k not in _NOT_TRAINING}
     digest.update(json.dumps(params, sort_keys=True).encode())
     for path in inputs:
-        with Path(path).open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(bytes.fromhex(sha256_of(path)))
     return digest.hexdigest()
 
 
