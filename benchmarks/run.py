@@ -330,7 +330,7 @@ def recipe_suite(data: Path, root: Path, base: Config) -> list[dict[str, Any]]:
         row = {
             "suite": "recipe",
             "name": name,
-            "device": "cuda",
+            "device": "cuda" if torch.cuda.is_available() else "cpu",  # --smoke runs it on a CPU too
             "epochs": summary["epochs"],
             "train_wall_s": wall,
             "gpu_util_mean_pct": sampler.mean(),

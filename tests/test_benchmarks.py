@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO_ROOT
 
 
@@ -28,9 +30,25 @@ def test_benchmark_smoke_run_writes_every_suite(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = smoke_run("run.py", out)
     report = json.loads(out.read_text())
-    suites = [row["suite"] for row in report["results"]]
-    assert suites.count("loader") >= 3 and suites.count("train") == 4 and suites.count("recipe") == 5
-    assert all(row["images_per_s"] > 0 for row in report["results"] if "images_per_s" in row)
+    rows = {
+        suite: [row for row in report["results"] if row["suite"] == suite] for suite in ("loader", "train", "recipe")
+    }
+    workers = sorted({0, os.cpu_count() or 1})
+    assert [row["name"] for row in rows["loader"]] == [
+        *(f"original per-sample PIL, num_workers={n}" for n in workers),
+        "ours: decoded once, batched transform",
+        "ours: the transform alone, in a fresh process (random pixels)",
+    ]
+    baseline = rows["loader"][0]["images_per_s"]
+    for row in rows["loader"]:  # every ratio is against the original loader with no workers
+        assert row["vs_original_workers0"] == pytest.approx(row["images_per_s"] / baseline)
+    assert {(row["name"], row["batch_size"]) for row in rows["train"]} == {
+        (f"phase {phase}, {loader} loader", 8) for phase in (1, 2) for loader in ("per_sample", "device")
+    }
+    recipe = {row["name"]: row for row in rows["recipe"]}
+    assert len(recipe) == 3 and all(row["epochs"] == 2 and row["device"] == "cpu" for row in recipe.values())
+    # On a CPU "auto" is 32-true: the first two variants are one configuration, trained alike.
+    assert recipe["ours, 32-true, channels_last"]["best_val_acc"] == recipe["ours, fp32, channels_last"]["best_val_acc"]
     assert "SYNTHETIC" in report["data"]
     assert "| loader | original per-sample PIL, num_workers=0 | cpu |" in result.stdout
 
@@ -43,7 +61,17 @@ def test_cpu_benchmark_smoke_run_measures_every_engine_against_the_peak(tmp_path
     engines = {(row["kind"], row["engine"], row["dtype"]) for row in report["results"]}
     assert ("inference", "pipeline: ONNX Runtime", "fp32") in engines
     assert ("inference", "pipeline: PyTorch", "bf16") in engines and ("train", "pytorch", "bf16") in engines
-    assert all(row["images_per_s"] > 0 and row["share_of_peak"] > 0 for row in report["results"])
+    native_bf16 = report["machine"]["native_bf16"]
+    for row in report["results"]:  # each figure follows from the measured rate and the model's cost
+        assert row["gflops_per_s"] == pytest.approx(row["images_per_s"] * row["gflop_per_image"])
+        # Emulated bf16 runs on the fp32 units: its limit is the fp32 peak.
+        peak = report["peak_gflops"]["bf16" if row["dtype"] == "bf16" and native_bf16 else "fp32"]
+        assert row["share_of_peak"] == pytest.approx(row["gflops_per_s"] / peak)
+        assert row["emulated"] == (row["dtype"] == "bf16" and not native_bf16), row
+    train = [row for row in report["results"] if row["kind"] == "train"]
+    full = {row["gflop_per_image"] for row in train if row.get("frozen_stages", 0) == 0}
+    frozen = {row["gflop_per_image"] for row in train if row.get("frozen_stages", 0) > 0}
+    assert len(full) == 1 and frozen and max(frozen) < min(full), "frozen stages skip their backward pass"
     assert "load average" in result.stdout
 
 
@@ -53,15 +81,24 @@ def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert [row["scene"] for row in report["results"]] == ["rgb-smoke", "uint16-smoke"]
     for row in report["results"]:
-        assert row["tiles"] > 0 and row["whole_command_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["tiles"] > 0 and row["peak_rss_mb"] > 0
+        assert row["tiles_per_s_whole_command"] == pytest.approx(row["tiles"] / row["whole_command_s"])
         assert {"reading", "classifying", "preview"} <= set(row["phases_s"])
+        # The phases are parts of the whole command (each rounded to 0.1 s).
+        assert sum(row["phases_s"].values()) <= row["whole_command_s"] + 0.05 * len(row["phases_s"])
 
 
 def test_phase2_profile_smoke_run_compares_the_pipeline_step_with_the_bare_one(tmp_path: Path) -> None:
     out = tmp_path / "phase2.json"
     result = smoke_run("phase2_profile.py", out)
     report = json.loads(out.read_text())
-    assert all(rate > 0 for rate in report["images_per_s"].values())
+    assert list(report["images_per_s"]) == [
+        "bare step (forward, backward, AdamW)",
+        "pipeline step (the same, in Lightning, with logging)",
+        "pipeline step + next batch and its augmentation",
+        "the train epoch as the history records it",
+    ]
+    assert report["step_ms"] > 0 and report["gap_ms"] >= 0
     assert report["cpu"] and "self_cpu_time_total" not in result.stderr
     assert "| bare step (forward, backward, AdamW) |" in result.stdout and "Self CPU" in report["profile"]
 

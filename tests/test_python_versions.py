@@ -22,7 +22,7 @@ def oldest_python() -> str:
     """``3.10`` from ``requires-python = ">=3.10"``."""
     # tomllib is 3.11+: this file must run on the oldest Python too.
     found = re.search(r'^requires-python = ">=([0-9.]+)"$', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
-    assert found, "pyproject.toml: expected requires-python = \">=3.x\""
+    assert found, 'pyproject.toml: expected requires-python = ">=3.x"'
     return found.group(1)
 
 
