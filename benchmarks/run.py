@@ -44,13 +44,23 @@ from eurosat_pipeline.model.augment import BatchTransform
 from eurosat_pipeline.platform.accelerators import choose_precision, resolve_accelerator
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.module import LandUseClassifier
-from per_sample import (  # benchmarks/, the script's own folder
-    PerSampleClassifier,
-    PerSampleDataModule,
-    PerSampleImages,
-    imagenet_preprocessing,
-    read_splits,
-)
+
+try:  # imported as benchmarks.run (the tests) or run as a script (its own folder is on sys.path)
+    from benchmarks.per_sample import (
+        PerSampleClassifier,
+        PerSampleDataModule,
+        PerSampleImages,
+        imagenet_preprocessing,
+        read_splits,
+    )
+except ModuleNotFoundError:
+    from per_sample import (
+        PerSampleClassifier,
+        PerSampleDataModule,
+        PerSampleImages,
+        imagenet_preprocessing,
+        read_splits,
+    )
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "eurosat" / "EuroSAT.zip"

@@ -259,7 +259,7 @@ def test_map_with_the_export_never_imports_torch(trained: dict[str, Any], tmp_pa
     with rasterio.open(scene, "w", **profile, transform=from_origin(500_000, 5_300_000, 10, 10)) as dst:
         dst.write(pixels)
     script = (
-        "import sys; from eurosat_pipeline import nvidia; nvidia.gpu_present = lambda: False\n"
+        "import sys; from eurosat_pipeline.platform import nvidia; nvidia.gpu_present = lambda: False\n"
         "from eurosat_pipeline.use.mapping import make_map\n"
         f"result, _ = make_map({str(scene)!r}, {str(tmp_path / 'map.tif')!r}, {str(paths.best)!r})\n"
         "print(result.engine, result.classified, 'torch' in sys.modules, 'timm' in sys.modules)"
