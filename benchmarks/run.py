@@ -37,13 +37,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from eurosat_pipeline.core.config import Config
-from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.core.dataspec import data_spec
+from eurosat_pipeline.data.dataset import prepare_dataset, read_info
 from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.augment import BatchTransform
 from eurosat_pipeline.platform.accelerators import choose_precision, resolve_accelerator
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.module import LandUseClassifier
+from eurosat_pipeline.training.train import read_band_stats
 
 try:  # imported as benchmarks.run (the tests) or run as a script (its own folder is on sys.path)
     from benchmarks.per_sample import (
@@ -280,7 +282,10 @@ def _train_rate(config: Config, data: Path, batches: int, warmup: int, per_sampl
     L.seed_everything(0, verbose=False)
     timer = StepTimer(warmup)
     per_sample = per_sample_workers is not None
-    module = (PerSampleClassifier if per_sample else LandUseClassifier)(config.to_dict(), load_pretrained=False)
+    # The data description the train stage would build from the download and split stages.
+    spec = data_spec(read_info(data / "dataset.json"), read_band_stats(data / "band_stats.json"), config.bands)
+    classifier = PerSampleClassifier if per_sample else LandUseClassifier
+    module = classifier(config.to_dict(), spec.to_dict(), load_pretrained=False)
     module.model.to(memory_format=torch.channels_last)
     trainer = L.Trainer(
         max_epochs=1,

@@ -21,6 +21,7 @@ def main() -> None:
         "split",
         "out",
         "model-card",
+        "checkpoint",
     ):
         parser.add_argument(f"--{name}", required=True, type=Path)
     args = parser.parse_args()

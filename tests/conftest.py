@@ -13,6 +13,7 @@ from PIL import Image
 
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.training.train import TrainPaths
@@ -106,3 +107,8 @@ def prepared_data(tmp_path: Path) -> Path:
         data / "eurosat.zip", data / "split.csv", config.val_fraction, config.test_fraction, config.split_seed
     )
     return data
+
+
+# EuroSAT RGB with made-up band statistics: what a model built outside the pipeline (no split stage)
+# is given, so that one from scratch knows how to normalise.
+RGB = DataSpec.eurosat_rgb(mean=(90.0, 100.0, 110.0), std=(40.0, 35.0, 30.0))

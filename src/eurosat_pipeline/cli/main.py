@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from eurosat_pipeline import __version__
+from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.stage import configure_logging
 
@@ -17,9 +18,6 @@ ONNX_HELP = (
 
 
 DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GPU when there is one)"
-# The same choices as eurosat_pipeline.model.inference.FORMATS (not imported: --help stays fast).
-FORMATS = ("fp32", "bf16")
-ENGINES = ("auto", "pytorch", "onnxruntime")
 ENGINE_HELP = (
     "auto (default): ONNX Runtime with the checkpoint's own export (model.onnx beside it, checked by hash) "
     "on machines without an NVIDIA GPU, the fastest CPU engine; else PyTorch"

@@ -6,23 +6,19 @@ reference recipe; ``params.yaml`` repeats them with a comment each, and a test k
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import math
-import types
-import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from eurosat_pipeline.core.errors import ConfigError
 
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
-STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
 # Lightning settings that are valid elsewhere but cannot work with this pipeline, and why.
 REFUSED = {
     ("strategy", "ddp_spawn"): (
@@ -37,63 +33,137 @@ REFUSED = {
     ),
     ("precision", "16-true"): "is not supported (see bf16-true); use 16-mixed",
 }
-WANDB_MODES = ("offline", "online", "disabled", "auto")
-BUILTIN_SOURCES = ("eurosat", "eurosat_ms", "synthetic")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Every knob of the pipeline; see ``params.yaml`` for what each one means."""
+# Types with their ranges: pydantic checks them, and the error message says the range in words.
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+Share = Annotated[float, Field(ge=0, lt=1)]
+
+
+class KeyProblem(ValueError):
+    """A value that breaks a rule its type cannot say (set in a validator, shown as ``key msg``)."""
+
+    def __init__(self, key: str, message: str, value: Any) -> None:
+        super().__init__(message)
+        self.key, self.message, self.value = key, message, value
+
+
+class Config(BaseModel):
+    """Every knob of the pipeline; see ``params.yaml`` for what each one means. The table below is
+    the validation: each key's type and range; the validators add what spans keys."""
+
+    # strict: a YAML `true` is no epoch count and '1e-4' (quoted) no learning rate.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, protected_namespaces=())
 
     # data
     data_source: str = "eurosat"
-    synthetic_images_per_class: int = 100
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    synthetic_images_per_class: Annotated[int, Field(ge=10)] = 100
+    val_fraction: Fraction = 0.1
+    test_fraction: Annotated[float, Field(gt=0, lt=1, description="the evaluate stage needs a test split")] = 0.1
     split_seed: int = 42
-    bands: list[str | int] = dataclasses.field(default_factory=list)
+    bands: list[str | int] = Field(default_factory=list)
     # model
     model_name: str = "efficientnet_b0"
     pretrained: bool = True
     pretrained_weights: str = ""
-    head_hidden: int = 256
-    head_dropout: float = 0.3
-    head_hidden_dropout: float = 0.15
+    head_hidden: Annotated[int, Field(ge=1)] = 256
+    head_dropout: Share = 0.3
+    head_hidden_dropout: Share = 0.15
     # recipe
-    phase1_epochs: int = 7
-    phase1_lr: float = 2.0e-3
-    phase1_warmup_epochs: int = 1
+    phase1_epochs: Count = 7
+    phase1_lr: LearningRate = 2.0e-3
+    phase1_warmup_epochs: Count = 1
     phase1_cached_features: bool = False
-    phase2_epochs: int = 10
-    phase2_lr: float = 1.0e-4
-    phase2_frozen_stages: int = 0
-    backbone_lr_scale: float = 0.1
-    min_lr: float = 1.0e-6
-    batch_size: int = 64
-    image_size: int = 224
-    weight_decay: float = 1.0e-4
-    label_smoothing: float = 0.1
+    phase2_epochs: Count = 10
+    phase2_lr: LearningRate = 1.0e-4
+    phase2_frozen_stages: Count = 0
+    backbone_lr_scale: LearningRate = 0.1
+    min_lr: LearningRate = 1.0e-6
+    batch_size: Annotated[int, Field(ge=2, description="BatchNorm needs two samples")] = 64
+    image_size: Annotated[int, Field(ge=32, le=1024, description="pixels")] = 224
+    weight_decay: Annotated[float, Field(ge=0)] = 1.0e-4
+    label_smoothing: Share = 0.1
     seed: int = 42
     # augmentation
     random_flips: bool = True
-    jitter_brightness: float = 0.2
-    jitter_contrast: float = 0.2
-    jitter_saturation: float = 0.2
-    jitter_hue: float = 0.1
+    jitter_brightness: Share = 0.2
+    jitter_contrast: Share = 0.2
+    jitter_saturation: Share = 0.2
+    jitter_hue: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     # hardware
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "auto"
+    num_nodes: Annotated[int, Field(ge=1)] = 1
+    strategy: Literal["auto", "ddp", "ddp_find_unused_parameters_true"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     channels_last: bool = True
     compile: bool = False
     resume: bool = True
     # tracking
-    tsne_interval: int = 3
-    wandb_mode: str = "auto"
+    tsne_interval: Count = 3
+    wandb_mode: Literal["offline", "online", "disabled", "auto"] = "auto"
     wandb_project: str = "eurosat-pipeline"
     wandb_entity: str = ""
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _band_list(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise KeyProblem(
+                "bands",
+                "must be a list of str or int (e.g. [B04, B03, B02] or [4, 3, 2])",
+                f"{type(value).__name__} {value!r}",
+            )
+        for item in value:
+            if (
+                isinstance(item, bool)
+                or not isinstance(item, str | int)
+                or (isinstance(item, str) and not item.strip())
+            ):
+                raise KeyProblem("bands", f"{item!r} is not a band name or a 1-based band number", None)
+        return value
+
+    @field_validator("model_name", "data_source")
+    @classmethod
+    def _not_blank(cls, value: str, info: Any) -> str:
+        if not value.strip():
+            what = {
+                "model_name": "must name a timm model",
+                "data_source": "must be 'eurosat', 'eurosat_ms', 'synthetic' or the path of a zip or folder with "
+                "one folder per class",
+            }[info.field_name]
+            raise KeyProblem(info.field_name, what, value)
+        return value
+
+    @field_validator("devices")
+    @classmethod
+    def _device_count_or_list(cls, value: int | str) -> int | str:
+        ok = value >= 1 if isinstance(value, int) else value == "auto" or _is_device_list(value)
+        if not ok:
+            raise KeyProblem(
+                "devices", "must be a count >= 1, 'auto', or a comma-separated list of GPU ids like '0,1'", value
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _across_keys(self) -> Config:
+        if self.max_epochs < 1:
+            raise KeyProblem("phase2_epochs", "must make phase1_epochs + phase2_epochs at least 1", self.phase2_epochs)
+        if self.min_lr >= min(self.phase1_lr, self.phase2_lr * self.backbone_lr_scale):
+            raise KeyProblem(
+                "min_lr",
+                "must be below every peak learning rate (phase1_lr, phase2_lr * backbone_lr_scale)",
+                self.min_lr,
+            )
+        if self.val_fraction + self.test_fraction >= 0.95:
+            raise KeyProblem(
+                "test_fraction",
+                "must leave a training set: val_fraction + test_fraction must be below 0.95",
+                self.test_fraction,
+            )
+        return self
 
     @property
     def max_epochs(self) -> int:
@@ -104,7 +174,7 @@ class Config:
         return self.data_source == "synthetic"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied and checked like a loaded file."""
@@ -133,118 +203,74 @@ def load_config(path: str | Path = "params.yaml") -> Config:
 
 def config_from_mapping(raw: Mapping[str, Any], source: str = "params") -> Config:
     """Build a :class:`Config` from plain values, raising :class:`ConfigError` on the first problem."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{key}'.{_did_you_mean(str(key), fields)}")
-    hints = typing.get_type_hints(Config)
-    values = {key: _check_type(source, key, value, hints[key]) for key, value in raw.items()}
-    config = Config(**values)
-    _check_values(config, source)
-    return config
+    for key in ("strategy", "precision"):
+        reason = REFUSED.get((key, raw.get(key)))
+        if reason:
+            raise ConfigError(f"{source}: key '{key}': {raw[key]} {reason}.")
+    try:
+        return Config.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_explain(err.errors()[0])}") from None
 
 
-def _did_you_mean(key: str, valid: typing.Iterable[str]) -> str:
+def _explain(error: Mapping[str, Any]) -> str:
+    """One pydantic error in the words of a person editing params.yaml."""
+    problem = error.get("ctx", {}).get("error")
+    if isinstance(problem, KeyProblem):
+        got = (
+            ""
+            if problem.value is None
+            else f", got {problem.value}"
+            if problem.key == "bands"
+            else f", got {problem.value!r}"
+        )
+        return f"key '{problem.key}' {problem.message}{got}."
+    key, value, kind = str(error["loc"][0]), error["input"], error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'.{_did_you_mean(key, Config.model_fields)}"
+    field = Config.model_fields[key]
+    if kind == "literal_error":
+        return f"key '{key}' must be one of {', '.join(get_args(field.annotation))}, got {value!r}."
+    if kind.endswith("_type") or kind in ("int_from_float", "bool_parsing"):
+        hint = (
+            " (write numbers without quotes, e.g. 1.0e-4)"
+            if field.annotation is float and isinstance(value, str)
+            else ""
+        )
+        return f"key '{key}' must be {_type_name(field)}, got {type(value).__name__} {value!r}{hint}."
+    return f"key '{key}' {_range_text(field)}, got {value!r}."
+
+
+def _type_name(field: FieldInfo) -> str:
+    kinds = get_args(field.annotation) or (field.annotation,)
+    return " or ".join(getattr(kind, "__name__", str(kind)) for kind in kinds)
+
+
+def _range_text(field: FieldInfo) -> str:
+    """``must be between 32 and 1024 (pixels)``, from the field's own constraints."""
+    bounds = {
+        type(item).__name__: getattr(item, type(item).__name__.lower()) for item in field.metadata if _is_bound(item)
+    }
+    finite = any(getattr(item, "allow_inf_nan", True) is False for item in field.metadata)
+    if finite and "Gt" in bounds:
+        text = f"must be a finite number > {bounds['Gt']}"
+    elif ("Gt" in bounds or "Ge" in bounds) and ("Lt" in bounds or "Le" in bounds):
+        low, high = bounds.get("Gt", bounds.get("Ge")), bounds.get("Lt", bounds.get("Le"))
+        exclusive_high_only = "Ge" in bounds and "Lt" in bounds
+        text = f"must be >= {low} and < {high}" if exclusive_high_only else f"must be between {low} and {high}"
+    else:
+        sign = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<="}
+        text = " and ".join(f"must be {sign[name]} {bound}" for name, bound in bounds.items())
+    return f"{text} ({field.description})" if field.description else text
+
+
+def _is_bound(item: object) -> bool:
+    return isinstance(item, annotated_types.Gt | annotated_types.Ge | annotated_types.Lt | annotated_types.Le)
+
+
+def _did_you_mean(key: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else " See params.yaml for the valid keys."
-
-
-def _check_type(source: str, key: str, value: Any, hint: Any) -> Any:
-    if typing.get_origin(hint) is list:
-        return _check_list(source, key, value, typing.get_args(typing.get_args(hint)[0]))
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for kind in allowed:
-        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        # bool is an int subclass: a YAML `true` must not pass as an epoch count.
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind in (bool, str) and isinstance(value, kind):
-            return value
-    expected = " or ".join(k.__name__ for k in allowed)
-    hint_text = ""
-    if float in allowed and isinstance(value, str):
-        hint_text = " (write numbers without quotes, e.g. 1.0e-4)"
-    raise ConfigError(f"{source}: key '{key}' must be {expected}, got {type(value).__name__} {value!r}{hint_text}.")
-
-
-def _check_list(source: str, key: str, value: Any, kinds: tuple[type, ...]) -> list[Any]:
-    """A YAML list whose items are each one of ``kinds`` (a bool is not an int here)."""
-    names = " or ".join(k.__name__ for k in kinds)
-    if not isinstance(value, list):
-        raise ConfigError(
-            f"{source}: key '{key}' must be a list of {names} (e.g. [B04, B03, B02] or [4, 3, 2]), "
-            f"got {type(value).__name__} {value!r}."
-        )
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, kinds) or (isinstance(item, str) and not item.strip()):
-            raise ConfigError(f"{source}: key '{key}': {item!r} is not a band name or a 1-based band number.")
-    return list(value)
-
-
-def _require(condition: bool, source: str, key: str, message: str, value: Any) -> None:
-    if not condition:
-        raise ConfigError(f"{source}: key '{key}' {message}, got {value!r}.")
-
-
-def _check_values(c: Config, source: str) -> None:
-    def req(condition: bool, key: str, message: str) -> None:
-        _require(condition, source, key, message, getattr(c, key))
-
-    for key in ("phase1_lr", "phase2_lr", "min_lr", "backbone_lr_scale"):
-        value = getattr(c, key)
-        req(math.isfinite(value) and value > 0, key, "must be a finite number > 0")
-    for key in ("phase1_epochs", "phase2_epochs", "phase1_warmup_epochs", "tsne_interval", "phase2_frozen_stages"):
-        req(getattr(c, key) >= 0, key, "must be >= 0")
-    req(c.max_epochs >= 1, "phase2_epochs", "must make phase1_epochs + phase2_epochs at least 1")
-    req(
-        c.min_lr < min(c.phase1_lr, c.phase2_lr * c.backbone_lr_scale),
-        "min_lr",
-        "must be below every peak learning rate (phase1_lr, phase2_lr * backbone_lr_scale)",
-    )
-    req(0 < c.val_fraction < 1, "val_fraction", "must be between 0 and 1")
-    req(0 < c.test_fraction < 1, "test_fraction", "must be between 0 and 1 (the evaluate stage needs a test split)")
-    req(
-        c.val_fraction + c.test_fraction < 0.95,
-        "test_fraction",
-        "must leave a training set: val_fraction + test_fraction must be below 0.95",
-    )
-    req(c.synthetic_images_per_class >= 10, "synthetic_images_per_class", "must be >= 10")
-    req(c.batch_size >= 2, "batch_size", "must be >= 2 (BatchNorm needs two samples)")
-    req(32 <= c.image_size <= 1024, "image_size", "must be between 32 and 1024 pixels")
-    req(c.head_hidden >= 1, "head_hidden", "must be >= 1")
-    for key in ("head_dropout", "head_hidden_dropout", "label_smoothing"):
-        req(0 <= getattr(c, key) < 1, key, "must be >= 0 and < 1")
-    req(c.weight_decay >= 0, "weight_decay", "must be >= 0")
-    for key in ("jitter_brightness", "jitter_contrast", "jitter_saturation"):
-        req(0 <= getattr(c, key) < 1, key, "must be >= 0 and < 1")
-    req(0 <= c.jitter_hue <= 0.5, "jitter_hue", "must be between 0 and 0.5")
-    req(c.num_nodes >= 1, "num_nodes", "must be >= 1")
-    req(c.model_name.strip() != "", "model_name", "must name a timm model")
-    req(
-        c.data_source.strip() != "",
-        "data_source",
-        "must be 'eurosat', 'eurosat_ms', 'synthetic' or the path of a zip or folder with one folder per class",
-    )
-    if isinstance(c.devices, str):
-        req(
-            c.devices == "auto" or _is_device_list(c.devices),
-            "devices",
-            "must be a count >= 1, 'auto', or a comma-separated list of GPU ids like '0,1'",
-        )
-    else:
-        req(c.devices >= 1, "devices", "must be >= 1")
-    for key in ("strategy", "precision"):
-        reason = REFUSED.get((key, getattr(c, key)))
-        if reason:
-            raise ConfigError(f"{source}: key '{key}': {getattr(c, key)} {reason}.")
-    for key, choices in (
-        ("accelerator", ACCELERATORS),
-        ("precision", PRECISIONS),
-        ("strategy", STRATEGIES),
-        ("wandb_mode", WANDB_MODES),
-    ):
-        req(getattr(c, key) in choices, key, f"must be one of {', '.join(choices)}")
 
 
 def _is_device_list(text: str) -> bool:

@@ -34,3 +34,10 @@ class TrainingError(PipelineError):
         error = cls(message)
         error.echo_of_rank_zero = not is_global_zero
         return error
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none): what an error
+    message quotes of a library's multi-line explanation."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,4 +1,4 @@
-"""Write outputs atomically: a temporary sibling first, then one rename.
+"""Write outputs atomically: a temporary sibling first, then one rename (text, JSON and CSV).
 
 A run that is killed or fails half-way leaves the previous file (or nothing) in place, never a
 half-written one, and DVC never caches a truncated output.
@@ -7,11 +7,13 @@ half-written one, and DVC never caches a truncated output.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,28 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> str:
+    """CSV with ``header`` and one line per row: a sequence in the header's order, or a mapping
+    by column name (keys outside the header are left out, a missing one is empty)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row.get(column, "") for column in header] if isinstance(row, Mapping) else row)
+    return buffer.getvalue()
+
+
+def write_csv(target: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any] | Mapping[str, Any]]) -> None:
+    """:func:`csv_text`, written atomically."""
+    write_text(target, csv_text(header, rows))
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Every row of a CSV file with a header, by column name; no rows when there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

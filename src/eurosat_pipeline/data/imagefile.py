@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eurosat_pipeline.core.errors import first_line
+
 if TYPE_CHECKING:
     import torch
 
@@ -135,7 +137,7 @@ class _OpenRaster:
                 self.src = self.memory.open()
         except RasterioError as err:
             self.memory.close()
-            raise ImageProblem(f"cannot be decoded as an image ({_first_line(err)})") from err
+            raise ImageProblem(f"cannot be decoded as an image ({first_line(err)})") from err
         if self.src.driver not in ("PNG", "GTiff", "COG"):
             self.__exit__(None, None, None)
             raise ImageProblem(f"is a {self.src.driver} file; use JPEG, PNG or (Geo)TIFF")
@@ -147,10 +149,5 @@ class _OpenRaster:
         self.src.close()
         self.memory.close()
         if isinstance(error, RasterioError):
-            raise ImageProblem(f"cannot be read ({_first_line(error)})") from error
+            raise ImageProblem(f"cannot be read ({first_line(error)})") from error
         return False
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -113,19 +113,19 @@ def load_splits(
     archive: str | Path,
     split_csv: str | Path,
     names: Sequence[str],
-    data: DataSpec | None = None,
+    data: DataSpec,
     images: str | Path | None = None,
 ) -> dict[str, ImageSet]:
-    """The named splits over the decoded array, with ``data``'s classes and bands (all bands and the
-    split's class names when not given). Nothing is read until a batch is gathered."""
-    rows = read_split(split_csv, data.classes if data else None)
-    classes = list(data.classes) if data else sorted({r.label for r in rows})
+    """The named splits over the decoded array, with ``data``'s classes and bands. Nothing is read
+    until a batch is gathered."""
+    rows = read_split(split_csv, data.classes)
+    classes = list(data.classes)
     members = archive_members(archive)
     row_of = {path: index for index, path in enumerate(members)}
     _check_listed(rows, row_of, split_csv, archive)
     array = open_images(images or images_path_for(archive), len(members))
-    bands = [b - 1 for b in data.bands] if data else None
-    if bands is not None and max(bands) >= array.shape[1]:
+    bands = [b - 1 for b in data.bands]
+    if max(bands) >= array.shape[1]:
         raise DatasetError(
             f"the model takes band {max(bands) + 1}, but {images or images_path_for(archive)} has "
             f"{array.shape[1]} band(s): the data changed since training; run `dvc repro`."

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from sklearn.model_selection import train_test_split
 
 from eurosat_pipeline.core.bands import band_labels
 from eurosat_pipeline.core.errors import ConfigError, DatasetError
-from eurosat_pipeline.core.files import read_json, write_json, write_text
+from eurosat_pipeline.core.files import read_json, write_csv, write_json
 from eurosat_pipeline.data.dataset import archive_members, images_path_for, open_images
 
 SPLITS = ("train", "val", "test")
@@ -133,11 +132,7 @@ def band_statistics(array: np.ndarray, rows: Sequence[int], names: Sequence[str]
 
 
 def write_split(rows: list[SplitRow], out: str | Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(HEADER)
-    writer.writerows((row.path, row.label, row.split) for row in rows)
-    write_text(out, buffer.getvalue())
+    write_csv(out, HEADER, ((row.path, row.label, row.split) for row in rows))
 
 
 def read_split(path: str | Path, classes: Sequence[str] | None = None) -> list[SplitRow]:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,13 @@ import torch
 
 from eurosat_pipeline.core.config import Config, config_from_mapping
 from eurosat_pipeline.core.dataspec import DataSpec
-from eurosat_pipeline.core.errors import CheckpointError, ConfigError
+from eurosat_pipeline.core.errors import CheckpointError, ConfigError, first_line
 from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.model.classifier import Classifier, build_model
 from eurosat_pipeline.model.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
+RETRAIN = "it was written by an older train stage: run `dvc repro train` to retrain it."
 
 # Keys that change what training computes; the others (tracking, resume itself) do not.
 _NOT_TRAINING = {"wandb_mode", "wandb_project", "wandb_entity", "resume", "tsne_interval"}
@@ -41,11 +43,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused to load: it contains Python objects outside the allow-list for "
-            f"weights-only loading, which could run code ({_first_line(err)}). Use a checkpoint "
+            f"weights-only loading, which could run code ({first_line(err)}). Use a checkpoint "
             "written by this pipeline."
         ) from err
     except Exception as err:  # a random file fails inside torch's unpickler in many ways
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {_first_line(err)}).") from err
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {first_line(err)}).") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (no 'state_dict').")
     if "config" not in checkpoint.get("hyper_parameters", {}):
@@ -53,16 +55,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
-    """Rebuild the model from the config stored in the checkpoint and load its weights.
+@dataclass(frozen=True)
+class StoredModel:
+    """What a checkpoint says about its model, read without building it (the model card's facts)."""
 
-    The model's ``preprocessing`` is the one stored with it (checkpoints from before it was stored
-    were all trained with ImageNet statistics and bilinear resizing).
-    """
-    checkpoint = load_checkpoint(path)
+    config: Config
+    data: DataSpec
+    preprocessing: Preprocessing
+    pretrained_weights: dict[str, Any] | None
+
+
+def read_stored_model(path: str | Path, checkpoint: dict[str, Any] | None = None) -> StoredModel:
+    """The stored config, classes and bands, preprocessing and weights record of a checkpoint; a
+    checkpoint without them is from an older train stage and gets an error that says to retrain."""
+    checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     try:
         config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
-        data = stored_data(checkpoint)
+        data = stored_data(checkpoint, path)
+        if PREPROCESSING_KEY not in checkpoint:
+            raise CheckpointError(f"{path}: no stored preprocessing; {RETRAIN}")
+        preprocessing = Preprocessing.from_dict(checkpoint[PREPROCESSING_KEY])
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its stored config is not usable: {err}") from err
+    return StoredModel(config, data, preprocessing, checkpoint.get(WEIGHTS_KEY))
+
+
+def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
+    """Rebuild the model from what the checkpoint stores (:func:`read_stored_model`) and load its weights."""
+    checkpoint = load_checkpoint(path)
+    stored = read_stored_model(path, checkpoint)
+    config, data = stored.config, stored.data
+    try:
         model = build_model(config, data, load_pretrained=False)
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: its stored config is not usable: {err}") from err
@@ -72,19 +95,19 @@ def load_classifier(path: str | Path) -> tuple[Classifier, Config]:
     except RuntimeError as err:
         raise CheckpointError(
             f"{path}: its weights do not fit a {config.model_name} classifier with "
-            f"{data.num_classes} classes and {data.in_chans} bands ({_first_line(err)})."
+            f"{data.num_classes} classes and {data.in_chans} bands ({first_line(err)})."
         ) from err
-    stored = checkpoint.get(PREPROCESSING_KEY)
-    model.preprocessing = Preprocessing.from_dict(stored) if stored else Preprocessing.legacy(config.image_size)
-    model.pretrained_weights = checkpoint.get(WEIGHTS_KEY)
+    model.preprocessing = stored.preprocessing
+    model.pretrained_weights = stored.pretrained_weights
     return model.eval(), config
 
 
-def stored_data(checkpoint: dict[str, Any]) -> DataSpec:
-    """The classes and bands a checkpoint was trained on (EuroSAT RGB for checkpoints from before
-    they were stored)."""
+def stored_data(checkpoint: dict[str, Any], path: str | Path) -> DataSpec:
+    """The classes and bands a checkpoint was trained on."""
     data = checkpoint["hyper_parameters"].get("data")
-    return DataSpec.from_dict(data) if data else DataSpec.eurosat_rgb()
+    if not data:
+        raise CheckpointError(f"{path}: no stored classes and bands; {RETRAIN}")
+    return DataSpec.from_dict(data)
 
 
 def fingerprint(config: Config, *inputs: Path, code: str = "") -> str:
@@ -105,7 +128,7 @@ def resumable(last: Path, run_fingerprint: str, max_epochs: int) -> Path | None:
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file means: start afresh
-        log.warning("Not resuming: %s is unreadable (%s); training from the start.", last, _first_line(err))
+        log.warning("Not resuming: %s is unreadable (%s); training from the start.", last, first_line(err))
         return None
     if not isinstance(checkpoint, dict) or checkpoint.get(FINGERPRINT_KEY) != run_fingerprint:
         log.warning("Not resuming from %s: params or data changed since it was written.", last)
@@ -114,8 +137,3 @@ def resumable(last: Path, run_fingerprint: str, max_epochs: int) -> Path | None:
         return None
     log.warning("Resuming from %s (after epoch %d).", last, checkpoint["epoch"] + 1)
     return last
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

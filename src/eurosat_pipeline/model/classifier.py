@@ -32,12 +32,13 @@ class Classifier(nn.Module):
         dropout: float,
         hidden_dropout: float,
         preprocessing: Preprocessing,
+        data: DataSpec,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.preprocessing = preprocessing
         self.pretrained_weights: dict[str, Any] | None = None
-        self.data = DataSpec.eurosat_rgb()  # the classes and bands it takes (set by build_model)
+        self.data = data  # the classes and bands it takes
         self.stem_adaptation: str | None = None  # what was done to the pretrained stem, if anything
         self.head = nn.Sequential(
             nn.Dropout(dropout),
@@ -52,15 +53,14 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
-def build_model(config: Config, data: DataSpec | None = None, load_pretrained: bool = True) -> Classifier:
-    """Build the classifier for ``data`` (classes, bands; EuroSAT RGB when not given); ImageNet
-    weights only when asked and ``config.pretrained``.
+def build_model(config: Config, data: DataSpec, load_pretrained: bool = True) -> Classifier:
+    """Build the classifier for ``data`` (classes, bands); ImageNet weights only when asked and
+    ``config.pretrained``.
 
     A local ``pretrained_weights`` file (or packaged weights) is loaded strictly here; without one,
     timm downloads the model's default weights. Bands other than red, green, blue in that order get
     an adapted stem (:mod:`eurosat_pipeline.model.stem`).
     """
-    data = data or DataSpec.eurosat_rgb()
     pretrained = load_pretrained and config.pretrained
     weights = resolve_weights(config.pretrained_weights) if pretrained else None
     adapt = data.rgb_roles != RGB_ROLES
@@ -77,8 +77,8 @@ def build_model(config: Config, data: DataSpec | None = None, load_pretrained: b
         dropout=config.head_dropout,
         hidden_dropout=config.head_hidden_dropout,
         preprocessing=Preprocessing.for_model(backbone, config.image_size, data, config.pretrained),
+        data=data,
     )
-    classifier.data = data
     if config.pretrained:
         classifier.stem_adaptation = describe_adaptation(data.rgb_roles, data.shown_bands())
     if pretrained:
@@ -133,16 +133,6 @@ def leading_groups(backbone: nn.Module, count: int) -> list[nn.Module]:
             f"groups (the stem, then its stages); use at most {len(groups) - 1}, or phase2_epochs: 0."
         )
     return [backbone.get_submodule(name) for group in sorted(groups)[:count] for name in groups[group]]
-
-
-def freeze_stages(model: Classifier, count: int) -> list[nn.Module]:
-    """Freeze the backbone's stem and first stages (no gradients); returns them, to be kept in eval
-    mode so their BatchNorm statistics stay ImageNet's. Backward then stops above them: the early,
-    high-resolution layers are the most expensive part of a training step on a CPU."""
-    frozen = leading_groups(model.backbone, count)
-    for module in frozen:
-        module.requires_grad_(False)
-    return frozen
 
 
 def split_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -18,12 +18,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from eurosat_pipeline.core.choices import FORMATS
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.model.augment import BatchTransform, eval_transform
+from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.classifier import Classifier
 from eurosat_pipeline.platform.accelerators import cpu_has_native_bf16, flush_denormals
-
-FORMATS = ("fp32", "bf16")
 
 
 class Images(Protocol):
@@ -106,9 +105,7 @@ def backbone_features(
     ``device`` (default: where the images are)."""
     fmt = fmt or InferenceFormat("fp32", "default")
     device = device or getattr(images, "device", torch.device("cpu"))
-    transform = BatchTransform(
-        model.preprocessing, random_flips=False, jitter=(0.0, 0.0, 0.0, 0.0), channels_last=channels_last
-    ).to(device)
+    transform = eval_transform(model.preprocessing, channels_last=channels_last).to(device)
     was_training = model.backbone.training
     model.backbone.eval()
     try:

@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 
     from eurosat_pipeline.core.dataspec import DataSpec
 
-# What every checkpoint and ONNX file written before preprocessing was stored used.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
@@ -65,8 +62,6 @@ class Preprocessing:
         if pretrained and data.is_rgb8:
             return own
         if data.mean is None or data.std is None:
-            if data.is_rgb8:
-                return own  # 8-bit RGB split from before band statistics were written
             raise DatasetError(
                 f"no band statistics for the model's {data.in_chans} {data.dtype} band(s): the split stage "
                 "writes them (data/band_stats.json); run `dvc repro split`."
@@ -76,18 +71,13 @@ class Preprocessing:
         return cls(image_size, tuple(data.mean), std, own.interpolation, value_scale=1.0)
 
     @classmethod
-    def legacy(cls, image_size: int) -> Preprocessing:
-        """What files from before this was stored were trained with: ImageNet statistics, bilinear."""
-        return cls(image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         return cls(
             image_size=int(data["image_size"]),
             mean=_floats(data["mean"]),
             std=_floats(data["std"]),
-            interpolation=str(data.get("interpolation", "bilinear")),
-            value_scale=float(data.get("value_scale", 255.0)),
+            interpolation=str(data["interpolation"]),
+            value_scale=float(data["value_scale"]),
         )
 
     def to_dict(self) -> dict[str, Any]:

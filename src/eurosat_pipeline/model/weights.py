@@ -30,7 +30,7 @@ import timm.models
 from torch import Tensor, nn
 
 from eurosat_pipeline.core.config import Config
-from eurosat_pipeline.core.errors import ConfigError, PipelineError
+from eurosat_pipeline.core.errors import ConfigError, PipelineError, first_line
 from eurosat_pipeline.core.files import sha256_of, write_json
 
 PACKAGE_PREFIX = "pypi:"
@@ -153,9 +153,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         if "Unsupported global" in str(err):
             raise PipelineError(
                 f"{path}: refused to load: it contains Python objects outside the allow-list for weights-only "
-                f"loading, which could run code ({_first_line(err)}). Use a plain state dict or .safetensors."
+                f"loading, which could run code ({first_line(err)}). Use a plain state dict or .safetensors."
             ) from err
-        raise PipelineError(f"{path}: not a readable weights file ({type(err).__name__}: {_first_line(err)}).") from err
+        raise PipelineError(f"{path}: not a readable weights file ({type(err).__name__}: {first_line(err)}).") from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise PipelineError(f"{path}: not a state dict of tensors.")
     return state
@@ -233,8 +233,3 @@ def _misfit_message(
         f"key 'pretrained_weights': {weights.path} does not fit timm model '{model_name}' "
         f"({'; '.join(parts)}).{hint} Choose the model_name the weights were trained for, or another file."
     )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 import torch
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
-from eurosat_pipeline.core.files import read_json, write_json, write_text
+from eurosat_pipeline.core.files import read_json, write_csv, write_json
 from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.model.checkpoints import load_classifier
 from eurosat_pipeline.model.classifier import Classifier
@@ -79,31 +77,23 @@ def _bf16_agreement(
 
 
 def _write_per_class(report: dict[str, Any], matrix: Any, classes: list[str], out: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support", *classes])
-    for index, name in enumerate(classes):
-        row = report[name]
-        writer.writerow(
-            [
-                name,
-                f"{row['precision']:.6f}",
-                f"{row['recall']:.6f}",
-                f"{row['f1-score']:.6f}",
-                int(row["support"]),
-                *matrix[index].tolist(),
-            ]
-        )
-    write_text(out, buffer.getvalue())
+    rows = [
+        [
+            name,
+            f"{report[name]['precision']:.6f}",
+            f"{report[name]['recall']:.6f}",
+            f"{report[name]['f1-score']:.6f}",
+            int(report[name]["support"]),
+            *matrix[index].tolist(),
+        ]
+        for index, name in enumerate(classes)
+    ]
+    write_csv(out, ["class", "precision", "recall", "f1", "support", *classes], rows)
 
 
 def _write_predictions(
     paths: list[str], actual: list[str], predicted: list[str], confidence: list[float], out: Path
 ) -> None:
     """One row per test image: what `dvc plots` draws as the confusion matrix."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "actual", "predicted", "confidence"])
-    for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True):
-        writer.writerow([path, a, p, f"{c:.4f}"])
-    write_text(out, buffer.getvalue())
+    rows = ([path, a, p, f"{c:.4f}"] for path, a, p, c in zip(paths, actual, predicted, confidence, strict=True))
+    write_csv(out, ["path", "actual", "predicted", "confidence"], rows)

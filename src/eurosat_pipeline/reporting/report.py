@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 
 from eurosat_pipeline.core.files import read_json, write_text
 from eurosat_pipeline.data.dataset import SYNTHETIC_WARNING
+from eurosat_pipeline.model.checkpoints import StoredModel, read_stored_model
 from eurosat_pipeline.reporting.model_card import model_card
 from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.embeddings import read_tsne_csv, tsne_figure
@@ -45,11 +46,13 @@ class ReportPaths:
     split: Path
     out: Path
     model_card: Path
+    checkpoint: Path
 
 
 def build_report(paths: ReportPaths) -> Path:
     history = read_history(paths.history)
     summary = read_json(paths.train_summary)
+    stored = read_stored_model(paths.checkpoint)
     metrics = read_json(paths.eval_metrics)
     per_class = _read_per_class(paths.per_class)
     phase2_start = _phase2_start(summary["config"])
@@ -61,10 +64,10 @@ def build_report(paths: ReportPaths) -> Path:
     ]
     tsne = read_tsne_csv(paths.tsne)
     if tsne:
-        classes = _classes_of(summary)
-        figures.append(tsne_figure(tsne, "t-SNE of validation embeddings (slide through the logged epochs)", classes))
-    page = _page(summary, metrics, per_class, figures)
-    write_text(paths.model_card, model_card(summary, metrics, per_class, paths.split))
+        title = "t-SNE of validation embeddings (slide through the logged epochs)"
+        figures.append(tsne_figure(tsne, title, list(stored.data.classes)))
+    page = _page(stored, summary, metrics, per_class, figures)
+    write_text(paths.model_card, model_card(stored, summary, metrics, per_class, paths.split))
     write_text(paths.out, page)
     return paths.out
 
@@ -127,19 +130,9 @@ def lr_figure(curves: dict[str, list[tuple[int, float]]]) -> go.Figure:
     return figure
 
 
-def _input_text(summary: dict[str, Any]) -> str:
-    """The model's bands, value type and class count (summaries from before: EuroSAT RGB)."""
-    model_input = summary.get("model_input") or {"band_names": ["red", "green", "blue"], "dtype": "uint8"}
-    bands = model_input.get("band_names") or [f"band {b}" for b in model_input.get("bands", [])]
-    return f"{', '.join(bands)} ({model_input['dtype']}); {len(_classes_of(summary))} classes"
-
-
-def _classes_of(summary: dict[str, Any]) -> list[str]:
-    """The model's classes (summaries from before they were stored: the data's, else EuroSAT's)."""
-    from eurosat_pipeline.core.classes import CLASSES
-
-    model_input = summary.get("model_input") or {}
-    return list(model_input.get("classes") or summary.get("data", {}).get("classes") or CLASSES)
+def _input_text(stored: StoredModel) -> str:
+    """The model's bands, value type and class count, as its checkpoint stores them."""
+    return f"{', '.join(stored.data.shown_bands())} ({stored.data.dtype}); {stored.data.num_classes} classes"
 
 
 def _read_lr_curves(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -185,7 +178,11 @@ def _read_per_class(path: Path) -> list[dict[str, Any]]:
 
 
 def _page(
-    summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]], figures: list[go.Figure]
+    stored: StoredModel,
+    summary: dict[str, Any],
+    metrics: dict[str, Any],
+    per_class: list[dict[str, Any]],
+    figures: list[go.Figure],
 ) -> str:
     plots = [
         figure.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False, config={"displaylogo": False})
@@ -195,20 +192,20 @@ def _page(
     banner = f'<p class="warning">{html.escape(SYNTHETIC_WARNING)}</p>' if data.get("synthetic") else ""
     return _TEMPLATE.format(
         banner=banner,
-        run_table=_table(_run_rows(summary, metrics)),
+        run_table=_table(_run_rows(stored, summary, metrics)),
         params_table=_table([(k, summary["config"].get(k, "")) for k in KEY_PARAMS]),
         class_table=_class_table(per_class),
         plots="\n".join(f'<div class="plot">{p}</div>' for p in plots),
     )
 
 
-def _run_rows(summary: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+def _run_rows(stored: StoredModel, summary: dict[str, Any], metrics: dict[str, Any]) -> list[tuple[str, Any]]:
     data, test = summary["data"], metrics["test"]
     source = shown_source(data["source"]) + (" (SYNTHETIC)" if data.get("synthetic") else "")
     return [
         ("data source", source),
         ("images", f"{data['num_images']:,}"),
-        ("model input", _input_text(summary)),
+        ("model input", _input_text(stored)),
         ("test accuracy", f"{test['acc']:.2%} on {test['images']:,} images"),
         ("test macro F1", f"{test['macro_f1']:.4f}"),
         ("best / final val accuracy", f"{summary['best_val_acc']:.2%} / {summary['final_val_acc']:.2%}"),

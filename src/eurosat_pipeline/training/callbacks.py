@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from eurosat_pipeline.core.files import write_text
+from eurosat_pipeline.core.files import read_csv, write_csv
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -112,19 +110,8 @@ def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
 
 
 def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(path, HISTORY_COLUMNS, rows)
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [
-            {k: int(v) if k in ("epoch", "phase") else float(v) for k, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
+    return [{k: int(v) if k in ("epoch", "phase") else float(v) for k, v in row.items()} for row in read_csv(path)]

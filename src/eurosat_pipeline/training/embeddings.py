@@ -8,7 +8,6 @@ Plotly chart for W&B, and the coordinates as a CSV the HTML report draws.
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.manifold import TSNE
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from eurosat_pipeline.core.classes import class_colours_of
-from eurosat_pipeline.core.files import write_text
+from eurosat_pipeline.core.files import read_csv, write_csv
 from eurosat_pipeline.training.callbacks import EpochRows
 
 matplotlib.use("Agg")
@@ -93,28 +92,20 @@ def tsne_figure(rows: list[dict[str, Any]], title: str, classes: Sequence[str]) 
 
 
 def write_tsne_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+    write_csv(path, COLUMNS, rows)
 
 
 def read_tsne_csv(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [
-            {
-                "epoch": int(r["epoch"]),
-                "x": float(r["x"]),
-                "y": float(r["y"]),
-                "actual": r["actual"],
-                "predicted": r["predicted"],
-            }
-            for r in csv.DictReader(handle)
-        ]
+    return [
+        {
+            "epoch": int(r["epoch"]),
+            "x": float(r["x"]),
+            "y": float(r["y"]),
+            "actual": r["actual"],
+            "predicted": r["predicted"],
+        }
+        for r in read_csv(path)
+    ]
 
 
 class TSNELogger(EpochRows):

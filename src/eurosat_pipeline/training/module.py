@@ -28,16 +28,14 @@ class LandUseClassifier(L.LightningModule):
     """Phase 1 trains the head on a frozen backbone (BatchNorm in eval, no backward through it);
     phase 2 unfreezes everything under a fresh cosine schedule (see :mod:`.schedule`)."""
 
-    def __init__(
-        self, config: dict[str, Any], data: dict[str, Any] | None = None, load_pretrained: bool = True
-    ) -> None:
+    def __init__(self, config: dict[str, Any], data: dict[str, Any], load_pretrained: bool = True) -> None:
         super().__init__()
         # Only plain dicts are saved (the config, and the classes and bands of the data): the
         # checkpoint alone rebuilds the model.
         self.save_hyperparameters("config", "data")
         self.frozen_modules: list[nn.Module] = []  # phase 2's frozen leading layers (kept in eval mode)
         self.config: Config = config_from_mapping(config, source="checkpoint config")
-        self.data = DataSpec.from_dict(data) if data else DataSpec.eurosat_rgb()
+        self.data = DataSpec.from_dict(data)
         self.model = build_model(self.config, self.data, load_pretrained=load_pretrained)
         # Found once, here: too many stages fail now, not when phase 2 starts.
         self.phase2_frozen = leading_groups(self.model.backbone, self.config.phase2_frozen_stages)

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.dataspec import DataSpec, data_spec
-from eurosat_pipeline.core.errors import TrainingError
+from eurosat_pipeline.core.errors import DatasetError, TrainingError
 from eurosat_pipeline.core.files import atomic_path, read_json, write_json
 from eurosat_pipeline.data.dataset import images_path_for, read_info
 from eurosat_pipeline.data.split import read_split, stats_path_for
@@ -252,9 +252,11 @@ def _finish(
     return summary
 
 
-def read_band_stats(path: Path) -> dict[str, Any] | None:
-    """The split stage's band statistics; None where an older split stage wrote none."""
-    return read_json(path) if path.is_file() else None
+def read_band_stats(path: Path) -> dict[str, Any]:
+    """The split stage's band statistics, or an error that says which stage writes them."""
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: the split stage writes it; run `dvc repro split`.")
+    return read_json(path)
 
 
 def _augmentation(config: Config, data: DataSpec) -> str:

@@ -49,8 +49,6 @@ says why (a note printed by the command), while the tile counts are still writte
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -59,13 +57,14 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.core.classes import IMAGE_SIZE, class_colours_of
+from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
 from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.files import atomic_path
+from eurosat_pipeline.core.files import atomic_path, csv_text
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
+AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent")  # MAP.csv
 SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
 PERCENTILES = (2.0, 98.0)
@@ -198,7 +197,7 @@ def make_map(
         chosen = choose_bands(src, bands, data)
         if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
-        scaler = make_scaler(src, chosen, scale, offset, nodata, data)
+        scaler = make_scaler(src, chosen, scale, data, offset, nodata)
         started = time.perf_counter()
         try:
             result = classify_scene(
@@ -206,10 +205,10 @@ def make_map(
                 chosen,
                 scaler,
                 predictor.classify,
+                data,
                 nodata,
                 batch_size,
                 PREVIEW_LONGEST if scene_preview else None,
-                data,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
@@ -221,7 +220,7 @@ def make_map(
             write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
             if outputs.confidence is not None:
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
-            write_csv(temporaries["csv"], result)
+            write_areas_csv(temporaries["csv"], result)
         with result.watch("preview"):
             write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
     return result, outputs
@@ -273,9 +272,8 @@ def check_band_numbers(src: object, bands: tuple[int, ...] | None) -> None:
         raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{src.count}")
 
 
-def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec | None = None) -> tuple[int, ...]:
+def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec) -> tuple[int, ...]:
     """The 1-based scene bands that feed the model's bands, in its order (see the module's docstring)."""
-    data = data or DataSpec.eurosat_rgb()
     count, needed = src.count, data.in_chans
     shown = ", ".join(data.shown_bands())
     if bands is not None:
@@ -323,12 +321,12 @@ def make_scaler(
     src: object,
     bands: tuple[int, ...],
     scale: str,
+    data: DataSpec,
     offset: float = 0.0,
     nodata: float | None = None,
-    data: DataSpec | None = None,
 ) -> Scaler:
     """A function from the file's values (``bands x h x w``) to what the model takes, as documented above."""
-    if data is not None and not data.is_rgb8:
+    if not data.is_rgb8:
         return _raw_scaler(scale, offset, data)
     scale = resolve_scale(src, bands, scale)
     if scale == "none":
@@ -405,10 +403,10 @@ def classify_scene(
     bands: tuple[int, ...],
     scaler: Scaler,
     classify: Callable[[np.ndarray], np.ndarray],
+    data: DataSpec,
     nodata: float | None = None,
     batch_size: int = 256,
     preview_longest: int | None = PREVIEW_LONGEST,
-    data: DataSpec | None = None,
 ) -> LandUseMap:
     """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
 
@@ -418,7 +416,6 @@ def classify_scene(
     """
     from affine import Affine
 
-    data = data or DataSpec.eurosat_rgb()
     tile = tile_of(data)
     rows, cols = -(-src.height // tile), -(-src.width // tile)
     result = LandUseMap(
@@ -426,7 +423,7 @@ def classify_scene(
         np.full((rows, cols), NODATA, dtype=np.uint8),
         src.crs,
         src.transform @ Affine.scale(tile),  # tile (0, 0) starts at the scene's origin
-        *_tile_area(src, tile, data.classes == DataSpec.eurosat_rgb().classes),
+        *_tile_area(src, tile, tuple(data.classes) == CLASSES),
         class_names=tuple(data.classes),
         tile=tile,
     )
@@ -628,13 +625,10 @@ def write_geotiff(
             dst.update_tags(1, meaning="top-1 probability in percent")
 
 
-def write_csv(path: Path, result: LandUseMap) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, ["class", "index", "tiles", "hectares", "percent"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(result.areas())
-    writer.writerow({"class": "nodata", "index": NODATA, "tiles": result.skipped, "hectares": "", "percent": ""})
-    path.write_text(buffer.getvalue(), encoding="utf-8")
+def write_areas_csv(path: Path, result: LandUseMap) -> None:
+    """Tiles, hectares and share per class, then the NODATA tiles."""
+    nodata = {"class": "nodata", "index": NODATA, "tiles": result.skipped}
+    path.write_text(csv_text(AREA_COLUMNS, [*result.areas(), nodata]), encoding="utf-8")
 
 
 def write_preview(

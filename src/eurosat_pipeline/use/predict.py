@@ -10,9 +10,7 @@ command also says how many it got right.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 import logging
 import sys
@@ -24,9 +22,10 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from eurosat_pipeline.core.choices import ENGINES
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.files import sha256_of, write_text
+from eurosat_pipeline.core.files import csv_text, sha256_of, write_text
 from eurosat_pipeline.model.preprocessing import Preprocessing
 from eurosat_pipeline.platform import nvidia
 
@@ -216,13 +215,14 @@ class OnnxPredictor(Predictor):
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         if "image_size" not in self.metadata:
             raise PipelineError(f"{onnx_file}: not exported by this pipeline (no image_size metadata)")
-        stored = self.metadata.get("preprocessing")
-        self.preprocessing = (
-            Preprocessing.from_dict(json.loads(stored))
-            if stored
-            else Preprocessing.legacy(int(self.metadata["image_size"]))
-        )
-        self.data = _onnx_data(self.metadata)
+        missing = [key for key in ("preprocessing", "data") if key not in self.metadata]
+        if missing:
+            raise PipelineError(
+                f"{onnx_file}: no stored {' or '.join(missing)}: it was exported by an older export stage; "
+                "run `dvc repro export`."
+            )
+        self.preprocessing = Preprocessing.from_dict(json.loads(self.metadata["preprocessing"]))
+        self.data = DataSpec.from_dict(json.loads(self.metadata["data"]))
         self.input_name = self.session.get_inputs()[0].name
         value_scale = self.preprocessing.value_scale
         shape = (1, self.preprocessing.bands, 1, 1)
@@ -243,13 +243,6 @@ class OnnxPredictor(Predictor):
             inputs = eval_transform(self.preprocessing)(torch.from_numpy(images), train=False).numpy()
         (logits,) = self.session.run(None, {self.input_name: inputs})
         return softmax(logits)
-
-
-def _onnx_data(metadata: dict[str, str]) -> DataSpec:
-    """The classes and bands stored in an export (EuroSAT RGB for exports from before they were)."""
-    if "data" in metadata:
-        return DataSpec.from_dict(json.loads(metadata["data"]))
-    return DataSpec.eurosat_rgb()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -304,7 +297,6 @@ def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_siz
     return probabilities
 
 
-ENGINES = ("auto", "pytorch", "onnxruntime")
 EXPORT_NAME = "model.onnx"  # where the export stage writes a checkpoint's ONNX file: beside it
 CHECKPOINT_HASH_KEY = "checkpoint_sha256"  # ONNX metadata: the checkpoint it was exported from
 
@@ -374,15 +366,13 @@ def render(predictions: list[Prediction], fmt: str) -> str:
         ]
         return json.dumps(rows, indent=2) + "\n"
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
         k = len(predictions[0].classes)
-        writer.writerow(["path", *[f"{kind}{i}" for i in range(1, k + 1) for kind in ("class", "probability")]])
-        for p in predictions:
-            writer.writerow(
-                [str(p.path), *[v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")]]
-            )
-        return buffer.getvalue()
+        header = ["path", *[f"{kind}{i}" for i in range(1, k + 1) for kind in ("class", "probability")]]
+        rows = (
+            [str(p.path), *[v for c, q in zip(p.classes, p.probabilities, strict=True) for v in (c, f"{q:.6f}")]]
+            for p in predictions
+        )
+        return csv_text(header, rows)
     lines = []
     for p in predictions:
         top = "  ".join(f"{c} {q:.1%}" for c, q in zip(p.classes, p.probabilities, strict=True))

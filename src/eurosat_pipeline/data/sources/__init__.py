@@ -15,8 +15,6 @@ from eurosat_pipeline.data.sources.eurosat import DownloadSource
 from eurosat_pipeline.data.sources.local import LocalSource
 from eurosat_pipeline.data.sources.synthetic import SyntheticSource
 
-BUILTIN = ("eurosat", "eurosat_ms", "synthetic")
-
 
 def source_for(spec: str, synthetic_images_per_class: int = 100) -> Source:
     """The source ``data_source`` names (the official addresses are read now: tests point them elsewhere)."""
