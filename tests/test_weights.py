@@ -108,7 +108,7 @@ def test_weights_for_another_model_are_refused_before_training() -> None:
     with pytest.raises(
         ConfigError, match=r"does not fit timm model 'efficientnet_b0' \(missing: blocks\.0\.0\.se\."
     ) as err:
-        build_model(config)
+        build_model(config, RGB)
     assert "model_name: tf_efficientnet_lite0" in str(err.value)
 
 
@@ -133,7 +133,7 @@ def test_a_damaged_file_is_refused_with_the_keys_named(
     torch.save(state, broken)
     config = Config(model_name="tf_efficientnet_lite0", pretrained_weights=str(broken))
     with pytest.raises(ConfigError, match=message):
-        build_model(config)
+        build_model(config, RGB)
 
 
 def test_a_timm_layout_safetensors_file_loads(tmp_path: Path) -> None:
