@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from eurosat_pipeline.platform import slots
-from eurosat_pipeline.platform.slots import place_run, queue_worker_count, queued_experiment_root
+from eurosat_pipeline.platform.placement import place_devices
+from eurosat_pipeline.platform.slots import queue_worker_count, queued_experiment_root
 
 from .conftest import REPO_ROOT
 
@@ -27,8 +28,8 @@ from .conftest import REPO_ROOT
 CLAIMANT = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-from eurosat_pipeline.platform.slots import place_run
-placement = place_run(sys.argv[2], "cuda", int(sys.argv[1]))
+from eurosat_pipeline.platform.placement import place_devices
+placement = place_devices(sys.argv[2], "cuda", int(sys.argv[1]))
 print("devices", placement.devices, flush=True)
 time.sleep(300)
 """
@@ -133,7 +134,7 @@ def queued(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def test_an_explicit_list_of_gpus_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     queued(monkeypatch, tmp_path)
-    placement = place_run([2, 3], "cuda", 4)
+    placement = place_devices([2, 3], "cuda", 4)
     assert placement.devices == [2, 3] and placement.gpus is None
     assert not (tmp_path / "slots").exists()
 
@@ -142,16 +143,16 @@ def test_outside_a_queue_devices_are_as_configured(monkeypatch: pytest.MonkeyPat
     root = queued(monkeypatch, tmp_path)
     monkeypatch.chdir(root)  # `dvc exp run` in the workspace: DVC_ROOT is where the stage runs
     assert queued_experiment_root() is None
-    assert place_run("auto", "cuda", 4).devices == "auto"
+    assert place_devices("auto", "cuda", 4).devices == "auto"
     monkeypatch.delenv("DVC_EXP_NAME")
     monkeypatch.chdir(tmp_path)  # `dvc repro`: no experiment
-    assert place_run("auto", "cuda", 4).devices == "auto"
+    assert place_devices("auto", "cuda", 4).devices == "auto"
 
 
 def test_claims_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     queued(monkeypatch, tmp_path)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
-    placement = place_run("auto", "cuda", 2)
+    placement = place_devices("auto", "cuda", 2)
     assert placement.devices == [0] and placement.gpus is not None and placement.gpus.ids == ["5"]
     assert (tmp_path / "slots" / "gpu-5.lock").is_file()  # the machine's GPU 5, whoever sees it as 0
     placement.gpus.release()
@@ -178,7 +179,7 @@ def test_queued_cpu_runs_share_the_cores_among_the_queues_workers(
     assert queue_worker_count(root, proc) == 2
     monkeypatch.setattr(slots, "PROC", proc)
     monkeypatch.setattr(slots, "cpu_cores", lambda: 8)
-    placement = place_run(1, "cpu", 0)
+    placement = place_devices(1, "cpu", 0)
     assert (placement.threads, placement.workers, placement.devices) == (4, 2, 1)
     assert "4 of 8 CPU cores (2 queue workers)" in placement.describe()
     assert queue_worker_count(root, tmp_path / "no-proc") == 1

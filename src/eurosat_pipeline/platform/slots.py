@@ -14,6 +14,8 @@ through OS file locks, one lock file per GPU, machine-wide (:data:`SLOT_DIR_ENV`
 
 On a CPU the queue's workers share the cores: each run takes ``cores / workers`` threads, the
 workers counted among the running ``dvc exp queue-worker`` processes of this repository.
+
+:mod:`.placement` decides from these what a run gets.
 """
 
 from __future__ import annotations
@@ -172,44 +174,3 @@ def queue_worker_count(repo_root: Path, proc: Path | None = None) -> int:
 
 def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# ----- what a train stage gets ------------------------------------------------------------------------
-@dataclass
-class Placement:
-    """The ``devices`` a run gives Lightning, and, in a queued experiment, what it claimed."""
-
-    devices: int | str | list[int]
-    gpus: GPUClaim | None = None
-    #: Threads for this run when the queue's workers share the CPU cores (``None``: not in a queue).
-    threads: int | None = None
-    workers: int = 1
-
-    def describe(self) -> str:
-        if self.gpus is not None:
-            return f"queued experiment: GPU {', '.join(self.gpus.ids)} (claimed; lock files in {slot_dir()})"
-        if self.threads is not None:
-            return f"queued experiment: {self.threads} of {cpu_cores()} CPU cores ({self.workers} queue workers)"
-        return "as configured (devices: " + str(self.devices) + ")"
-
-
-def place_run(
-    devices: int | str | list[int], accelerator: str, gpu_count: int, environ: Mapping[str, str] | None = None
-) -> Placement:
-    """Outside a queued experiment, ``devices`` as configured. Inside one: ``auto`` (one GPU) or a
-    count claims that many free GPUs; a list of ids wins as it is; on a CPU, a share of the cores."""
-    root = queued_experiment_root(environ)
-    if root is None or isinstance(devices, list):
-        return Placement(devices)
-    if accelerator == "cpu":
-        workers = queue_worker_count(root)
-        placement = Placement(devices, threads=max(1, cpu_cores() // workers), workers=workers)
-    else:
-        wanted = 1 if devices == "auto" else int(devices)
-        ids = visible_gpu_ids(gpu_count, environ)
-        if not 0 < wanted <= len(ids):
-            return Placement(devices)  # more than the machine has: Lightning says so
-        claim = claim_gpus(wanted, ids)
-        placement = Placement(claim.indices, gpus=claim)
-    log.info("%s", placement.describe())
-    return placement

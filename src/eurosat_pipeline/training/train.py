@@ -15,7 +15,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.dataspec import DataSpec, data_spec
@@ -24,16 +23,8 @@ from eurosat_pipeline.core.files import atomic_path, read_json, write_json
 from eurosat_pipeline.data.dataset import images_path_for, read_info
 from eurosat_pipeline.data.split import read_split, stats_path_for
 from eurosat_pipeline.model.checkpoints import fingerprint, resumable
-from eurosat_pipeline.platform import slots
-from eurosat_pipeline.platform.accelerators import (
-    choose_compile,
-    choose_precision,
-    cpu_kind,
-    flush_denormals,
-    resolve_accelerator,
-    threads_per_process,
-)
-from eurosat_pipeline.platform.slots import Placement
+from eurosat_pipeline.platform.accelerators import choose_compile, choose_precision, cpu_kind, resolve_accelerator
+from eurosat_pipeline.platform.placement import Placement, place_run, share_cpu_cores, strategy_for, world_size
 from eurosat_pipeline.training.callbacks import BestCheckpoints, EpochLines, HistoryWriter
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.embeddings import TSNELogger
@@ -147,51 +138,12 @@ def _train_in(
     resume_from = resumable(work.last, run_fingerprint, config.max_epochs) if config.resume else None
     if resume_from is None and launched_as_rank_zero():
         work.clear()
-    module = LandUseClassifier(config.to_dict(), data.to_dict(), load_pretrained=resume_from is None)
-    module.fingerprint = run_fingerprint
-    _share_cpu_cores(config, accelerator, placement)
-    if config.compile:
-        module.model.backbone.compile()
-        module.model.head.compile()
-    if config.channels_last:
-        module.model.to(memory_format=torch.channels_last)
+    module = _module(config, data, run_fingerprint, resumed=resume_from is not None)
+    share_cpu_cores(accelerator, placement)
     history = HistoryWriter(paths.history)
     best = BestCheckpoints(work.checkpoints)
-    # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
-    progress_bar = sys.stdout.isatty()
-    callbacks: list[Callback] = [
-        best,
-        last_checkpoint(work.last),
-        LearningRateMonitor(logging_interval="step"),
-        history,
-        RunSummary(history),
-        TSNELogger(config.tsne_interval, paths.tsne),
-        *([] if progress_bar else [EpochLines(history, config.max_epochs)]),
-        *extra_callbacks,
-    ]
-    trainer = L.Trainer(
-        max_epochs=config.max_epochs,
-        accelerator=accelerator,
-        devices=placement.devices,
-        num_nodes=config.num_nodes,
-        strategy=_strategy(config, placement.devices),
-        precision=precision.precision,
-        logger=make_loggers(config, work.live, resume=resume_from is not None),
-        callbacks=callbacks,
-        # Bit-exact reruns on CPU; on a GPU cuDNN's autotuner is worth more than bit-exactness.
-        deterministic=accelerator == "cpu",
-        benchmark=accelerator != "cpu",
-        log_every_n_steps=_log_interval(paths.split, config.batch_size, _world_size(config, placement.devices)),
-        # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
-        reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
-        enable_model_summary=False,
-        enable_progress_bar=progress_bar,
-        default_root_dir=str(work.root),
-    )
-    # Deterministic mode also fills every new tensor with NaN (a debugging aid that catches reads of
-    # uninitialised memory; results do not depend on it): 17 % of a CPU training step's time, in
-    # 1,700 fills per step (benchmarks/phase2_profile.py). Determinism itself stays on.
-    torch.utils.deterministic.fill_uninitialized_memory = False
+    callbacks = _callbacks(config, paths, work, history, best, extra_callbacks)
+    trainer = _trainer(config, paths, work, accelerator, placement, precision.precision, callbacks, resume_from)
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, data, paths.images_file)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
@@ -217,6 +169,76 @@ def _train_in(
         "image_placement": datamodule.placement,
     }
     return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from, extras)
+
+
+def _module(config: Config, data: DataSpec, run_fingerprint: str, resumed: bool) -> LandUseClassifier:
+    """The Lightning module, with ImageNet weights unless it resumes (the checkpoint has its own)."""
+    module = LandUseClassifier(config.to_dict(), data.to_dict(), load_pretrained=not resumed)
+    module.fingerprint = run_fingerprint
+    if config.compile:
+        module.model.backbone.compile()
+        module.model.head.compile()
+    if config.channels_last:
+        module.model.to(memory_format=torch.channels_last)
+    return module
+
+
+def _callbacks(
+    config: Config,
+    paths: TrainPaths,
+    work: ScratchFolder,
+    history: HistoryWriter,
+    best: BestCheckpoints,
+    extra_callbacks: Sequence[Callback],
+) -> list[Callback]:
+    # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
+    lines = [] if sys.stdout.isatty() else [EpochLines(history, config.max_epochs)]
+    return [
+        best,
+        last_checkpoint(work.last),
+        LearningRateMonitor(logging_interval="step"),
+        history,
+        RunSummary(history),
+        TSNELogger(config.tsne_interval, paths.tsne),
+        *lines,
+        *extra_callbacks,
+    ]
+
+
+def _trainer(
+    config: Config,
+    paths: TrainPaths,
+    work: ScratchFolder,
+    accelerator: str,
+    placement: Placement,
+    precision: str,
+    callbacks: list[Callback],
+    resume_from: Path | None,
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs,
+        accelerator=accelerator,
+        devices=placement.devices,
+        num_nodes=config.num_nodes,
+        strategy=strategy_for(config, placement),
+        precision=precision,
+        logger=make_loggers(config, work.live, resume=resume_from is not None),
+        callbacks=callbacks,
+        # Bit-exact reruns on CPU; on a GPU cuDNN's autotuner is worth more than bit-exactness.
+        deterministic=accelerator == "cpu",
+        benchmark=accelerator != "cpu",
+        log_every_n_steps=_log_interval(paths.split, config.batch_size, world_size(config, placement)),
+        # Cached phase-1 features: the loaders switch from features to images when phase 2 starts.
+        reload_dataloaders_every_n_epochs=1 if config.phase1_cached_features and config.phase1_epochs else 0,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),
+        default_root_dir=str(work.root),
+    )
+    # Deterministic mode also fills every new tensor with NaN (a debugging aid that catches reads of
+    # uninitialised memory; results do not depend on it): 17 % of a CPU training step's time, in
+    # 1,700 fills per step (benchmarks/phase2_profile.py). Determinism itself stays on.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def _finish(
@@ -308,51 +330,6 @@ class RunSummary(Callback):
                     experiment.log_metric(name, value, plot=False)
             elif hasattr(experiment, "summary"):  # W&B
                 experiment.summary.update(numbers)
-
-
-def _devices(config: Config) -> int | str | list[int]:
-    if isinstance(config.devices, str) and "," in config.devices:
-        return [int(part) for part in config.devices.split(",") if part.strip()]
-    return config.devices
-
-
-def place_run(config: Config, accelerator: str) -> Placement:
-    """The devices this run trains on; in a queued experiment one claimed GPU (or a share of the
-    CPU cores) of its own: :mod:`eurosat_pipeline.platform.slots`."""
-    gpus = torch.cuda.device_count() if accelerator == "cuda" else 0
-    return slots.place_run(_devices(config), accelerator, gpus)
-
-
-def _world_size(config: Config, devices: int | str | list[int]) -> int:
-    return _devices_per_node(devices) * config.num_nodes
-
-
-def _strategy(config: Config, devices: int | str | list[int]) -> str | Strategy:
-    frozen_somewhere = config.phase1_epochs > 0 or config.phase2_frozen_stages > 0
-    if _world_size(config, devices) > 1 and config.strategy in ("auto", "ddp") and frozen_somewhere:
-        # Frozen layers produce no gradients (phase 1, or phase 2's leading stages); DDP must be told.
-        return DDPStrategy(find_unused_parameters=True)
-    return config.strategy
-
-
-def _share_cpu_cores(config: Config, accelerator: str, placement: Placement) -> None:
-    """On a CPU: denormals flushed (see :func:`.hardware.flush_denormals`); under CPU DDP, which
-    starts one process per device on one machine, and in queued experiments, whose workers run at
-    once, each process gets its share of the cores."""
-    if accelerator != "cpu":
-        return
-    flush_denormals()
-    processes = _devices_per_node(placement.devices)
-    if processes > 1 or placement.threads is not None:
-        threads = threads_per_process(processes, cores=placement.threads)
-        torch.set_num_threads(threads)
-        log.info("%d CPU threads per training process", threads)
-
-
-def _devices_per_node(devices: int | str | list[int]) -> int:
-    if devices == "auto":
-        return torch.cuda.device_count() if torch.cuda.is_available() else 1
-    return len(devices) if isinstance(devices, list) else int(devices)
 
 
 def _log_interval(split_csv: Path, batch_size: int, world_size: int = 1) -> int:
