@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
+from torchmetrics import MeanMetric
 
 from eurosat_pipeline.core.config import config_from_mapping
 from eurosat_pipeline.core.errors import ConfigError
@@ -352,15 +353,51 @@ def test_the_train_stage_stops_before_touching_anything(
 
 
 # ----- 9. no host sync per step ------------------------------------------------------------------------
-def test_metrics_do_not_read_values_back_per_update() -> None:
+class HostSync(AssertionError):
+    pass
+
+
+def _no_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tensor's value read on the host (``bool(t)``, ``t.item()``, ``t.tolist()``) or an output
+    whose size depends on the values (``torch.unique``) raises: on a GPU each is a sync that stalls
+    the step."""
+
+    def refuse(self: torch.Tensor, *args: Any) -> Any:
+        raise HostSync("a tensor value was read back on the host")
+
+    for name in ("__bool__", "item", "tolist", "unique"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    monkeypatch.setattr(torch, "unique", refuse)
+
+
+def test_metrics_do_not_read_values_back_per_update(monkeypatch: pytest.MonkeyPatch) -> None:
     module = LandUseClassifier(tiny_config().to_dict(), RGB.to_dict(), load_pretrained=False)
-    assert module.train_loss.nan_strategy == "disable" and module.val_loss.nan_strategy == "disable"
-    assert module.val_acc.validate_args is False
+    logits, labels, loss = torch.randn(4, 10), torch.tensor([0, 1, 2, 3]), torch.tensor(0.7)
+    _no_reads_back(monkeypatch)
+    module.train_loss.update(loss)
+    module.val_loss.update(loss)
+    module.val_acc.update(logits, labels)
+    # The check catches what it is for: MeanMetric's default NaN check looks at every value.
+    with pytest.raises(HostSync):
+        MeanMetric().update(loss)
 
 
-def test_batch_indices_are_a_long_tensor_on_the_data_device() -> None:
-    index = index_tensor([3, 1, 2], torch.device("cpu"))
-    assert index.dtype == torch.long and index.tolist() == [3, 1, 2]
+def test_batch_indices_go_to_a_gpu_without_a_synchronous_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert index_tensor([3, 1, 2], torch.device("cpu")).dtype == torch.long
+    calls: list[tuple[str, Any]] = []
+
+    def pin(self: torch.Tensor) -> torch.Tensor:
+        calls.append(("pin_memory", self.dtype))
+        return self
+
+    def to(self: torch.Tensor, device: torch.device, non_blocking: bool = False) -> torch.Tensor:
+        calls.append(("to", (device, non_blocking)))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    index_tensor([3, 1, 2], torch.device("cuda", 0))
+    assert calls == [("pin_memory", torch.long), ("to", (torch.device("cuda", 0), True))]
 
 
 @gpu
