@@ -90,3 +90,59 @@ def test_the_checker_finds_a_broken_link_and_a_broken_anchor(tmp_path: Path) -> 
     page.write_text("# Title\n\n[ok](#title) [bad](#nowhere) [gone](missing.md)\n\n```\n[code](not-a-link.md)\n```\n")
     assert links(page) == ["#title", "#nowhere", "missing.md"]
     assert anchors(page) == {"title"}
+
+
+# ----- the code the pages name exists ---------------------------------------------------------------
+PACKAGE = REPO_ROOT / "src" / "eurosat_pipeline"
+SOURCE_PATH = re.compile(r"(?<![\w/])(?:src/)?eurosat_pipeline/([\w/]+\.py)")
+DOTTED = re.compile(r"(?<![\w.])eurosat_pipeline((?:\.\w+)+)")
+
+
+def missing_code(text: str, package: Path = PACKAGE) -> list[str]:
+    """Source paths (``src/eurosat_pipeline/model/stem.py``) and dotted modules
+    (``eurosat_pipeline.model.stem``, optionally followed by a name in it) a page names that do not
+    exist: what a regrouping leaves behind."""
+    missing = [f"eurosat_pipeline/{path}" for path in SOURCE_PATH.findall(text) if not (package / path).is_file()]
+    for dotted in DOTTED.findall(text):
+        parts = dotted.strip(".").split(".")
+        # The module is the longest prefix that is a file or a package; what follows may name an object in it.
+        known = [i for i in range(1, len(parts) + 1) if _is_module(package, parts[:i])]
+        if not known or len(parts) - max(known) > 1:
+            missing.append("eurosat_pipeline" + dotted)
+    return missing
+
+
+def _is_module(package: Path, parts: list[str]) -> bool:
+    path = package.joinpath(*parts)
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_the_modules_a_page_names_exist(page: Path) -> None:
+    assert missing_code(page.read_text(encoding="utf-8")) == []
+
+
+def test_the_layout_map_names_every_room_and_module() -> None:
+    text = (REPO_ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    layout = text[text.index("src/eurosat_pipeline/") : text.index("\ntests/ ")]
+    named = set(re.findall(r"\b(\w+)\.py\b", layout)) | set(re.findall(r"\b(\w+)/", layout))
+    in_package = {p.stem for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    rooms = {p.parent.name for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    assert sorted((in_package | rooms) - named) == []  # in the package, not on the map
+    assert sorted(set(re.findall(r"\b(\w+)\.py\b", layout)) - in_package) == []  # on the map, gone
+
+
+def test_the_name_check_finds_a_moved_module(tmp_path: Path) -> None:
+    package = tmp_path / "eurosat_pipeline"
+    (package / "model").mkdir(parents=True)
+    (package / "model" / "__init__.py").write_text("")
+    (package / "model" / "stem.py").write_text("")
+    text = (
+        "see src/eurosat_pipeline/model/stem.py and eurosat_pipeline.model.stem.adapt_stem; "
+        "not src/eurosat_pipeline/stem.py, eurosat_pipeline.hardware or eurosat_pipeline.model.gone.thing"
+    )
+    assert missing_code(text, package) == [
+        "eurosat_pipeline/stem.py",
+        "eurosat_pipeline.hardware",
+        "eurosat_pipeline.model.gone.thing",
+    ]
