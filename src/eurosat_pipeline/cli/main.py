@@ -47,7 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    for add in (_add_demo, _add_compare, _add_predict, _add_map, _add_export):
+        add(commands)
+    return parser
 
+
+#: The subcommands of `eurosat` (argparse names the type privately).
+Commands = argparse._SubParsersAction
+
+
+def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="run the whole pipeline offline with real ImageNet weights: synthetic data, or --data (CPU-sized)",
@@ -71,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", help="experiment name")
     demo.set_defaults(run=_demo)
 
+
+def _add_compare(commands: Commands) -> None:
     compare = commands.add_parser(
         "compare", help="Markdown + PNG comparison of the workspace with a git revision (the CML comment)"
     )
@@ -78,19 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="cml", help="folder for report.md and the PNGs (default: cml)")
     compare.set_defaults(run=_compare)
 
+
+def _add_model_options(command: argparse.ArgumentParser) -> None:
+    """Which model runs, and how: the same for predict and map."""
+    command.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
+    command.add_argument("--onnx", help=ONNX_HELP)
+    command.add_argument("--batch-size", type=int, default=256)
+    command.add_argument("--device", help=DEVICE_HELP)
+    command.add_argument("--precision", choices=FORMATS, default="fp32", help=PRECISION_HELP)
+    command.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
+
+
+def _add_predict(commands: Commands) -> None:
     predict = commands.add_parser("predict", help="classify image files or folders (top-k with probabilities)")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    predict.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
-    predict.add_argument("--onnx", help=ONNX_HELP)
+    _add_model_options(predict)
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
-    predict.add_argument("--batch-size", type=int, default=256)
-    predict.add_argument("--device", help=DEVICE_HELP)
-    predict.add_argument("--precision", choices=FORMATS, default="fp32", help=PRECISION_HELP)
-    predict.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     predict.set_defaults(run=_predict)
 
+
+def _add_map(commands: Commands) -> None:
     land = commands.add_parser(
         "map", help="land-use map of a whole scene (GeoTIFF or any raster GDAL reads): map, preview, areas"
     )
@@ -98,8 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         "scene", help="the scene: with the model's bands (found by band description or position, or --bands)"
     )
     land.add_argument("--out", required=True, help="the map, MAP.tif; MAP.png and MAP.csv are written beside it")
-    land.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
-    land.add_argument("--onnx", help=ONNX_HELP)
+    _add_model_options(land)
     land.add_argument(
         "--bands",
         type=_band_list,
@@ -120,12 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     land.add_argument(
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
     )
-    land.add_argument("--batch-size", type=int, default=256)
-    land.add_argument("--device", help=DEVICE_HELP)
-    land.add_argument("--precision", choices=FORMATS, default="fp32", help=PRECISION_HELP)
-    land.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     land.set_defaults(run=_map)
 
+
+def _add_export(commands: Commands) -> None:
     export = commands.add_parser("export", help="export a checkpoint to ONNX and check it against PyTorch")
     export.add_argument("--checkpoint", default="models/best.ckpt")
     export.add_argument("--out", default="models/model.onnx")
@@ -133,7 +150,6 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--archive", default="data/eurosat.zip", help="parity is checked on its validation images")
     export.add_argument("--split", default="data/split.csv")
     export.set_defaults(run=_export)
-    return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
