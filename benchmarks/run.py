@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from eurosat_pipeline.core.config import Config
-from eurosat_pipeline.core.dataspec import data_spec
+from eurosat_pipeline.core.dataspec import DataSpec, data_spec
 from eurosat_pipeline.data.dataset import prepare_dataset, read_info
 from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.data.split import split_archive
@@ -167,7 +167,7 @@ def loader_suite(data: Path, batches: int, cuda: bool, base: Config) -> list[dic
                 "images_per_s": rate,
             }
         )
-    images = load_splits(data / "eurosat.zip", data / "split.csv", ("train",))["train"].images
+    images = load_splits(data / "eurosat.zip", data / "split.csv", ("train",), DataSpec.eurosat_rgb())["train"].images
     for device in ["cpu"] + (["cuda"] if cuda else []):
         rate = transform_rate(images.to(device), config.image_size, batches)
         rows.append(

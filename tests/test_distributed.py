@@ -24,7 +24,7 @@ from eurosat_pipeline.platform.accelerators import threads_per_process
 from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.embeddings import read_tsne_csv
 
-from .conftest import REPO_ROOT, tiny_config
+from .conftest import REPO_ROOT, RGB, tiny_config
 
 TRAIN_STAGE = REPO_ROOT / "stages" / "train.py"
 
@@ -129,7 +129,7 @@ def test_outputs_are_complete_and_written_once(ddp_run: dict[str, Any]) -> None:
 def test_validation_accuracy_equals_one_process_on_the_same_checkpoint(ddp_run: dict[str, Any]) -> None:
     paths = ddp_run["paths"]
     history = {r["epoch"]: r["val_acc"] for r in read_history(paths["history"])}
-    val = load_splits(paths["archive"], paths["split"], ("val",))["val"]
+    val = load_splits(paths["archive"], paths["split"], ("val",), RGB)["val"]
     assert len(val) == 11
     for checkpoint in paths["checkpoints"].iterdir():
         epoch = int(checkpoint.name[5:8])

@@ -17,7 +17,7 @@ import pytest
 
 from eurosat_pipeline.data.split import split_archive
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, RGB
 
 BANDS, SIZE = 8, 64
 TRAIN = """
@@ -27,7 +27,7 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from eurosat_pipeline.training.train import TrainPaths, train
 root = Path(sys.argv[1])
-config = tiny_config(phase1_epochs=0, phase2_epochs=1, batch_size=128, image_size=32, num_workers=0)
+config = tiny_config(phase1_epochs=0, phase2_epochs=1, batch_size=128, image_size=32)
 train(config, TrainPaths.under(root / "data", root / "models", root / "reports"))
 """
 
@@ -121,7 +121,7 @@ def test_on_a_gpu_a_split_is_uploaded_when_it_fits_else_gathered_through_pinned_
         pytest.skip("needs a CUDA GPU")
     decoded_dataset(tmp_path, 200)
     data = tmp_path / "data"
-    train_set = load_splits(data / "eurosat.zip", data / "split.csv", ("train",))["train"]
+    train_set = load_splits(data / "eurosat.zip", data / "split.csv", ("train",), RGB)["train"]
     module = EuroSATDataModule(data / "eurosat.zip", data / "split.csv", None, None)  # type: ignore[arg-type]
     uploaded = module._place("train", train_set, torch.device("cuda"))
     assert uploaded.device.type == "cuda" and "uploaded" in module.placement["train"]

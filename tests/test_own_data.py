@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,12 +59,17 @@ def test_uint16_geotiff_bands_keep_their_descriptions_and_values(tmp_path: Path)
     assert array.dtype == np.uint16 and array.max() > 255, "16-bit values must not be cut to 8 bits"
 
 
+def flat_stats(bands: int) -> dict[str, Any]:
+    """Band statistics in the split stage's form (these tests are about which bands, not their values)."""
+    return {"bands": [{"band": i + 1, "mean": 100.0, "std": 10.0} for i in range(bands)]}
+
+
 def test_rgb_plus_near_infrared_in_8_bits_keeps_the_colour_names(tmp_path: Path) -> None:
     """GDAL tags a 4-band 8-bit TIFF's bands red, green, blue, alpha: the fourth is a band like any other."""
     source = make_class_folders(tmp_path / "src", {"a": texture(4), "b": texture(4)}, 3, tiff_bytes, ".tif")
     info = prepare(source, tmp_path / "data")
     assert info["band_names"] == ["red", "green", "blue", "band 4"]
-    spec = data_spec(info, None, [])
+    spec = data_spec(info, flat_stats(4), [])
     assert spec.rgb_roles == (0, 1, 2, None) and not spec.is_rgb8
 
 
@@ -73,7 +79,7 @@ def test_eurosat_multispectral_layout_is_recognised(tmp_path: Path) -> None:
     info = prepare(source, tmp_path / "data")
     assert info["band_names"] == list(EUROSAT_MS_BANDS)
     assert "EuroSAT" in info["band_names_from"]
-    spec = data_spec(info, None, ["B04", "B03", "B02"])
+    spec = data_spec(info, flat_stats(13), ["B04", "B03", "B02"])
     assert spec.bands == (4, 3, 2) and spec.rgb_roles == (0, 1, 2) and not spec.is_rgb8
 
 
@@ -168,14 +174,20 @@ def test_band_statistics_are_those_of_the_training_split(tmp_path: Path) -> None
 
 
 def test_a_bands_entry_the_data_lacks_is_named_with_what_it_has() -> None:
-    info = {"bands": 4, "band_names": ["B02", "B03", "B04", "B08"], "classes": ["a", "b"], "dtype": "uint16"}
+    info = {
+        "bands": 4,
+        "band_names": ["B02", "B03", "B04", "B08"],
+        "classes": ["a", "b"],
+        "dtype": "uint16",
+        "image_size": 64,
+    }
     with pytest.raises(ConfigError, match="'B11' is not a band of this data; it has B02, B03, B04, B08"):
-        data_spec(info, None, ["B04", "B11"])
+        data_spec(info, flat_stats(4), ["B04", "B11"])
     unnamed = {**info, "band_names": None}
     with pytest.raises(ConfigError, match=r"band 5 does not exist; the data has bands 1\.\.4"):
-        data_spec(unnamed, None, [1, 5])
+        data_spec(unnamed, flat_stats(4), [1, 5])
     with pytest.raises(ConfigError, match="no names"):
-        data_spec(unnamed, None, ["B04"])
+        data_spec(unnamed, flat_stats(4), ["B04"])
 
 
 def test_bands_param_is_type_checked() -> None:

@@ -22,7 +22,7 @@ from eurosat_pipeline.model.augment import BatchTransform
 from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.train import TrainPaths, train
 
-from .conftest import REAL_EUROSAT, REPO_ROOT, evaluated_accuracy
+from .conftest import REAL_EUROSAT, REPO_ROOT, RGB, evaluated_accuracy
 
 pytestmark = [
     pytest.mark.realdata,
@@ -73,7 +73,7 @@ def test_real_zip_verifies_with_the_published_class_counts(real: Path) -> None:
 
 def test_batched_validation_preprocessing_matches_the_per_sample_one(real: Path) -> None:
     encoded = read_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
-    decoded = load_splits(real / "eurosat.zip", real / "split.csv", ("val",))["val"]
+    decoded = load_splits(real / "eurosat.zip", real / "split.csv", ("val",), RGB)["val"]
     per_sample = PerSampleImages(encoded, Config(), imagenet_preprocessing(224), train=False)
     ours = BatchTransform(imagenet_preprocessing(224))(decoded.images[:64], train=False)
     reference = torch.stack([per_sample[i][0] for i in range(64)])
