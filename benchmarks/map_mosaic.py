@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE
+from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.data.dataset import read_archive
 from eurosat_pipeline.data.split import read_split
 

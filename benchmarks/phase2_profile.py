@@ -31,10 +31,10 @@ import torch
 
 from eurosat_pipeline.cli.demo import REAL_DATA_OVERRIDES
 from eurosat_pipeline.core.config import config_from_mapping
+from eurosat_pipeline.core.records import read_history
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import read_split, split_archive, write_split
 from eurosat_pipeline.platform.accelerators import cpu_kind
-from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.train import TrainPaths, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,14 +15,13 @@ import pytest
 import torch
 
 from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.records import read_history, read_tsne_csv
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.checkpoints import load_classifier
 from eurosat_pipeline.model.inference import predict_logits
 from eurosat_pipeline.platform.accelerators import threads_per_process
-from eurosat_pipeline.training.callbacks import read_history
-from eurosat_pipeline.training.embeddings import read_tsne_csv
 
 from .conftest import REPO_ROOT, RGB, tiny_config
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from eurosat_pipeline.core.errors import TrainingError
+from eurosat_pipeline.core.records import read_history
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
-from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.module import NONFINITE_CHECK_EVERY_ON_GPU, LandUseClassifier
 from eurosat_pipeline.training.train import TrainPaths, scratch_for, train
 

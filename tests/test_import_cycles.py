@@ -101,7 +101,7 @@ ALLOWED = {
     "model": {"core", "platform"},
     "training": {"core", "platform", "data", "model"},
     "use": {"core", "platform", "data", "model"},
-    "reporting": {"core", "platform", "data", "model", "training"},
+    "reporting": {"core", "platform", "data", "model"},
     "cli": {"core", "platform", "data", "model", "training", "use", "reporting"},
 }
 # Third-party packages a room must not pull in, even indirectly through a room below it.

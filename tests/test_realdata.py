@@ -15,11 +15,11 @@ from benchmarks.per_sample import PerSampleImages, imagenet_preprocessing, read_
 
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.records import read_history
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.augment import BatchTransform
-from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import REAL_EUROSAT, REPO_ROOT, RGB, evaluated_accuracy

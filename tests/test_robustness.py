@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from eurosat_pipeline.core.errors import TrainingError
+from eurosat_pipeline.core.records import read_history
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.platform.slots import exclusive
-from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.train import TrainPaths, scratch_for, train
 
 from .conftest import REPO_ROOT, tiny_config

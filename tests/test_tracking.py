@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from eurosat_pipeline.core.classes import CLASS_COLOURS, CLASSES
-from eurosat_pipeline.training.embeddings import MAX_PER_CLASS, sample_per_class, tsne_figure, tsne_rows
+from eurosat_pipeline.core.records import tsne_figure
+from eurosat_pipeline.training.embeddings import MAX_PER_CLASS, sample_per_class, tsne_rows
 from eurosat_pipeline.training.tracking import resolve_wandb_mode
 from eurosat_pipeline.training.train import TrainPaths, train
 

@@ -12,11 +12,11 @@ import lightning as L
 import pytest
 import torch
 
+from eurosat_pipeline.core.records import read_history
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.checkpoints import load_checkpoint, load_classifier
 from eurosat_pipeline.platform.accelerators import cpu_kind
-from eurosat_pipeline.training.callbacks import read_history
 from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import tiny_config

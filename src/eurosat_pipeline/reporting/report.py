@@ -12,11 +12,10 @@ from typing import Any
 import plotly.graph_objects as go
 
 from eurosat_pipeline.core.files import read_json, write_text
+from eurosat_pipeline.core.records import read_history, read_tsne_csv, tsne_figure
 from eurosat_pipeline.data.dataset import SYNTHETIC_WARNING
 from eurosat_pipeline.model.checkpoints import StoredModel, read_stored_model
 from eurosat_pipeline.reporting.model_card import model_card
-from eurosat_pipeline.training.callbacks import read_history
-from eurosat_pipeline.training.embeddings import read_tsne_csv, tsne_figure
 
 KEY_PARAMS = (
     "model_name",

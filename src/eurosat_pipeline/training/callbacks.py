@@ -8,19 +8,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from eurosat_pipeline.core.files import read_csv, write_csv
-
-HISTORY_COLUMNS = (
-    "epoch",
-    "phase",
-    "train_loss",
-    "val_loss",
-    "val_acc",
-    "lr_head",
-    "lr_backbone",
-    "train_seconds",
-    "images_per_s",
-)
+from eurosat_pipeline.core.records import write_history
 
 
 class BestCheckpoints(ModelCheckpoint):
@@ -107,11 +95,3 @@ def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
         f"epoch {row['epoch']}/{max_epochs}  phase {row['phase']}  train loss {row['train_loss']:.4f}  "
         f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.2%}  {row['images_per_s']:,.0f} images/s"
     )
-
-
-def write_history(rows: list[dict[str, Any]], path: str | Path) -> None:
-    write_csv(path, HISTORY_COLUMNS, rows)
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    return [{k: int(v) if k in ("epoch", "phase") else float(v) for k, v in row.items()} for row in read_csv(path)]

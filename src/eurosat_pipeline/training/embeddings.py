@@ -16,14 +16,13 @@ from typing import Any
 import lightning as L
 import matplotlib
 import numpy as np
-import plotly.express as px
 import torch
 from PIL import Image
 from sklearn.manifold import TSNE
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from eurosat_pipeline.core.classes import class_colours_of
-from eurosat_pipeline.core.files import read_csv, write_csv
+from eurosat_pipeline.core.records import tsne_figure, write_tsne_csv
 from eurosat_pipeline.training.callbacks import EpochRows
 
 matplotlib.use("Agg")
@@ -31,7 +30,6 @@ from matplotlib import pyplot as plt
 
 MAX_PER_CLASS = 50
 TSNE_SEED = 0
-COLUMNS = ("epoch", "x", "y", "actual", "predicted")
 
 
 def sample_per_class(labels: np.ndarray, classes: int, limit: int = MAX_PER_CLASS) -> np.ndarray:
@@ -73,39 +71,6 @@ def tsne_png(rows: list[dict[str, Any]], title: str, classes: Sequence[str]) -> 
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return Image.open(buffer).convert("RGB")
-
-
-def tsne_figure(rows: list[dict[str, Any]], title: str, classes: Sequence[str]) -> Any:
-    """Interactive scatter coloured by the true class, with the predicted class on hover."""
-    epochs = sorted({r["epoch"] for r in rows})
-    return px.scatter(
-        {k: [r[k] for r in rows] for k in COLUMNS},
-        x="x",
-        y="y",
-        color="actual",
-        hover_data={"predicted": True, "actual": True, "x": False, "y": False},
-        animation_frame="epoch" if len(epochs) > 1 else None,
-        color_discrete_map=class_colours_of(list(classes)),
-        category_orders={"actual": list(classes)},
-        title=title,
-    )
-
-
-def write_tsne_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
-    write_csv(path, COLUMNS, rows)
-
-
-def read_tsne_csv(path: str | Path) -> list[dict[str, Any]]:
-    return [
-        {
-            "epoch": int(r["epoch"]),
-            "x": float(r["x"]),
-            "y": float(r["y"]),
-            "actual": r["actual"],
-            "predicted": r["predicted"],
-        }
-        for r in read_csv(path)
-    ]
 
 
 class TSNELogger(EpochRows):

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.exports import CHECKPOINT_HASH_KEY
 from eurosat_pipeline.core.files import atomic_path, sha256_of, write_json
 from eurosat_pipeline.data.loading import ImageSet, load_splits
 from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.checkpoints import load_classifier
 from eurosat_pipeline.model.inference import predict_logits
 from eurosat_pipeline.model.preprocessing import Preprocessing
-from eurosat_pipeline.use.predict import CHECKPOINT_HASH_KEY
 
 # Parity is judged relative to the logits' scale: float32 rounding grows with the size of the
 # activations, and a barely trained network can have logits in the thousands. Measured (ONNX

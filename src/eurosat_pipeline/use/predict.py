@@ -25,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from eurosat_pipeline.core.choices import ENGINES
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.exports import CHECKPOINT_HASH_KEY, EXPORT_NAME, REQUIRED_KEYS
 from eurosat_pipeline.core.files import csv_text, sha256_of, write_text
 from eurosat_pipeline.model.preprocessing import Preprocessing
 from eurosat_pipeline.platform import nvidia
@@ -215,7 +216,7 @@ class OnnxPredictor(Predictor):
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         if "image_size" not in self.metadata:
             raise PipelineError(f"{onnx_file}: not exported by this pipeline (no image_size metadata)")
-        missing = [key for key in ("preprocessing", "data") if key not in self.metadata]
+        missing = [key for key in REQUIRED_KEYS if key not in self.metadata]
         if missing:
             raise PipelineError(
                 f"{onnx_file}: no stored {' or '.join(missing)}: it was exported by an older export stage; "
@@ -295,10 +296,6 @@ def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_siz
             chosen = indices[start : start + batch_size]
             probabilities[chosen] = model.classify(np.stack([images[i] for i in chosen]))
     return probabilities
-
-
-EXPORT_NAME = "model.onnx"  # where the export stage writes a checkpoint's ONNX file: beside it
-CHECKPOINT_HASH_KEY = "checkpoint_sha256"  # ONNX metadata: the checkpoint it was exported from
 
 
 def load_predictor(
