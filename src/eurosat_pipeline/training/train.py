@@ -23,7 +23,13 @@ from eurosat_pipeline.core.files import atomic_path, read_json, write_json
 from eurosat_pipeline.data.dataset import images_path_for, read_info
 from eurosat_pipeline.data.split import read_split, stats_path_for
 from eurosat_pipeline.model.checkpoints import fingerprint, resumable
-from eurosat_pipeline.platform.accelerators import choose_compile, choose_precision, cpu_kind, resolve_accelerator
+from eurosat_pipeline.platform.accelerators import (
+    PrecisionChoice,
+    choose_compile,
+    choose_precision,
+    cpu_kind,
+    resolve_accelerator,
+)
 from eurosat_pipeline.platform.placement import Placement, place_run, share_cpu_cores, strategy_for, world_size
 from eurosat_pipeline.training.callbacks import BestCheckpoints, EpochLines, HistoryWriter
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
@@ -153,22 +159,8 @@ def _train_in(
     finish_loggers(trainer.loggers)
     if not trainer.is_global_zero:
         return {}
-    publish_folder(work.checkpoints, paths.checkpoints)
-    publish_folder(work.live, paths.live_dir)
-    extras = {
-        "placement": placement.describe(),
-        "phase1_feature_seconds": datamodule.feature_seconds,
-        "precision_reason": precision.reason,
-        "compile": config.compile,
-        "compile_reason": choose_compile(config.compile, accelerator),
-        "pretrained_weights": module.model.pretrained_weights,
-        "stem_adaptation": module.model.stem_adaptation,
-        "preprocessing": module.model.preprocessing.to_dict(),
-        "model_input": data.to_dict(),
-        "augmentation": _augmentation(config, data),
-        "image_placement": datamodule.placement,
-    }
-    return _finish(config, paths, trainer, best, history, dataset_info, started, resume_from, extras)
+    extras = _run_facts(config, accelerator, placement, precision, module, data, datamodule)
+    return _publish(config, paths, work, trainer, best, history, dataset_info, started, resume_from, extras)
 
 
 def _module(config: Config, data: DataSpec, run_fingerprint: str, resumed: bool) -> LandUseClassifier:
@@ -241,9 +233,36 @@ def _trainer(
     return trainer
 
 
-def _finish(
+def _run_facts(
+    config: Config,
+    accelerator: str,
+    placement: Placement,
+    precision: PrecisionChoice,
+    module: LandUseClassifier,
+    data: DataSpec,
+    datamodule: EuroSATDataModule,
+) -> dict[str, Any]:
+    """How the run was done, in the summary: where, in which number format, with which weights,
+    preprocessing and augmentation, and why each was chosen."""
+    return {
+        "placement": placement.describe(),
+        "phase1_feature_seconds": datamodule.feature_seconds,
+        "precision_reason": precision.reason,
+        "compile": config.compile,
+        "compile_reason": choose_compile(config.compile, accelerator),
+        "pretrained_weights": module.model.pretrained_weights,
+        "stem_adaptation": module.model.stem_adaptation,
+        "preprocessing": module.model.preprocessing.to_dict(),
+        "model_input": data.to_dict(),
+        "augmentation": _augmentation(config, data),
+        "image_placement": datamodule.placement,
+    }
+
+
+def _publish(
     config: Config,
     paths: TrainPaths,
+    work: ScratchFolder,
     trainer: L.Trainer,
     best: BestCheckpoints,
     history: HistoryWriter,
@@ -252,8 +271,12 @@ def _finish(
     resumed_from: Path | None,
     extras: dict[str, Any],
 ) -> dict[str, Any]:
+    """The declared outputs, from the scratch folder once training has finished: checkpoints,
+    DVCLive's folder, best.ckpt and the summary (each written whole, or not at all)."""
     if not best.best_model_path:
         raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
+    publish_folder(work.checkpoints, paths.checkpoints)
+    publish_folder(work.live, paths.live_dir)
     with atomic_path(paths.best) as tmp:
         shutil.copyfile(paths.checkpoints / Path(best.best_model_path).name, tmp)
     summary = {
