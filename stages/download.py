@@ -18,7 +18,12 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.params)
     info = prepare_dataset(
-        config.data_source, args.archive, args.info, config.synthetic_images_per_class, images=args.images
+        config.data_source,
+        args.archive,
+        args.info,
+        config.synthetic_images_per_class,
+        images=args.images,
+        max_image_pixels=config.max_image_pixels,
     )
     note = " (SYNTHETIC)" if info["synthetic"] else ""
     bands = ", ".join(info["band_names"]) if info["band_names"] else f"{info['bands']} unnamed band(s)"

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from eurosat_pipeline import __version__
 from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.stage import configure_logging
+from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
+from eurosat_pipeline.core.stage import configure_logging, user_error
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -34,8 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     try:
         return int(args.run(args) or 0)
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (PipelineError, OSError) as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -107,6 +111,12 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        help=f"refuse images with more pixels, before decoding them (default: {MAX_IMAGE_PIXELS:,}, PIL's limit)",
+    )
     predict.set_defaults(run=_predict)
 
 
@@ -169,7 +179,15 @@ def _predict(args: argparse.Namespace) -> int:
     from eurosat_pipeline.use.predict import emit, predict
 
     predictions = predict(
-        args.inputs, args.checkpoint, args.onnx, args.top_k, args.batch_size, args.device, args.precision, args.engine
+        args.inputs,
+        args.checkpoint,
+        args.onnx,
+        args.top_k,
+        args.batch_size,
+        args.device,
+        args.precision,
+        args.engine,
+        max_pixels=args.max_pixels,
     )
     emit(predictions, args.format, args.output)
     return 0

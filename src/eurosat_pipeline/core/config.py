@@ -18,6 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from eurosat_pipeline.core.errors import ConfigError
+from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
 
 # Lightning settings that are valid elsewhere but cannot work with this pipeline, and why.
 REFUSED = {
@@ -60,6 +61,8 @@ class Config(BaseModel):
     # data
     data_source: str = "eurosat"
     synthetic_images_per_class: Annotated[int, Field(ge=10)] = 100
+    # PIL's MAX_IMAGE_PIXELS, the ecosystem's convention against decompression bombs.
+    max_image_pixels: Annotated[int, Field(ge=1)] = MAX_IMAGE_PIXELS
     val_fraction: Fraction = 0.1
     test_fraction: Annotated[float, Field(gt=0, lt=1, description="the evaluate stage needs a test split")] = 0.1
     split_seed: int = 42

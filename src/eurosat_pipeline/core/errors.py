@@ -23,6 +23,10 @@ class CheckpointError(PipelineError):
     """A file is not a usable checkpoint of this pipeline."""
 
 
+class StorageError(PipelineError):
+    """An output cannot be written: the disk is full, over quota, read-only or not writable by us."""
+
+
 class TrainingError(PipelineError):
     """Training cannot go on (for example, the loss became NaN)."""
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.files import storage_error
 
 # Lightning's informational lines that say nothing about this run's results: the hardware
 # summary, "Seed set to", the LitLogger advertisement. Others on the same loggers (the DDP start-up
@@ -74,14 +75,28 @@ def quiet_third_party() -> None:
 
 
 def run_stage(main: Callable[[], object]) -> None:
-    """Run ``main``; a :class:`PipelineError` prints its message (no stack trace) and exits 2."""
+    """Run ``main``; a :class:`PipelineError`, or a write the storage refused anywhere (a library's
+    own writer included), prints one line (no stack trace) and exits 2."""
     configure_logging()
     try:
         main()
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:
+        message = user_error(err)
+        if message is None:
+            raise
         if not getattr(err, "echo_of_rank_zero", False):  # DDP: the same error once, from rank 0
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one line a user sees for ``err``, or None for a bug (whose traceback is the report)."""
+    if isinstance(err, PipelineError):
+        return str(err)
+    if isinstance(err, OSError):
+        problem = storage_error(err, None)  # a writer without its own message: the file if known
+        return str(problem) if problem is not None else None
+    return None
 
 
 def tool_environment() -> dict[str, str]:

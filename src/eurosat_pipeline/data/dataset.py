@@ -31,8 +31,9 @@ import numpy as np
 
 from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
 from eurosat_pipeline.core.errors import DatasetError
-from eurosat_pipeline.core.files import atomic_path, read_json, write_json
-from eurosat_pipeline.data.imagefile import Header, ImageProblem, decode, read_header
+from eurosat_pipeline.core.files import atomic_path, preallocate, read_json, write_json, writing
+from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
+from eurosat_pipeline.data.imagefile import Header, ImageProblem, PixelLimit, decode, read_header
 from eurosat_pipeline.data.sources import source_for
 from eurosat_pipeline.data.sources.base import Sample, class_samples, raise_if
 from eurosat_pipeline.data.sources.eurosat import EUROSAT_RGB
@@ -53,8 +54,10 @@ def prepare_dataset(
     info_path: str | Path,
     synthetic_images_per_class: int = 100,
     images: str | Path | None = None,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> dict[str, Any]:
-    """Fetch ``source``, verify it, and write the canonical archive, the decoded array and their description."""
+    """Fetch ``source``, verify it, and write the canonical archive, the decoded array and their
+    description. An image over ``max_image_pixels`` is refused from its header, before decoding."""
     archive, info_path = Path(archive), Path(info_path)
     images = Path(images) if images else images_path_for(archive)
     _remove_stale_temporaries(archive, info_path, images)
@@ -62,10 +65,10 @@ def prepare_dataset(
         folders = class_samples(listing)
         samples = sorted(folders.samples, key=lambda s: (s.class_name, s.file_name))
         with atomic_path(archive) as archive_tmp:
-            headers, problems = _copy_and_inspect(samples, archive_tmp)
+            headers, problems = _copy_and_inspect(samples, archive_tmp, PixelLimit(max_image_pixels))
             layout = describe_layout(samples, headers, listing.where, folders.problems + problems)
             with atomic_path(images) as images_tmp:
-                resized = decode_archive(archive_tmp, headers, layout, images_tmp)
+                resized = decode_archive(archive_tmp, headers, layout, images_tmp, output=images)
                 description = _description(listing.description, samples, headers, layout, resized, images)
                 if folders.skipped:
                     description["skipped_files"] = folders.skipped_record()
@@ -86,7 +89,7 @@ def _remove_stale_temporaries(*outputs: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def _copy_and_inspect(samples: list[Sample], target: Path) -> tuple[list[Header | None], list[str]]:
+def _copy_and_inspect(samples: list[Sample], target: Path, limit: PixelLimit) -> tuple[list[Header | None], list[str]]:
     """Read every image once: copy its bytes into the archive and read its header (None: unusable)."""
     headers: list[Header | None] = []
     problems: list[str] = []
@@ -94,7 +97,7 @@ def _copy_and_inspect(samples: list[Sample], target: Path) -> tuple[list[Header 
         for sample in samples:
             try:
                 data = sample.read()
-                headers.append(read_header(data))
+                headers.append(read_header(data, limit))
             except (ImageProblem, OSError) as err:
                 problems.append(f"{sample.where}: {err}")
                 headers.append(None)
@@ -152,21 +155,30 @@ def _differences(what: str, values: list[tuple[str, Any]]) -> list[str]:
     return [f"{what} differ between images ({'; '.join(listed)}); every image must have the same"]
 
 
-def decode_archive(archive: Path, headers: list[Header], layout: dict[str, Any], target: Path) -> int:
-    """Decode every image of ``archive`` into an ``.npy`` memory map; returns how many were resized."""
+def decode_archive(
+    archive: Path, headers: list[Header], layout: dict[str, Any], target: Path, output: Path | None = None
+) -> int:
+    """Decode every image of ``archive`` into an ``.npy`` file (``target``, the temporary of
+    ``output``, which messages name); returns how many were resized.
+
+    Written with plain sequential writes into space reserved up front, not through a memory map:
+    a store into a mapped page the disk cannot back kills the process with SIGBUS, while a write
+    fails with ENOSPC, which :func:`~eurosat_pipeline.core.files.writing` turns into one line.
+    """
     height, width = layout["shape"]
+    dtype = np.dtype(layout["dtype"])
     shape = (len(headers), layout["bands"], height, width)
-    array = np.lib.format.open_memmap(target, mode="w+", dtype=np.dtype(layout["dtype"]), shape=shape)
-    resized = 0
-    with zipfile.ZipFile(archive) as source:
-        for index, (name, header) in enumerate(zip(source.namelist(), headers, strict=True)):
-            pixels = decode(source.read(name), header)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    resized, output = 0, output or target
+    with writing(output), target.open("wb") as out, zipfile.ZipFile(archive) as source:
+        np.lib.format.write_array_header_1_0(out, header)  # as np.save writes it
+        preallocate(out, out.tell() + int(np.prod(shape)) * dtype.itemsize, output)
+        for name, header_of_image in zip(source.namelist(), headers, strict=True):
+            pixels = decode(source.read(name), header_of_image)
             if pixels.shape[1:] != (height, width):
                 pixels = resize_pixels(pixels, height, width)
                 resized += 1
-            array[index] = pixels
-    array.flush()
-    del array
+            out.write(np.ascontiguousarray(pixels, dtype=dtype).tobytes())
     return resized
 
 

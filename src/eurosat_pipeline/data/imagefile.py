@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eurosat_pipeline.core.errors import first_line
+from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS, pixel_problem
 
 if TYPE_CHECKING:
     import torch
@@ -42,10 +43,26 @@ class Header:
         return self.height, self.width
 
 
-def read_header(data: bytes) -> Header:
+@dataclass(frozen=True)
+class PixelLimit:
+    """The most pixels an image may have, and the setting that raises it (named in the refusal)."""
+
+    pixels: int = MAX_IMAGE_PIXELS
+    setting: str = "max_image_pixels in params.yaml"
+
+    def check(self, width: int, height: int) -> None:
+        problem = pixel_problem(width, height, self.pixels, self.setting)
+        if problem:
+            raise ImageProblem(problem)
+
+
+def read_header(data: bytes, limit: PixelLimit | None = None) -> Header:
+    """What the file holds, read before any pixel is decoded; an image over ``limit`` is refused
+    from its header alone, so a decompression bomb costs no memory."""
+    limit = limit or PixelLimit()
     if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_header(data)
-    return _raster_header(data)
+        return _jpeg_header(data, limit)
+    return _raster_header(data, limit)
 
 
 def decode(data: bytes, header: Header) -> np.ndarray:
@@ -70,14 +87,17 @@ def as_torch_integers(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(pixels)
 
 
-def _jpeg_header(data: bytes) -> Header:
+def _jpeg_header(data: bytes, limit: PixelLimit) -> Header:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            limit.check(*image.size)
+            image.load()  # a truncated file fails here, not in the decode pass
             mode, (width, height) = image.mode, image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # over twice PIL's own limit, refused by PIL's open
+        raise ImageProblem(f"is refused before decoding: {err}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageProblem(f"cannot be decoded as a JPEG ({err})") from err
     if mode not in ("RGB", "L"):
         raise ImageProblem(f"is a {mode} JPEG; use RGB or grayscale JPEGs (or PNG / GeoTIFF)")
@@ -85,8 +105,9 @@ def _jpeg_header(data: bytes) -> Header:
     return Header("JPEG", len(names), "uint8", height, width, names)
 
 
-def _raster_header(data: bytes) -> Header:
-    with _OpenRaster(data) as src:
+def _raster_header(data: bytes, limit: PixelLimit) -> Header:
+    with _OpenRaster(data) as src:  # GDAL reads the header on open; pixels only when asked
+        limit.check(src.width, src.height)
         dtypes = set(src.dtypes)
         if len(dtypes) > 1:
             raise ImageProblem(f"mixes band types ({', '.join(sorted(dtypes))}) within the file")

@@ -114,10 +114,19 @@ def publish_folder(source: Path, target: Path) -> None:
     publish leaves the scratch intact (to resume from) and no half-copied output."""
     staging = target.with_name(f".{target.name}.publishing")
     shutil.rmtree(staging, ignore_errors=True)
-    if source.is_dir():
-        shutil.copytree(source, staging)
-    else:
+    try:
         staging.mkdir(parents=True)
+        # File by file rather than shutil.copytree, which folds a full disk into a shutil.Error
+        # without an errno: an OSError here says ENOSPC, and the caller names the output.
+        for file in sorted(source.rglob("*")) if source.is_dir() else []:
+            copy = staging / file.relative_to(source)
+            if file.is_dir():
+                copy.mkdir(parents=True, exist_ok=True)
+            else:
+                shutil.copy2(file, copy)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)

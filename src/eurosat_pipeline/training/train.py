@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.dataspec import DataSpec, data_spec
 from eurosat_pipeline.core.errors import DatasetError, TrainingError
-from eurosat_pipeline.core.files import atomic_path, read_json, write_json
+from eurosat_pipeline.core.files import atomic_path, read_json, write_json, writing
 from eurosat_pipeline.data.dataset import images_path_for, read_info
 from eurosat_pipeline.data.split import read_split, stats_path_for
 from eurosat_pipeline.model.checkpoints import fingerprint, resumable
@@ -112,7 +112,9 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     # First: a GPU that torch cannot use stops the run before anything is touched.
     accelerator = resolve_accelerator(config.accelerator)
     run_fingerprint = run_key(config, paths)
-    with scratch_folder(scratch_root(paths.scratch), run_fingerprint) as work:
+    scratch = scratch_root(paths.scratch)
+    # The resume state (lock, checkpoints) is written there: a full disk names the folder.
+    with writing(scratch), scratch_folder(scratch, run_fingerprint) as work:
         return _train_in(config, paths, work, run_fingerprint, accelerator, extra_callbacks)
 
 
@@ -152,7 +154,8 @@ def _train_in(
     trainer = _trainer(config, paths, work, accelerator, placement, precision.precision, callbacks, resume_from)
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, data, paths.images_file)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        with writing(work.root):  # checkpoints and resume state: a full disk is one line, not a traceback
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
         finish_loggers(trainer.loggers, failed=True)
         raise
@@ -275,8 +278,10 @@ def _publish(
     DVCLive's folder, best.ckpt and the summary (each written whole, or not at all)."""
     if not best.best_model_path:
         raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
-    publish_folder(work.checkpoints, paths.checkpoints)
-    publish_folder(work.live, paths.live_dir)
+    with writing(paths.checkpoints):
+        publish_folder(work.checkpoints, paths.checkpoints)
+    with writing(paths.live_dir):
+        publish_folder(work.live, paths.live_dir)
     with atomic_path(paths.best) as tmp:
         shutil.copyfile(paths.checkpoints / Path(best.best_model_path).name, tmp)
     summary = {

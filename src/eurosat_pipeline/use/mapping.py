@@ -49,6 +49,9 @@ says why (a note printed by the command), while the tile counts are still writte
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -60,7 +63,7 @@ import numpy as np
 from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
 from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.files import atomic_path, csv_text
+from eurosat_pipeline.core.files import atomic_path, csv_text, writing
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
@@ -215,13 +218,17 @@ def make_map(
         result.seconds = time.perf_counter() - started
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
+        # Each writer names its own output when the storage refuses it (a temporary is what it writes).
         with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
             names = result.class_names
-            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
+            with writing(outputs.tif):
+                write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
             if outputs.confidence is not None:
-                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
-            write_areas_csv(temporaries["csv"], result)
-        with result.watch("preview"):
+                with writing(outputs.confidence):
+                    write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
+            with writing(outputs.csv):
+                write_areas_csv(temporaries["csv"], result)
+        with result.watch("preview"), writing(outputs.png):
             write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
     return result, outputs
 
@@ -604,6 +611,7 @@ def write_geotiff(
 ) -> None:
     """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
     import rasterio
+    from rasterio.errors import RasterioIOError
 
     profile = {
         "driver": "GTiff",
@@ -616,13 +624,19 @@ def write_geotiff(
         "transform": transform,
         "compress": "deflate",
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(values, 1)
-        dst.update_tags(classes=",".join(names))
-        if colours:
-            dst.write_colormap(1, class_colours(names))
-        else:
-            dst.update_tags(1, meaning="top-1 probability in percent")
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(values, 1)
+            dst.update_tags(classes=",".join(names))
+            if colours:
+                dst.write_colormap(1, class_colours(names))
+            else:
+                dst.update_tags(1, meaning="top-1 probability in percent")
+    except RasterioIOError as err:
+        # GDAL says only "Write failed" (libtiff prints the reason): short space is the usual cause.
+        if shutil.disk_usage(path.parent).free < values.nbytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
+        raise
 
 
 def write_areas_csv(path: Path, result: LandUseMap) -> None:

@@ -27,6 +27,7 @@ from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.exports import CHECKPOINT_HASH_KEY, EXPORT_NAME, REQUIRED_KEYS
 from eurosat_pipeline.core.files import csv_text, sha256_of, write_text
+from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS, pixel_problem
 from eurosat_pipeline.model.preprocessing import Preprocessing
 from eurosat_pipeline.platform import nvidia
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_LISTED = 20
+PIXELS_SETTING = "--max-pixels"
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,16 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return found
 
 
-def read_image(path: Path, data: DataSpec) -> np.ndarray:
-    """The model's bands of an image file as ``bands x H x W`` of the model's value type."""
+def read_image(path: Path, data: DataSpec, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The model's bands of an image file as ``bands x H x W`` of the model's value type; an image
+    over ``max_pixels`` is refused from its header, before any pixel is decoded."""
     if data.is_rgb8 and path.suffix.lower() not in (".tif", ".tiff"):
-        return read_rgb(path)
-    from eurosat_pipeline.data.imagefile import ImageProblem, decode, read_header
+        return read_rgb(path, max_pixels)
+    from eurosat_pipeline.data.imagefile import ImageProblem, PixelLimit, decode, read_header
 
     try:
         raw = path.read_bytes()
-        header = read_header(raw)
+        header = read_header(raw, PixelLimit(max_pixels, PIXELS_SETTING))
         pixels = decode(raw, header)
     except (ImageProblem, OSError) as err:
         raise PipelineError(f"{path}: {err}") from err
@@ -97,10 +100,13 @@ def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: 
     )
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A 3-band image as uint8 ``3 x H x W``; palette images are expanded, anything else refused."""
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # the header only: the size is known before decoding
+            problem = pixel_problem(*image.size, max_pixels, PIXELS_SETTING)
+            if problem:
+                raise PipelineError(f"{path}: {problem}")
             image.load()
             bands = image.getbands()
             if image.mode == "P":
@@ -111,6 +117,8 @@ def read_rgb(path: Path) -> np.ndarray:
                     "(EuroSAT RGB, not the 13-band multispectral version)"
                 )
             return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    except Image.DecompressionBombError as err:  # over twice PIL's own limit: refused by its open
+        raise PipelineError(f"{path}: refused before decoding: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise PipelineError(f"{path}: cannot be read as an image ({err})") from err
 
@@ -260,13 +268,14 @@ def predict(
     device: str | None = None,
     precision: str = "fp32",
     engine: str = "auto",
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> list[Prediction]:
     paths = find_images(inputs)
     model = load_predictor(checkpoint, onnx_file, device, precision, engine)
     images, problems = [], []
     for path in paths:
         try:
-            images.append(read_image(path, model.data))
+            images.append(read_image(path, model.data, max_pixels))
         except PipelineError as err:
             problems.append(str(err))
     if problems:

@@ -1,0 +1,18 @@
+"""Limits that guard the machine against hostile or broken inputs, shared by every reader."""
+
+from __future__ import annotations
+
+# PIL's Image.MAX_IMAGE_PIXELS (1024 * 1024 * 1024 // 4 // 3): the ecosystem's convention. An
+# 8-bit RGB image at this size decodes to 268 MB; a PNG that small on disk is a decompression bomb.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def pixel_problem(width: int, height: int, limit: int, setting: str) -> str | None:
+    """Why an image of ``width`` x ``height`` is refused (``setting`` says how to raise the limit), or None."""
+    if width * height <= limit:
+        return None
+    return (
+        f"is {width:,} x {height:,} pixels ({width * height / 1e6:,.0f} megapixels), over the limit of "
+        f"{limit / 1e6:,.0f} megapixels; refused before decoding (a decompression bomb, or a scene: "
+        f"map scenes with `eurosat map`). Raise {setting} if the image is genuine"
+    )
