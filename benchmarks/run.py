@@ -283,7 +283,9 @@ def _train_rate(config: Config, data: Path, batches: int, warmup: int, per_sampl
     timer = StepTimer(warmup)
     per_sample = per_sample_workers is not None
     # The data description the train stage would build from the download and split stages.
-    spec = data_spec(read_info(data / "dataset.json"), read_band_stats(data / "band_stats.json"), config.bands)
+    spec = data_spec(
+        read_info(data / "dataset.json"), read_band_stats(data / "band_stats.json"), config.bands, config.band_names
+    )
     classifier = PerSampleClassifier if per_sample else LandUseClassifier
     module = classifier(config.to_dict(), spec.to_dict(), load_pretrained=False)
     module.model.to(memory_format=torch.channels_last)

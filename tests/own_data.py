@@ -71,3 +71,17 @@ def with_extra_band(base: Pixels, level: int, spread: int = 200) -> Pixels:
         return np.concatenate([rgb, extra])
 
     return pixels
+
+
+def varied_rgb(size: int = 32, high: int = 3000) -> Pixels:
+    """Red, green and blue as real patches vary: each image its own colour balance and brightness,
+    a smooth pattern and pixel noise; the same distribution for every class that uses it."""
+
+    def pixels(rng: np.random.Generator, _: int) -> np.ndarray:
+        colour = rng.uniform(0.15, 1.0, size=(3, 1, 1)) * high * 0.8
+        coarse = rng.uniform(0.6, 1.4, size=(3, 4, 4))
+        pattern = np.kron(coarse, np.ones((size // 4, size // 4)))
+        noise = rng.normal(1.0, 0.05, size=(3, size, size))
+        return np.clip(colour * pattern * noise, 1, high).astype(np.uint16)
+
+    return pixels

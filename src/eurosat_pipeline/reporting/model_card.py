@@ -119,6 +119,8 @@ def _model_section(stored: StoredModel, summary: dict[str, Any]) -> list[str]:
     ]
     if summary.get("stem_adaptation"):  # only pretrained models whose bands are not RGB have one
         lines.append(f"- Pretrained stem: {summary['stem_adaptation']}.")
+    if summary.get("freezing"):
+        lines.append(f"- Layers trained: {summary['freezing']}.")
     if summary.get("augmentation"):
         lines.append(f"- Augmentation (training only): {summary['augmentation']}.")
     return [

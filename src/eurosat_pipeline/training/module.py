@@ -17,7 +17,15 @@ from eurosat_pipeline.core.errors import TrainingError
 from eurosat_pipeline.model.augment import BatchTransform
 from eurosat_pipeline.model.checkpoints import FINGERPRINT_KEY, PREPROCESSING_KEY, WEIGHTS_KEY
 from eurosat_pipeline.model.classifier import build_model, leading_groups, split_decay
-from eurosat_pipeline.training.schedule import BACKBONE, HEAD, TwoPhaseSchedule, two_phase_scheduler
+from eurosat_pipeline.model.stem import stem_must_learn
+from eurosat_pipeline.training.schedule import (
+    BACKBONE,
+    HEAD,
+    STEM,
+    STEM_RATE_SCALE,
+    TwoPhaseSchedule,
+    two_phase_scheduler,
+)
 
 # How often the deferred non-finite-loss flag is read back from a GPU; reading it every step would
 # force a host sync per step. On a CPU it is free, so it is read every step.
@@ -37,8 +45,21 @@ class LandUseClassifier(L.LightningModule):
         self.config: Config = config_from_mapping(config, source="checkpoint config")
         self.data = DataSpec.from_dict(data)
         self.model = build_model(self.config, self.data, load_pretrained=load_pretrained)
+        # An adapted stem's new-band filters have no pretrained meaning: the stem (convolution and
+        # BatchNorm) learns whenever the network learns, whatever phase2_frozen_stages says, at its
+        # own rate (schedule.STEM_RATE_SCALE); on cached phase-1 features it cannot, so it starts
+        # with phase 2 there (docs/your-own-data.md has the measurements).
+        self.learning_stem = (
+            leading_groups(self.model.backbone, 1)
+            if stem_must_learn(self.config.pretrained, self.data.rgb_roles)
+            else []
+        )
         # Found once, here: too many stages fail now, not when phase 2 starts.
-        self.phase2_frozen = leading_groups(self.model.backbone, self.config.phase2_frozen_stages)
+        self.phase2_frozen = [
+            module
+            for module in leading_groups(self.model.backbone, self.config.phase2_frozen_stages)
+            if not any(module is stem for stem in self.learning_stem)
+        ]
         jitter = (
             self.config.jitter_brightness,
             self.config.jitter_contrast,
@@ -80,13 +101,37 @@ class LandUseClassifier(L.LightningModule):
         self.frozen_modules = [] if frozen else self.phase2_frozen
         for module in self.frozen_modules:
             module.requires_grad_(False)
+        if frozen and self.stem_learns_in_phase1:
+            for module in self.learning_stem:
+                module.requires_grad_(True)
         self.train(self.training)
+
+    @property
+    def stem_learns_in_phase1(self) -> bool:
+        """An adapted stem learns in phase 1 too, unless phase 1 trains on cached features."""
+        return bool(self.learning_stem) and not self.config.phase1_cached_features
+
+    def describe_freezing(self) -> str:
+        """Which layers train in which phase, in words (the summary and the model card)."""
+        stages = self.config.phase2_frozen_stages
+        if self.learning_stem:
+            when = (
+                "in both phases" if self.stem_learns_in_phase1 else "from phase 2 (phase 1 trains on cached features)"
+            )
+            stem = f"; the adapted stem learns {when} at {STEM_RATE_SCALE:g}x the head's rate, never frozen"
+        else:
+            stem = ""
+        frozen = f"the first {stages} layer group(s) stay frozen" if stages else "nothing stays frozen"
+        return f"phase 1: backbone frozen, the head learns; phase 2: the backbone learns, {frozen}{stem}"
 
     def train(self, mode: bool = True) -> LandUseClassifier:
         super().train(mode)
         # Frozen layers keep their ImageNet BatchNorm statistics.
         if mode and self.backbone_frozen:
             self.model.backbone.eval()
+            if self.stem_learns_in_phase1:
+                for module in self.learning_stem:
+                    module.train()
         elif mode:
             for module in self.frozen_modules:
                 module.eval()
@@ -110,7 +155,7 @@ class LandUseClassifier(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, labels = batch
-        if self.backbone_frozen:
+        if self.backbone_frozen and not self.stem_learns_in_phase1:
             # No graph through the backbone: phase 1 costs one forward pass of it, no backward.
             with torch.no_grad():
                 features = inputs if inputs.ndim == 2 else self.model.backbone(inputs)
@@ -244,12 +289,20 @@ class LandUseClassifier(L.LightningModule):
     # ----- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         groups = []
-        for part, module in ((HEAD, self.model.head), (BACKBONE, self.model.backbone)):
-            decay, no_decay = split_decay(module)
+        stem = {id(p) for module in self.learning_stem for p in module.parameters()}
+        parts = {
+            HEAD: list(self.model.head.parameters()),
+            STEM: [p for p in self.model.backbone.parameters() if id(p) in stem],  # an adapted stem only
+            BACKBONE: [p for p in self.model.backbone.parameters() if id(p) not in stem],
+        }
+        for part, params in parts.items():
+            if not params:
+                continue
+            decay, no_decay = split_decay(params)
             groups.append({"params": decay, "weight_decay": self.config.weight_decay, "name": f"{part}", "part": part})
             groups.append({"params": no_decay, "weight_decay": 0.0, "name": f"{part}_no_decay", "part": part})
-        # All four groups exist from the start (the backbone's at rate 0, without gradients in
-        # phase 1), so the optimizer has one shape for the whole run and resumes cleanly.
+        # Every group exists from the start (the backbone's at rate 0, without gradients in phase
+        # 1), so the optimizer has one shape for the whole run and resumes cleanly.
         optimizer = torch.optim.AdamW(groups, lr=1.0, betas=(0.9, 0.999), eps=1e-8)
         steps_per_epoch = self.trainer.estimated_stepping_batches // self.trainer.max_epochs
         schedule = TwoPhaseSchedule.from_config(self.config, int(steps_per_epoch))

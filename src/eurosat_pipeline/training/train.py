@@ -142,7 +142,7 @@ def _train_in(
     placement = place_run(config, accelerator)
     L.seed_everything(config.seed, workers=True)
     dataset_info = read_info(paths.dataset_info)
-    data = data_spec(dataset_info, read_band_stats(paths.band_stats_file), config.bands)
+    data = data_spec(dataset_info, read_band_stats(paths.band_stats_file), config.bands, config.band_names)
     resume_from = resumable(work.last, run_fingerprint, config.max_epochs) if config.resume else None
     if resume_from is None and launched_as_rank_zero():
         work.clear()
@@ -255,6 +255,7 @@ def _run_facts(
         "compile_reason": choose_compile(config.compile, accelerator),
         "pretrained_weights": module.model.pretrained_weights,
         "stem_adaptation": module.model.stem_adaptation,
+        "freezing": module.describe_freezing(),
         "preprocessing": module.model.preprocessing.to_dict(),
         "model_input": data.to_dict(),
         "augmentation": _augmentation(config, data),

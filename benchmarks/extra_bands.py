@@ -1,0 +1,207 @@
+"""Datasets where only an extra band tells two classes apart, built on real EuroSAT images.
+
+The pipeline must learn bands beyond red, green and blue (docs/your-own-data.md). Real EuroSAT RGB
+varies as real data does; the extra bands are made here, so that the one signal a model can use to
+separate two of the classes lies in them alone. Nothing here is committed; the datasets are written
+to a folder you name, as uint16 GeoTIFFs without band descriptions (the common case).
+
+- ``nir4``: 4 bands (red, green, blue, near-infrared). One real class (``--split``, Pasture by
+  default) becomes two, ``<class>-low`` and ``<class>-high``, whose near-infrared levels differ by
+  a wide margin against their noise; the other classes' levels are drawn across the same range, so
+  the level alone names no class. Train it with ``band_names: [B04, B03, B02, B08]``.
+- ``ms13``: 13 bands in EuroSAT MS's order (B01 ... B12, B8A; red, green and blue are the real
+  pixels), the split class differing only in B8A and B11. Train it with
+  ``bands: [B04, B03, B02, B8A, B11]``.
+
+Red, green and blue are Level-1C digital numbers, the inverse of EuroSAT's stretch (as
+``own_data_forms.py`` writes them); each made band is its level times the image's own texture
+(so it has real spatial structure), plus noise.
+
+    python benchmarks/extra_bands.py --zip ../shared/eurosat/EuroSAT.zip --layout nir4 --out /tmp/nir4
+    .venv/bin/eurosat demo --data /tmp/nir4 -S 'band_names=[B04,B03,B02,B08]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+try:  # imported as benchmarks.extra_bands (the tests) or run as a script (its own folder is on sys.path)
+    from benchmarks.own_data_forms import members, reflectance_of
+except ModuleNotFoundError:
+    from own_data_forms import members, reflectance_of
+
+LAYOUTS = ("nir4", "ms13")
+MS13 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
+DEFAULT_CLASSES = {"nir4": ("Pasture", "Forest", "SeaLake"), "ms13": ("AnnualCrop", "Forest", "Residential", "River")}
+# Digital numbers of the made bands: the two levels of the split class, and their relative noise.
+LOW, HIGH, NOISE = 1800.0, 2600.0, 0.04
+
+
+def texture(rgb: np.ndarray) -> np.ndarray:
+    """The image's brightness, scaled to mean 1: the made bands share its spatial structure."""
+    brightness = rgb.astype(np.float64).mean(axis=0)
+    return brightness / max(brightness.mean(), 1.0)
+
+
+def made_band(level: float, shape_of: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``level`` times a damped copy of the image's texture, with per-pixel noise."""
+    structure = 0.85 + 0.15 * texture(shape_of)
+    noise = rng.normal(1.0, NOISE, size=structure.shape)
+    return np.clip(level * structure * noise, 1, 10_000)
+
+
+def level_of(class_name: str, split: str, number: int, rng: np.random.Generator) -> tuple[str, float]:
+    """The folder an image goes to and its made bands' level: the split class alternates low and
+    high, every other class draws its level across both."""
+    if class_name == split:
+        return (f"{split}-low", LOW) if number % 2 == 0 else (f"{split}-high", HIGH)
+    return class_name, float(rng.uniform(LOW - 300, HIGH + 300))
+
+
+def bands_of(layout: str, rgb: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """The image's bands as uint16, in the layout's order."""
+    if layout == "nir4":
+        return np.concatenate([rgb, made_band(level, rgb, rng)[None]]).astype(np.uint16)
+    out = []
+    for name in MS13:
+        if name in ("B04", "B03", "B02"):
+            out.append(rgb[("B04", "B03", "B02").index(name)].astype(np.float64))
+        elif name in ("B8A", "B11"):  # the signal: the split class's two levels
+            out.append(made_band(level, rgb, rng))
+        else:  # the same for every class: a level of its own per image, unrelated to the classes
+            out.append(made_band(float(rng.uniform(800, 3000)), rgb, rng))
+    return np.stack(out).astype(np.uint16)
+
+
+def geotiff(pixels: np.ndarray) -> bytes:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    count, height, width = pixels.shape
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint16"}
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as memory:
+        with memory.open(**profile, photometric="MINISBLACK") as dst:
+            dst.write(pixels)
+        return memory.read()
+
+
+def images(
+    source: Path, layout: str, classes: tuple[str, ...], per_class: int, seed: int
+) -> Iterator[tuple[Path, bytes]]:
+    """``(class folder / file name, GeoTIFF bytes)`` for the chosen classes (the first is split)."""
+    rng = np.random.default_rng(seed)
+    split, taken = classes[0], dict.fromkeys(classes, 0)
+    for class_name, stem, jpeg in members(source, None):
+        if class_name not in classes or taken[class_name] >= per_class:
+            continue
+        folder, level = level_of(class_name, split, taken[class_name], rng)
+        taken[class_name] += 1
+        yield Path(folder) / f"{stem}.tif", geotiff(bands_of(layout, reflectance_of(jpeg), level, rng))
+
+
+def write_dataset(source: Path, layout: str, out: Path, classes: tuple[str, ...], per_class: int, seed: int) -> int:
+    count = 0
+    for name, data in images(source, layout, classes, per_class, seed):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+        count += 1
+    return count
+
+
+def apply_ablation(ablation: dict[str, str]) -> None:
+    """Ablations of the adapted stem's rule, for measuring it (keys start with ``_``): ``_stem=frozen``
+    (as before: the stem follows phase2_frozen_stages), ``_init=zero|mean`` (how new-band filters
+    start), ``_stem_scale=X`` (its rate as a multiple of the head's)."""
+    from eurosat_pipeline.model import stem
+    from eurosat_pipeline.training import module
+
+    if ablation.get("_stem") == "frozen":
+        module.stem_must_learn = lambda pretrained, roles: False
+    if "_init" in ablation:
+        stem.NEW_BANDS_START = ablation["_init"]
+    if "_stem_scale" in ablation:
+        from eurosat_pipeline.training import schedule
+
+        schedule.STEM_RATE_SCALE = float(ablation["_stem_scale"])
+        module.STEM_RATE_SCALE = schedule.STEM_RATE_SCALE
+
+
+def train_and_test(data: Path, work: Path, overrides: dict[str, str]) -> dict[str, object]:
+    """The CPU recipe (``eurosat demo --data``'s params) plus ``overrides`` on the class folders
+    ``data``, through the pipeline's own stages in this process: test accuracy, the split pair's
+    accuracy, training time."""
+    import json
+
+    from ruamel.yaml import YAML
+
+    from eurosat_pipeline.cli.demo import REAL_DATA_OVERRIDES
+    from eurosat_pipeline.core.config import Config, config_from_mapping
+    from eurosat_pipeline.data.dataset import prepare_dataset
+    from eurosat_pipeline.data.split import split_archive
+    from eurosat_pipeline.reporting.evaluation import EvalPaths, evaluate
+    from eurosat_pipeline.training.train import TrainPaths, train
+
+    ablation = {key: value for key, value in overrides.items() if key.startswith("_")}
+    apply_ablation(ablation)
+    params = {key: value for key, value in overrides.items() if not key.startswith("_")}
+    text = {**REAL_DATA_OVERRIDES, "wandb_mode": "disabled", "tsne_interval": "0", "resume": "false", **params}
+    values = {key: YAML(typ="safe", pure=True).load(value) for key, value in text.items()}
+    config = config_from_mapping({**Config().to_dict(), **values, "data_source": str(data)}, source="overrides")
+    prepared = work / "data"
+    if not (prepared / "split.csv").exists():
+        prepare_dataset(str(data), prepared / "eurosat.zip", prepared / "dataset.json")
+        split_archive(
+            prepared / "eurosat.zip", prepared / "split.csv", 0.1, 0.1, 42, stats=prepared / "band_stats.json"
+        )
+    run = work / "runs" / "-".join(f"{k}={v}" for k, v in sorted(overrides.items())).replace("/", "_")
+    paths = TrainPaths.under(prepared, run / "models", run / "reports")
+    summary = train(config, paths)
+    outputs = (run / "eval" / "metrics.json", run / "eval" / "per_class.csv", run / "eval" / "predictions.csv")
+    metrics = evaluate(EvalPaths(paths.best, paths.archive, paths.split, paths.dataset_info, *outputs))
+    pair = [line for line in outputs[2].read_text().splitlines()[1:] if "-low," in line or "-high," in line]
+    right = sum(1 for line in pair if line.split(",")[1] == line.split(",")[2])
+    result = {
+        "overrides": overrides,
+        "test_acc": metrics["test"]["acc"],
+        "pair_acc": right / max(1, len(pair)),
+        "train_seconds": summary["wall_seconds"],
+        "stem": summary.get("stem_adaptation"),
+        "hardware": summary["hardware"],
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zip", type=Path, default=Path("../shared/eurosat/EuroSAT.zip"))
+    parser.add_argument("--layout", choices=LAYOUTS, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the class folders into")
+    parser.add_argument("--classes", nargs="+", help="real classes to use; the first is split in two")
+    parser.add_argument("--per-class", type=int, default=600, help="real images of each class (default: 600)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="then train the CPU recipe on it with these params changed (under OUT.work/), and print the result",
+    )
+    args = parser.parse_args()
+    classes = tuple(args.classes or DEFAULT_CLASSES[args.layout])
+    if not args.out.exists():
+        written = write_dataset(args.zip, args.layout, args.out, classes, args.per_class, args.seed)
+        print(f"{written} images, {args.layout}, classes {', '.join(classes)} ({classes[0]} split) -> {args.out}")
+    if args.train is not None:
+        overrides = dict(item.split("=", 1) for item in args.train)
+        train_and_test(args.out, args.out.with_name(args.out.name + ".work"), overrides)
+
+
+if __name__ == "__main__":
+    main()
