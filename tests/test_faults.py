@@ -27,6 +27,7 @@ from eurosat_pipeline.core.errors import StorageError
 from eurosat_pipeline.core.files import atomic_path, write_text
 from eurosat_pipeline.data import dataset
 from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.imagefile import ImageProblem, PixelLimit, read_header
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.reporting.evaluation import EvalPaths, evaluate
 from eurosat_pipeline.reporting.report import ReportPaths, build_report
@@ -329,24 +330,30 @@ def test_a_png_bomb_in_a_class_folder_is_refused_from_its_header(tmp_path: Path)
     assert "max_image_pixels in params.yaml" in stderr
     assert peak_mb < normal_mb + 100, f"peak {peak_mb:.0f} MB against {normal_mb:.0f} MB without it: it was decoded"
     assert time.perf_counter() - started < 60
-    # The limit is the user's: raised above the bomb's size, the same file is read (and then
-    # refused for its single band, which is another matter).
-    params.write_text(f"data_source: {source}\nmax_image_pixels: 500000000\n")
-    status, stderr, _ = run_with_peak(command, tmp_path, stage_env())
-    assert status == 2 and "over the limit" not in stderr and "band counts differ" in stderr, stderr
 
 
-@pytest.mark.parametrize("side", [BOMB_SIDE, 12_000])  # over twice PIL's limit (its open refuses), and between
-def test_a_png_bomb_given_to_predict_is_refused_before_decoding(
-    run: dict[str, Path], patch: Path, side: int, tmp_path: Path
+def test_the_pixel_limit_is_the_users(tmp_path: Path) -> None:
+    """Raised above an image's size, the same file is read (from its header, in this process)."""
+    bomb = png_bomb(tmp_path / "bomb.png").read_bytes()
+    with pytest.raises(ImageProblem, match=r"over the limit of 89 megapixels.*Raise max_image_pixels"):
+        read_header(bomb)
+    header = read_header(bomb, PixelLimit(500_000_000))
+    assert (header.width, header.height, header.bands, header.format) == (BOMB_SIDE, BOMB_SIDE, 1, "PNG")
+
+
+def test_png_bombs_given_to_predict_are_refused_before_decoding(
+    run: dict[str, Path], patch: Path, tmp_path: Path
 ) -> None:
     """Refused with the memory a normal patch takes: decoding even the smaller bomb (144 MB of
-    pixels, more as PIL's and numpy's copies) would show."""
+    pixels, more as PIL's and numpy's copies) would show. 20,000 px is over twice PIL's own limit
+    (its open refuses it); 12,000 px lies between PIL's limit and twice it (ours refuses it)."""
     predict = [sys.executable, "-m", "eurosat_pipeline.cli.main", "predict", "--checkpoint", str(run["best"])]
     status, stderr, normal_mb = run_with_peak([*predict, str(patch)], tmp_path, stage_env())
     assert status == 0, stderr
-    bomb = png_bomb(tmp_path / "bomb.png", side)
-    status, stderr, peak_mb = run_with_peak([*predict, str(bomb)], tmp_path, stage_env())
-    assert status == 2 and "Traceback" not in stderr and "error: 1 input(s) cannot be used" in stderr, stderr
-    assert f"{bomb}: " in stderr and ("over the limit of 89 megapixels" in stderr or "decompression bomb" in stderr)
+    bombs = [png_bomb(tmp_path / f"bomb-{side}.png", side) for side in (BOMB_SIDE, 12_000)]
+    status, stderr, peak_mb = run_with_peak([*predict, *map(str, bombs)], tmp_path, stage_env())
+    assert status == 2 and "Traceback" not in stderr and "error: 2 input(s) cannot be used" in stderr, stderr
+    assert f"{bombs[0]}: refused before decoding" in stderr and "decompression bomb" in stderr
+    assert f"{bombs[1]}: is 12,000 x 12,000 pixels (144 megapixels), over the limit of 89 megapixels" in stderr
+    assert "Raise --max-pixels" in stderr
     assert peak_mb < normal_mb + 100, f"peak {peak_mb:.0f} MB against {normal_mb:.0f} MB for a patch: it was decoded"

@@ -116,7 +116,7 @@ def run_demo(
         signal.signal(signal.SIGTERM, previous)
         restore_backup(root)
     if result.returncode == 0 and not queue:
-        _print_next_steps(elapsed, synthetic=data is None)
+        _print_next_steps(elapsed, data)
     return result.returncode
 
 
@@ -151,10 +151,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _print_next_steps(elapsed: float, synthetic: bool) -> None:
-    data = "SYNTHETIC data" if synthetic else "real EuroSAT"
+def _print_next_steps(elapsed: float, data: str | Path | None) -> None:
+    shown = "SYNTHETIC data" if data is None else f"the data in {data}"
     print(
-        f"\nDemo finished in {elapsed:.0f} s ({data}, CPU-sized pretrained recipe).\n"
+        f"\nDemo finished in {elapsed:.0f} s ({shown}, CPU-sized pretrained recipe).\n"
         "  report:       reports/report.html   (model card: reports/model_card.md)\n"
         "  checkpoints:  models/checkpoints/   (best: models/best.ckpt, ONNX: models/model.onnx)\n"
         "  test metrics: reports/eval/metrics.json\n"

@@ -45,21 +45,7 @@ class LandUseClassifier(L.LightningModule):
         self.config: Config = config_from_mapping(config, source="checkpoint config")
         self.data = DataSpec.from_dict(data)
         self.model = build_model(self.config, self.data, load_pretrained=load_pretrained)
-        # An adapted stem's new-band filters have no pretrained meaning: the stem (convolution and
-        # BatchNorm) learns whenever the network learns, whatever phase2_frozen_stages says, at its
-        # own rate (schedule.STEM_RATE_SCALE); on cached phase-1 features it cannot, so it starts
-        # with phase 2 there (docs/your-own-data.md has the measurements).
-        self.learning_stem = (
-            leading_groups(self.model.backbone, 1)
-            if stem_must_learn(self.config.pretrained, self.data.rgb_roles)
-            else []
-        )
-        # Found once, here: too many stages fail now, not when phase 2 starts.
-        self.phase2_frozen = [
-            module
-            for module in leading_groups(self.model.backbone, self.config.phase2_frozen_stages)
-            if not any(module is stem for stem in self.learning_stem)
-        ]
+        self.learning_stem, self.phase2_frozen = self._stem_and_frozen_layers()
         jitter = (
             self.config.jitter_brightness,
             self.config.jitter_contrast,
@@ -86,6 +72,18 @@ class LandUseClassifier(L.LightningModule):
         self._train_images = 0
         # Kept on the device, so watching for a non-finite loss needs no host round trip per step.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
+
+    def _stem_and_frozen_layers(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The adapted stem that must learn (empty when the stem is the pretrained RGB one), and the
+        layers phase 2 keeps frozen. An adapted stem's new-band filters have no pretrained meaning:
+        it learns whenever the network learns, whatever phase2_frozen_stages says, at its own rate
+        (schedule.STEM_RATE_SCALE); on cached phase-1 features it cannot, so it starts with phase 2
+        there (docs/your-own-data.md has the measurements). Found here, once: too many stages fail
+        now, not when phase 2 starts."""
+        backbone = self.model.backbone
+        stem = leading_groups(backbone, 1) if stem_must_learn(self.config.pretrained, self.data.rgb_roles) else []
+        frozen = leading_groups(backbone, self.config.phase2_frozen_stages)
+        return stem, [module for module in frozen if not any(module is part for part in stem)]
 
     # ----- phases -------------------------------------------------------------------------------
     def phase(self, epoch: int | None = None) -> int:
