@@ -113,7 +113,7 @@ def train(config: Config, paths: TrainPaths, extra_callbacks: Sequence[Callback]
     accelerator = resolve_accelerator(config.accelerator)
     run_fingerprint = run_key(config, paths)
     scratch = scratch_root(paths.scratch)
-    # The resume state (lock, checkpoints) is written there: a full disk names the folder.
+    # The resume state (lock, Lightning's checkpoints) is written there: a full disk names the folder.
     with writing(scratch), scratch_folder(scratch, run_fingerprint) as work:
         return _train_in(config, paths, work, run_fingerprint, accelerator, extra_callbacks)
 
@@ -154,8 +154,7 @@ def _train_in(
     trainer = _trainer(config, paths, work, accelerator, placement, precision.precision, callbacks, resume_from)
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, data, paths.images_file)
     try:
-        with writing(work.root):  # checkpoints and resume state: a full disk is one line, not a traceback
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
         finish_loggers(trainer.loggers, failed=True)
         raise
