@@ -15,8 +15,9 @@ from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.data.dataset import prepare_dataset
+from eurosat_pipeline.data.sources.synthetic import synthetic_images
 from eurosat_pipeline.data.split import split_archive
-from eurosat_pipeline.training.train import TrainPaths
+from eurosat_pipeline.training.train import TrainPaths, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_EUROSAT = REPO_ROOT.parent / "shared" / "eurosat" / "EuroSAT.zip"
@@ -112,3 +113,32 @@ def prepared_data(tmp_path: Path) -> Path:
 # EuroSAT RGB with made-up band statistics: what a model built outside the pipeline (no split stage)
 # is given, so that one from scratch knows how to normalise.
 RGB = DataSpec.eurosat_rgb(mean=(90.0, 100.0, 110.0), std=(40.0, 35.0, 30.0))
+
+
+@pytest.fixture(scope="session")
+def map_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny RGB model that tells the synthetic classes apart: shared by the map, serve and region tests."""
+    root = tmp_path_factory.mktemp("map-model")
+    # One phase at a high rate with the whole network learning: the tiny model then tells the
+    # synthetic classes apart (about 90% validation accuracy) in well under a minute. (Without
+    # pretrained weights the inputs are normalised with the training split's band statistics.)
+    config = tiny_config(
+        synthetic_images_per_class=30, phase1_epochs=0, phase2_epochs=8, phase2_lr=1e-2, backbone_lr_scale=1.0
+    )
+    config = config.replace(batch_size=32)
+    data = root / "data"
+    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
+    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
+    paths = TrainPaths.under(data, root / "models", root / "reports")
+    train(config, paths)
+    return paths.best
+
+
+@pytest.fixture(scope="session")
+def synthetic_tiles() -> dict[str, list[np.ndarray]]:
+    """Synthetic images (3 x 64 x 64 uint8) by class; the generator's later images, not the training ones."""
+    by_class: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
+    for name, file_name, blob in synthetic_images(40):
+        if int(file_name.rsplit("_", 1)[1].split(".")[0]) > 30:
+            by_class[name].append(np.asarray(Image.open(io.BytesIO(blob))).transpose(2, 0, 1))
+    return by_class

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import os
 import subprocess
 import sys
@@ -21,13 +20,11 @@ from eurosat_pipeline.cli.main import main as cli
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.data.dataset import prepare_dataset
-from eurosat_pipeline.data.sources.synthetic import synthetic_images
 from eurosat_pipeline.data.split import split_archive
-from eurosat_pipeline.training.train import TrainPaths, train
 from eurosat_pipeline.use.export import export_onnx
 from eurosat_pipeline.use.mapping import NODATA, S2_DN_MAX, TILE, make_map
 
-from .conftest import REAL_EUROSAT, REPO_ROOT, tiny_config
+from .conftest import REAL_EUROSAT, REPO_ROOT
 
 UTM33 = "EPSG:32633"
 SCENE_TRANSFORM = from_origin(500_000, 5_300_000, 10, 10)
@@ -38,31 +35,13 @@ MIN_RIGHT = 0.85
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("map-model")
-    # One phase at a high rate with the whole network learning: the tiny model then tells the
-    # synthetic classes apart (about 90% validation accuracy) in well under a minute. (Without
-    # pretrained weights the inputs are normalised with the training split's band statistics.)
-    config = tiny_config(
-        synthetic_images_per_class=30, phase1_epochs=0, phase2_epochs=8, phase2_lr=1e-2, backbone_lr_scale=1.0
-    )
-    config = config.replace(batch_size=32)
-    data = root / "data"
-    prepare_dataset("synthetic", data / "eurosat.zip", data / "dataset.json", config.synthetic_images_per_class)
-    split_archive(data / "eurosat.zip", data / "split.csv", 0.1, 0.1, 42)
-    paths = TrainPaths.under(data, root / "models", root / "reports")
-    train(config, paths)
-    return paths.best
+def model(map_model: Path) -> Path:
+    return map_model
 
 
 @pytest.fixture(scope="module")
-def tiles() -> dict[str, list[np.ndarray]]:
-    """Synthetic images (3 x 64 x 64 uint8) by class; the generator's later images, not the training ones."""
-    by_class: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
-    for name, file_name, blob in synthetic_images(40):
-        if int(file_name.rsplit("_", 1)[1].split(".")[0]) > 30:
-            by_class[name].append(np.asarray(Image.open(io.BytesIO(blob))).transpose(2, 0, 1))
-    return by_class
+def tiles(synthetic_tiles: dict[str, list[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    return synthetic_tiles
 
 
 def grid_of_labels(rows: int, cols: int, seed: int = 0) -> np.ndarray:
