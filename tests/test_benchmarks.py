@@ -116,3 +116,20 @@ def test_gather_benchmark_compares_the_memory_map_with_ram(tmp_path: Path) -> No
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and all("images/s" in line for line in lines)
     assert "uint16  memory map" in lines[2]
+
+
+def test_tta_benchmark_measures_every_view_count_on_both_splits(map_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tta.json"
+    data = map_model.parents[1] / "data"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "tta.py"), "--checkpoint", str(map_model)]
+        + ["--data", str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["split"], r["views"]) for r in rows] == [(s, v) for s in ("val", "test") for v in (1, 2, 4, 8)]
+    assert all(0 <= r["acc"] <= 1 and r["images"] > 0 and r["seconds"] > 0 for r in rows)
+    assert "| test | 8 |" in result.stdout

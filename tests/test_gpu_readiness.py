@@ -106,7 +106,10 @@ def test_summary_and_model_card_say_which_precision_and_why(data: Path, tmp_path
     paths = TrainPaths.under(data, tmp_path, tmp_path)
     summary = train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)
     assert summary["precision"] == "32-true" and summary["precision_reason"].startswith("CPU")
-    metrics = {"test": {"acc": 0.5, "macro_f1": 0.5, "images": 12}}
+    metrics = {
+        "test": {"acc": 0.5, "macro_f1": 0.5, "images": 12},
+        "test_tta": {"acc": 0.5, "macro_f1": 0.5, "views": 8},
+    }
     card = model_card(read_stored_model(paths.best), summary, metrics, [], data / "split.csv")
     assert f"(32-true precision: {summary['precision_reason']})" in card
 

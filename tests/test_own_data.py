@@ -448,7 +448,10 @@ def test_the_model_card_describes_the_model_in_the_checkpoint(nir_model: dict) -
 
     root = nir_model["root"]
     summary = read_json(root / "reports" / "summary.json")
-    metrics = {"test": {"acc": 0.9, "macro_f1": 0.9, "images": 30}}
+    metrics = {
+        "test": {"acc": 0.9, "macro_f1": 0.9, "images": 30},
+        "test_tta": {"acc": 0.9, "macro_f1": 0.9, "views": 8},
+    }
     card = model_card(read_stored_model(nir_model["checkpoint"]), summary, metrics, [], root / "data" / "split.csv")
     assert "Classifies 32x32 patches of 4 band(s) (B04, B03, B02, B08; uint16) into 2 classes." in card
     assert "- Output: probabilities over dry, wet." in card and "Linear(256, 2)." in card

@@ -11,6 +11,7 @@ from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
 from eurosat_pipeline.core.stage import configure_logging, user_error
+from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -22,6 +23,10 @@ DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GP
 ENGINE_HELP = (
     "auto (default): ONNX Runtime with the checkpoint's own export (model.onnx beside it, checked by hash) "
     "on machines without an NVIDIA GPU, the fastest CPU engine; else PyTorch"
+)
+VIEWS_HELP = (
+    "test-time augmentation: average the probabilities over this many flips and quarter-turns of each image "
+    "(1 = off; 8 = all of them, the most accurate, 8x the model passes)"
 )
 PRECISION_HELP = (
     "number format for a checkpoint in PyTorch: fp32 (default) or bf16 (about 2.5x faster on CPUs with "
@@ -109,6 +114,9 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     _add_model_options(predict)
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
+    predict.add_argument(
+        "--views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEWS, help=f"{VIEWS_HELP} (default: {DEFAULT_VIEWS})"
+    )
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
     predict.add_argument(
@@ -188,6 +196,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.precision,
         args.engine,
         max_pixels=args.max_pixels,
+        views=args.views,
     )
     emit(predictions, args.format, args.output)
     return 0

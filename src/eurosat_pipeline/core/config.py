@@ -19,6 +19,7 @@ from ruamel.yaml.error import YAMLError
 
 from eurosat_pipeline.core.errors import ConfigError
 from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
+from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
 
 # Lightning settings that are valid elsewhere but cannot work with this pipeline, and why.
 REFUSED = {
@@ -105,11 +106,20 @@ class Config(BaseModel):
     channels_last: bool = True
     compile: bool = False
     resume: bool = True
+    # evaluation
+    tta_views: Literal[VIEW_COUNTS] = DEFAULT_VIEWS  # Literal[(1, 2, 4, 8)] is Literal[1, 2, 4, 8]
     # tracking
     tsne_interval: Count = 3
     wandb_mode: Literal["offline", "online", "disabled", "auto"] = "auto"
     wandb_project: str = "eurosat-pipeline"
     wandb_entity: str = ""
+
+    @field_validator("tta_views", mode="before")
+    @classmethod
+    def _view_count(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # True == 1, so the Literal alone would take it
+            raise KeyProblem("tta_views", f"must be one of {', '.join(map(str, VIEW_COUNTS))}", value)
+        return value
 
     @field_validator("bands", mode="before")
     @classmethod
@@ -247,7 +257,7 @@ def _explain(error: Mapping[str, Any]) -> str:
         return f"unknown key '{key}'.{_did_you_mean(key, Config.model_fields)}"
     field = Config.model_fields[key]
     if kind == "literal_error":
-        return f"key '{key}' must be one of {', '.join(get_args(field.annotation))}, got {value!r}."
+        return f"key '{key}' must be one of {', '.join(map(str, get_args(field.annotation)))}, got {value!r}."
     if kind.endswith("_type") or kind in ("int_from_float", "bool_parsing"):
         hint = (
             " (write numbers without quotes, e.g. 1.0e-4)"

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from eurosat_pipeline.core.choices import FORMATS
 from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.views import VIEWS
 from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.classifier import Classifier
 from eurosat_pipeline.platform.accelerators import cpu_has_native_bf16, flush_denormals
@@ -78,18 +79,40 @@ def predict_logits(
     device: torch.device | None = None,
     batch_size: int = 256,
     precision: str = "fp32",
+    views: int = 1,
 ) -> Tensor:
-    """Logits (fp32, on the CPU) for integer ``N x bands x H x W`` images of one size, a batch at a time."""
+    """Logits (fp32, on the CPU) for integer ``N x bands x H x W`` images of one size, a batch at a time.
+
+    With ``views`` > 1 (test-time augmentation, core/views.py), the log of the class probabilities
+    averaged over that many flips and quarter-turns: its softmax is the averaged probabilities.
+    """
     device = device or default_device()
     model = prepare(model, device)  # outside inference mode: the model stays usable for training
     fmt = inference_format(precision)
     transform = eval_transform(model.preprocessing, channels_last=True).to(device)
     outputs = []
     for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size].to(device)
         with torch.inference_mode(), fmt.autocast(device):
-            logits = model(transform(images[start : start + batch_size].to(device), train=False))
-        outputs.append(logits.float().cpu())
+            if views == 1:
+                logits = model(transform(batch, train=False)).float()
+            else:
+                seen = [
+                    model(transform(view_of(batch, index), train=False)).float().softmax(dim=1)
+                    for index in range(views)
+                ]
+                logits = torch.stack(seen).mean(dim=0).log()
+        outputs.append(logits.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, model.head[-1].out_features)
+
+
+def view_of(batch: Tensor, index: int) -> Tensor:
+    """View ``index`` of :data:`eurosat_pipeline.core.views.VIEWS` of ``N x C x H x W`` images."""
+    transpose, flip_rows, flip_cols = VIEWS[index]
+    if transpose:
+        batch = batch.transpose(-1, -2)
+    dims = [dim for dim, flip in ((-2, flip_rows), (-1, flip_cols)) if flip]
+    return batch.flip(dims) if dims else batch
 
 
 @torch.no_grad()

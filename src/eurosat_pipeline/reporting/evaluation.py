@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
 from eurosat_pipeline.core.files import read_json, write_csv, write_json
-from eurosat_pipeline.data.loading import load_splits
+from eurosat_pipeline.core.views import DEFAULT_VIEWS
+from eurosat_pipeline.data.loading import ImageSet, load_splits
 from eurosat_pipeline.model.checkpoints import load_classifier
 from eurosat_pipeline.model.classifier import Classifier
 from eurosat_pipeline.model.inference import Images, default_device, predict_logits
@@ -29,9 +30,10 @@ class EvalPaths:
     images: Path | None = None  # the decoded array (default: images.npy beside the archive)
 
 
-def evaluate(paths: EvalPaths) -> dict[str, Any]:
-    """Test metrics of the model (fp32, as predict and map classify by default), and how far bf16
-    would agree with them."""
+def evaluate(paths: EvalPaths, views: int = DEFAULT_VIEWS) -> dict[str, Any]:
+    """Test metrics of the model (fp32, as predict and map classify by default), the same with the
+    probabilities averaged over ``views`` flips and quarter-turns (``test_tta``: test-time
+    augmentation, as ``eurosat predict`` does by default), and how far bf16 would agree."""
     model, _ = load_classifier(paths.checkpoint)
     classes = list(model.data.classes)
     test = load_splits(paths.archive, paths.split, ("test",), model.data, paths.images)["test"]
@@ -51,6 +53,7 @@ def evaluate(paths: EvalPaths) -> dict[str, Any]:
             "macro_recall": report["macro avg"]["recall"],
             "images": len(actual),
         },
+        "test_tta": _with_views(model, test, device, views),
         "synthetic_data": bool(read_json(paths.dataset_info).get("synthetic", False)),
         "inference": _bf16_agreement(model, test, device, probabilities, test.labels),
     }
@@ -61,6 +64,17 @@ def evaluate(paths: EvalPaths) -> dict[str, Any]:
         test.paths, [classes[a] for a in actual], [classes[p] for p in predicted], confidence, paths.confusion
     )
     return metrics
+
+
+def _with_views(model: Classifier, images: ImageSet, device: torch.device, views: int) -> dict[str, Any]:
+    """Accuracy and macro F1 with ``views`` views averaged (core/views.py)."""
+    predicted = predict_logits(model, images, device, precision="fp32", views=views).argmax(dim=1).tolist()
+    actual = images.labels.tolist()
+    return {
+        "acc": accuracy_score(actual, predicted),
+        "macro_f1": f1_score(actual, predicted, average="macro", zero_division=0),
+        "views": views,
+    }
 
 
 def _bf16_agreement(

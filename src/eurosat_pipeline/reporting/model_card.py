@@ -160,13 +160,15 @@ def _recipe_section(config: Config) -> list[str]:
 
 
 def _results_section(summary: dict[str, Any], metrics: dict[str, Any], per_class: list[dict[str, Any]]) -> list[str]:
-    test = metrics["test"]
+    test, tta = metrics["test"], metrics["test_tta"]
     return [
         "## Results",
         "",
         f"Test split ({test['images']:,} images never used for training or model selection): accuracy "
         f"**{test['acc']:.2%}**, macro F1 {test['macro_f1']:.4f}. Best validation accuracy "
         f"{summary['best_val_acc']:.2%} (epoch of `{summary['best_checkpoint']}`).",
+        f"Averaged over {tta['views']} flips and quarter-turns of each image (test-time augmentation, "
+        f"`eurosat predict`'s default): accuracy **{tta['acc']:.2%}**, macro F1 {tta['macro_f1']:.4f}.",
         *_inference_lines(metrics.get("inference")),
         "",
         "| class | precision | recall | F1 | test images |",

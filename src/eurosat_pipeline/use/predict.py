@@ -28,6 +28,7 @@ from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.exports import CHECKPOINT_HASH_KEY, EXPORT_NAME, REQUIRED_KEYS
 from eurosat_pipeline.core.files import csv_text, sha256_of, write_text
 from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS, pixel_problem
+from eurosat_pipeline.core.views import average_views, check_view_count, with_views
 from eurosat_pipeline.model.preprocessing import Preprocessing
 from eurosat_pipeline.platform import nvidia
 
@@ -128,13 +129,29 @@ class Predictor:
 
     preprocessing: Preprocessing
     data: DataSpec
+    views: int = 1  # test-time augmentation: probabilities averaged over this many views (core/views.py)
 
     @property
     def image_size(self) -> int:
         return self.preprocessing.image_size
 
     def classify(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (``N x classes``) for ``N x bands x H x W`` images of one size (the model's value type)."""
+        """Probabilities (``N x classes``) for ``N x bands x H x W`` images of one size (the model's value type),
+        averaged over :attr:`views` flips and quarter-turns of each image."""
+        if self.views == 1:
+            return self.probabilities(images)
+        try:
+            viewed = with_views(images, self.views)
+        except ValueError as err:
+            raise PipelineError(f"--views {self.views}: {err}") from err
+        # The engine sees the views in chunks of the caller's batch size: memory stays what it chose.
+        chunks = [
+            self.probabilities(viewed[start : start + len(images)]) for start in range(0, len(viewed), len(images))
+        ]
+        return average_views(np.concatenate(chunks), self.views)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The engine's probabilities for the images as given (one view)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -176,9 +193,9 @@ class TorchPredictor(Predictor):
         self.transform = eval_transform(self.preprocessing, channels_last=True).to(self.device)
 
     def describe(self) -> str:
-        return f"PyTorch, {self.format.dtype} on {self.device} ({self.format.reason})"
+        return f"PyTorch, {self.format.dtype} on {self.device} ({self.format.reason}){_views_note(self.views)}"
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
         import torch  # not at the top: the ONNX Runtime path never imports it
 
         from eurosat_pipeline.data.imagefile import as_torch_integers
@@ -239,9 +256,9 @@ class OnnxPredictor(Predictor):
         self.scale = 1 / (np.array(self.preprocessing.std, dtype=np.float32).reshape(shape) * value_scale)
 
     def describe(self) -> str:
-        return f"ONNX Runtime, fp32 on {', '.join(self.session.get_providers())}"
+        return f"ONNX Runtime, fp32 on {', '.join(self.session.get_providers())}{_views_note(self.views)}"
 
-    def classify(self, images: np.ndarray) -> np.ndarray:
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
         if images.shape[-2:] == (self.image_size, self.image_size):
             inputs = (images.astype(np.float32) - self.mean) * self.scale
         else:  # another size: resized exactly as in training, by the same torch transform
@@ -252,6 +269,10 @@ class OnnxPredictor(Predictor):
             inputs = eval_transform(self.preprocessing)(torch.from_numpy(images), train=False).numpy()
         (logits,) = self.session.run(None, {self.input_name: inputs})
         return softmax(logits)
+
+
+def _views_note(views: int) -> str:
+    return f", {views} views averaged" if views > 1 else ""
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -269,9 +290,10 @@ def predict(
     precision: str = "fp32",
     engine: str = "auto",
     max_pixels: int = MAX_IMAGE_PIXELS,
+    views: int = 1,
 ) -> list[Prediction]:
     paths = find_images(inputs)
-    model = load_predictor(checkpoint, onnx_file, device, precision, engine)
+    model = load_predictor(checkpoint, onnx_file, device, precision, engine, views)
     images, problems = [], []
     for path in paths:
         try:
@@ -308,6 +330,25 @@ def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_siz
 
 
 def load_predictor(
+    checkpoint: str | Path = "models/best.ckpt",
+    onnx_file: str | Path | None = None,
+    device: str | None = None,
+    precision: str = "fp32",
+    engine: str = "auto",
+    views: int = 1,
+) -> Predictor:
+    """The engine that classifies for predict, map and serve, averaging ``views`` flips and turns of
+    each image (core/views.py). Which engine: see :func:`load_engine`."""
+    try:
+        check_view_count(views)
+    except ValueError as err:
+        raise PipelineError(str(err)) from err
+    predictor = load_engine(checkpoint, onnx_file, device, precision, engine)
+    predictor.views = views
+    return predictor
+
+
+def load_engine(
     checkpoint: str | Path = "models/best.ckpt",
     onnx_file: str | Path | None = None,
     device: str | None = None,

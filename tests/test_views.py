@@ -1,0 +1,109 @@
+"""Test-time augmentation: the 8 views are EuroSAT's symmetries, and every engine averages over them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eurosat_pipeline.core.config import config_from_mapping
+from eurosat_pipeline.core.errors import ConfigError, PipelineError
+from eurosat_pipeline.core.views import VIEWS, average_views, check_view_count, with_views
+from eurosat_pipeline.model.inference import view_of
+from eurosat_pipeline.use.predict import Predictor, load_predictor
+
+
+def image(seed: int = 0, size: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
+
+
+def as_set(arrays: np.ndarray) -> set[bytes]:
+    return {np.ascontiguousarray(a).tobytes() for a in arrays}
+
+
+def test_the_eight_views_are_the_eight_symmetries_of_a_square() -> None:
+    x = image()
+    views = with_views(x, 8)
+    assert views.shape == (8, 3, 5, 5)
+    assert len(as_set(views)) == 8  # all different
+    expected = [np.rot90(x, k, axes=(-2, -1)) for k in range(4)]
+    expected += [np.rot90(x[..., ::-1], k, axes=(-2, -1)) for k in range(4)]
+    assert as_set(views) == as_set(np.concatenate(expected))
+    # A group: the views of any view are the same eight images.
+    for index in range(8):
+        assert as_set(with_views(views[index : index + 1], 8)) == as_set(views)
+    # The first two are the image and its mirror; the first four the flips, closed on their own.
+    assert np.array_equal(views[1], x[0, :, :, ::-1])
+    four = with_views(x, 4)
+    for index in range(4):
+        assert as_set(with_views(four[index : index + 1], 4)) == as_set(four)
+
+
+def test_torch_and_numpy_views_are_the_same_table() -> None:
+    x = image(1, 6)
+    for index in range(len(VIEWS)):
+        expected = with_views(x, 8)[index : index + 1]
+        assert np.array_equal(view_of(torch.from_numpy(x), index).numpy(), expected)
+
+
+def test_averaging_makes_any_classifier_blind_to_turns_and_mirrors() -> None:
+    class Oriented(Predictor):
+        """Probabilities that depend on where the bright pixels are: far from invariant."""
+
+        views = 8
+
+        def probabilities(self, images: np.ndarray) -> np.ndarray:
+            weights = np.arange(images[0].size, dtype=np.float64).reshape(images.shape[1:]) % 7
+            scores = np.stack([(images * weights).sum(axis=(1, 2, 3)), images.sum(axis=(1, 2, 3))], axis=1)
+            exp = np.exp((scores - scores.max(axis=1, keepdims=True)) / 1e4)
+            return exp / exp.sum(axis=1, keepdims=True)
+
+    model = Oriented()
+    x = image(2).astype(np.float64)
+    turned = np.rot90(x, 1, axes=(-2, -1)).copy()
+    assert not np.allclose(model.probabilities(x), model.probabilities(turned))
+    assert np.allclose(model.classify(x), model.classify(turned))
+    assert np.allclose(model.classify(x[..., ::-1].copy()), model.classify(x))
+
+
+def test_average_views_undoes_the_stacking_order() -> None:
+    probabilities = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])  # 2 views x 2 images
+    assert np.allclose(average_views(probabilities, 2), [[0.75, 0.25], [0.25, 0.75]])
+
+
+def test_view_counts_are_checked_where_they_are_given() -> None:
+    with pytest.raises(ValueError, match=r"--views 3: choose one of 1, 2, 4, 8"):
+        check_view_count(3)
+    with pytest.raises(ConfigError, match=r"key 'tta_views' must be one of 1, 2, 4, 8, got 3"):
+        config_from_mapping({"tta_views": 3})
+    with pytest.raises(ConfigError, match=r"key 'tta_views' must be one of 1, 2, 4, 8, got True"):
+        config_from_mapping({"tta_views": True})
+    with pytest.raises(ValueError, match=r"needs square ones \(these are 4 x 6\): use 4 views or fewer"):
+        with_views(np.zeros((1, 3, 4, 6), np.uint8), 8)
+
+
+def test_the_checkpoint_engine_averages_its_own_views(map_model: Path) -> None:
+    tiles = np.random.default_rng(3).integers(0, 255, (5, 3, 64, 64), dtype=np.uint8)
+    single = load_predictor(map_model, engine="pytorch")
+    averaged = load_predictor(map_model, engine="pytorch", views=8)
+    assert "8 views averaged" in averaged.describe()
+    by_hand = np.mean([single.classify(with_views(tiles, 8)[i * 5 : (i + 1) * 5]) for i in range(8)], axis=0)
+    assert np.allclose(averaged.classify(tiles), by_hand, atol=1e-5)
+    turned = np.rot90(tiles, 1, axes=(-2, -1)).copy()
+    assert np.allclose(averaged.classify(turned), averaged.classify(tiles), atol=1e-5)
+    with pytest.raises(PipelineError, match="--views 5: choose one of"):
+        load_predictor(map_model, engine="pytorch", views=5)
+
+
+def test_evaluate_records_both_accuracies(map_model: Path, tmp_path: Path) -> None:
+    from eurosat_pipeline.reporting.evaluation import EvalPaths, evaluate
+
+    data = map_model.parents[1] / "data"
+    outputs = (tmp_path / "metrics.json", tmp_path / "per_class.csv", tmp_path / "predictions.csv")
+    paths = EvalPaths(map_model, data / "eurosat.zip", data / "split.csv", data / "dataset.json", *outputs)
+    plain = evaluate(paths, views=1)
+    assert plain["test_tta"]["views"] == 1 and plain["test_tta"]["acc"] == plain["test"]["acc"]
+    averaged = evaluate(paths, views=8)["test_tta"]
+    assert averaged["views"] == 8 and 0.0 <= averaged["acc"] <= 1.0
