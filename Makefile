@@ -55,8 +55,14 @@ lock: $(UV)
 demo: $(STAMP)
 	$(BIN)/eurosat demo
 
+# Two worker processes (pytest-xdist), each with its share of the cores (tests/conftest.py), a test
+# file to a worker (--dist loadfile: a file's shared fixtures are built once, and the DVC
+# end-to-end tests run in their order). Most of the suite's time is single-threaded process
+# start-up (dvc, stages, torch and Lightning imports), which a second core runs beside the first;
+# measured in docs/development.md. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(TOOLS)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow or realdata"

@@ -121,9 +121,9 @@ def test_gather_benchmark_compares_the_memory_map_with_ram(tmp_path: Path) -> No
 def test_tta_benchmark_measures_every_view_count_on_both_splits(map_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "tta.json"
     data = map_model.parents[1] / "data"
+    script = str(REPO_ROOT / "benchmarks" / "tta.py")
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "tta.py"), "--checkpoint", str(map_model)]
-        + ["--data", str(data), "--out", str(out)],
+        [sys.executable, script, "--checkpoint", str(map_model), "--data", str(data), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
