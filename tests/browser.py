@@ -8,6 +8,7 @@ needs the internet shows it as failed requests and console errors.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
@@ -27,6 +28,10 @@ OFFLINE_FLAGS = (
     "--proxy-server=127.0.0.1:9",  # the discard port: nothing listens
     "--proxy-bypass-list=<-loopback>",  # the proxy for loopback addresses too
 )
+# For a page served on this machine (http://127.0.0.1:PORT): 127.0.0.1 is left out of the resolver
+# rule (which maps IP literals too) and bypasses the dead proxy (Chromium's default for loopback);
+# every other address still goes to the proxy, and host names still resolve to nothing.
+LOOPBACK_FLAGS = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9")
 # Requests a self-contained page may make: itself and inline data.
 LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
 
@@ -65,9 +70,10 @@ class PageLog:
 
 
 class Browser:
-    """One headless Chromium with one page; use as a context manager."""
+    """One headless Chromium with one page; use as a context manager. ``loopback``: pages served on
+    this machine (127.0.0.1) can be reached; the rest of the network stays blocked."""
 
-    def __init__(self, executable: str, timeout: float = 60.0) -> None:
+    def __init__(self, executable: str, timeout: float = 60.0, loopback: bool = False) -> None:
         self.timeout = timeout
         self._profile = tempfile.TemporaryDirectory(prefix="chromium-")
         to_browser_read, self._to_browser = _pipe()
@@ -81,7 +87,7 @@ class Browser:
             "--remote-debugging-pipe",
             f"--user-data-dir={self._profile.name}",
             "--window-size=1200,900",
-            *OFFLINE_FLAGS,
+            *(LOOPBACK_FLAGS if loopback else OFFLINE_FLAGS),
             "about:blank",
         ]
 
@@ -153,6 +159,27 @@ class Browser:
         if "exceptionDetails" in reply:
             raise RuntimeError(f"page script failed: {reply['exceptionDetails']}")
         return reply["result"].get("value")
+
+    def upload(self, selector: str, *paths: str) -> None:
+        """Put files into the page's ``<input type=file>`` at ``selector``, as a user choosing them
+        would (the input fires its change event)."""
+        root = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        if not node:
+            raise RuntimeError(f"no element {selector!r} in the page")
+        self.send("DOM.setFileInputFiles", {"files": list(paths), "nodeId": node})
+
+    def screenshot(self) -> bytes:
+        """The page as it looks now, as PNG bytes."""
+        return base64.b64decode(self.send("Page.captureScreenshot", {"format": "png"})["data"])
+
+    def log(self, settle: float = 0.5) -> PageLog:
+        """The console errors and network requests since the page was opened, after ``settle``
+        seconds more for the events still on their way."""
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            self._read_message(end - time.monotonic())
+        return self._page_log()
 
     def send(self, method: str, params: dict[str, Any] | None = None, session: bool = True) -> dict[str, Any]:
         self._next_id += 1

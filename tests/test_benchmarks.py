@@ -133,3 +133,46 @@ def test_tta_benchmark_measures_every_view_count_on_both_splits(map_model: Path,
     assert [(r["split"], r["views"]) for r in rows] == [(s, v) for s in ("val", "test") for v in (1, 2, 4, 8)]
     assert all(0 <= r["acc"] <= 1 and r["images"] > 0 and r["seconds"] > 0 for r in rows)
     assert "| test | 8 |" in result.stdout
+
+
+def test_region_benchmark_smoke_run_times_whole_commands_per_way(map_model: Path, tmp_path: Path) -> None:
+    """Two of its four ways (the sequential loop and a Dask LocalCluster: the others differ only in
+    --processes), on three tiny scenes of per-band COGs behind a STAC ItemCollection."""
+    out = tmp_path / "region.json"
+    ways = "sequential,Dask LocalCluster of 2 workers"
+    script = [sys.executable, str(REPO_ROOT / "benchmarks" / "region_speed.py"), "--smoke", "--ways", ways]
+    result = subprocess.run(
+        [*script, "--checkpoint", str(map_model), "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [row["way"] for row in rows] == ways.split(",") and report["cores"] >= 1 and report["cpu"]
+    for row in rows:
+        assert row["scenes"] == 3 and row["tiles"] == 3 * 25  # 320 px: 5 x 5 whole tiles, none nodata
+        assert row["scenes_per_minute"] == pytest.approx(3 / row["wall_s"] * 60, rel=1e-2)
+    assert rows[0]["vs_sequential"] == 1.0
+    speed_up = rows[1]["scenes_per_minute"] / rows[0]["scenes_per_minute"]
+    assert rows[1]["vs_sequential"] == pytest.approx(speed_up, rel=1e-2)
+    assert "| Dask LocalCluster of 2 workers |" in result.stdout
+
+
+def test_serve_load_benchmark_compares_the_service_with_its_engine(map_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    script = str(REPO_ROOT / "benchmarks" / "serve_load.py")
+    result = subprocess.run(
+        [sys.executable, script, "--smoke", "--checkpoint", str(map_model), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {row["server"].split(" (")[0]: row for row in report["results"]}
+    assert list(rows) == ["micro-batching", "no batching"]
+    for row in rows.values():
+        assert row["failed_requests"] == 0 and row["requests"] == 12
+        assert 0 < row["p50_ms"] <= row["p99_ms"] and row["rss_mb_end"] > 0
+        assert row["ratio_to_engine"] == pytest.approx(row["images_per_s"] / report["engine"]["images_per_s"])
+    assert rows["no batching"]["images_per_engine_call"] == 1.0
+    assert "| server | p50 | p99 |" in result.stdout and "load average" in result.stdout

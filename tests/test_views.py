@@ -107,3 +107,25 @@ def test_evaluate_records_both_accuracies(map_model: Path, tmp_path: Path) -> No
     assert plain["test_tta"]["views"] == 1 and plain["test_tta"]["acc"] == plain["test"]["acc"]
     averaged = evaluate(paths, views=8)["test_tta"]
     assert averaged["views"] == 8 and 0.0 <= averaged["acc"] <= 1.0
+
+
+def test_a_map_averages_views_only_when_asked(map_model: Path, tmp_path: Path) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from eurosat_pipeline.cli.main import main as cli
+    from eurosat_pipeline.use.mapping import make_map
+
+    scene = tmp_path / "scene.tif"
+    pixels = np.random.default_rng(4).integers(0, 255, (3, 128, 192), dtype=np.uint8)
+    profile = {"driver": "GTiff", "width": 192, "height": 128, "count": 3, "dtype": "uint8"}
+    with rasterio.open(scene, "w", **profile, crs="EPSG:32633", transform=from_origin(500_000, 5_300_000, 10, 10)) as f:
+        f.write(pixels)
+    plain, _ = make_map(scene, tmp_path / "plain.tif", map_model, engine="pytorch")
+    averaged, _ = make_map(scene, tmp_path / "views.tif", map_model, engine="pytorch", views=8)
+    assert "views averaged" not in plain.engine and "8 views averaged" in averaged.engine
+    assert averaged.classified == plain.classified == 6
+    argv = ["map", str(scene), "--out", str(tmp_path / "cli.tif"), "--checkpoint", str(map_model)]
+    assert cli([*argv, "--engine", "pytorch", "--views", "8"]) == 0
+    with rasterio.open(tmp_path / "cli.tif") as made, rasterio.open(tmp_path / "views.tif") as expected:
+        assert np.array_equal(made.read(), expected.read())

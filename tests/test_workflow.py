@@ -70,3 +70,23 @@ def test_workflow_reproduces_compares_and_comments() -> None:
     assert "eurosat compare --rev" in script
     assert "cml comment update" in script and "cml/report.md" in script
     assert "${{" not in script, "expressions belong in env:, not inline in scripts (injection)"
+
+
+DEPLOY = REPO_ROOT / ".github" / "workflows" / "deploy.yml"
+
+
+def test_deploy_workflow_passes_actionlint() -> None:
+    assert actionlint(DEPLOY) == []
+
+
+def test_deploy_workflow_serves_the_version_a_prod_assignment_names() -> None:
+    """GTO's stage-assignment tags (model#prod#3) start it; it fetches, checks and serves that version."""
+    workflow = yaml.safe_load(DEPLOY.read_text())
+    assert workflow[True]["push"]["tags"] == ["*#prod#*"]  # not model#prod!#4, which unassigns
+    steps = workflow["jobs"]["deploy"]["steps"]
+    script = "\n".join(s.get("run", "") for s in steps)
+    assert "make install" in script and "gto check-ref" in script
+    assert 'eurosat serve --registry . --artifact "$ARTIFACT" --version "$VERSION"' in script
+    assert "${{" not in script, "expressions belong in env:, not inline in scripts (injection)"
+    checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"]["fetch-depth"] == 0, "GTO needs every tag"

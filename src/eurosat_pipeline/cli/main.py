@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from eurosat_pipeline import __version__
 from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS
+from eurosat_pipeline.core.limits import (
+    MAX_IMAGE_PIXELS,
+    SERVE_IMAGE_PIXELS,
+    SERVE_SCENE_PIXELS,
+    SERVE_UPLOAD_BYTES,
+)
 from eurosat_pipeline.core.stage import configure_logging, user_error
 from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
+
+if TYPE_CHECKING:
+    from eurosat_pipeline.use.serve import ServedModel
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -56,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_compare, _add_predict, _add_map, _add_export):
+    for add in (_add_demo, _add_compare, _add_predict, _add_map, _add_export, _add_serve):
         add(commands)
     return parser
 
@@ -130,12 +140,35 @@ def _add_predict(commands: Commands) -> None:
 
 def _add_map(commands: Commands) -> None:
     land = commands.add_parser(
-        "map", help="land-use map of a whole scene (GeoTIFF or any raster GDAL reads): map, preview, areas"
+        "map",
+        help="land-use maps of a scene (a raster, Sentinel-2 band files, a STAC item) or of a region of many scenes",
     )
     land.add_argument(
-        "scene", help="the scene: with the model's bands (found by band description or position, or --bands)"
+        "scenes",
+        nargs="*",
+        metavar="SCENE",
+        help="a raster with the model's bands (found by band description or position, or --bands); a folder or "
+        "SAFE product of Sentinel-2 band files (B02, B03, B04, ... in their names); a STAC Item or ItemCollection "
+        "(.json) or a folder of items. Several: one map each, with --out-dir",
     )
-    land.add_argument("--out", required=True, help="the map, MAP.tif; MAP.png and MAP.csv are written beside it")
+    land.add_argument(
+        "--band",
+        dest="band_files",
+        action="append",
+        type=_band_file,
+        default=[],
+        metavar="NAME=PATH",
+        help="one band's file, instead of SCENE: the model's band by Sentinel-2 name or its own (B04=red.tif); "
+        "repeat for each band",
+    )
+    target = land.add_mutually_exclusive_group()
+    target.add_argument("--out", help="one scene's map, MAP.tif; MAP.png and MAP.csv are written beside it")
+    target.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="any number of scenes: DIR/<scene>.tif (.png, .csv), DIR/summary.csv, DIR/mosaic.vrt; "
+        "a rerun skips the scenes already mapped with the same model",
+    )
     _add_model_options(land)
     land.add_argument(
         "--bands",
@@ -150,12 +183,31 @@ def _add_map(commands: Commands) -> None:
         "auto (default) = none for 8-bit files, else s2",
     )
     land.add_argument(
-        "--offset", type=float, default=0.0, help="subtracted before s2 scaling (1000 for baseline >= 04.00)"
+        "--offset",
+        type=float,
+        help="subtracted before s2 scaling (1000 for baseline >= 04.00); default: 0, or a STAC item's "
+        "raster:bands offset",
     )
     land.add_argument("--nodata", type=float, help="treat this value as nodata (besides the file's own nodata or mask)")
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
     land.add_argument(
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
+    )
+    # One view by default: a granule is ~30,000 tiles, and 8 views cost 8x (predict's default is 8).
+    land.add_argument("--views", type=int, choices=VIEW_COUNTS, default=1, help=f"{VIEWS_HELP} (default: 1)")
+    engines = land.add_argument_group("where many scenes run (--out-dir)").add_mutually_exclusive_group()
+    engines.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="local worker processes, each with its share of the cores (default: one per core, as many as memory "
+        "holds); 0: one scene after another in this process",
+    )
+    engines.add_argument("--dask-local", type=int, metavar="N", help="a Dask LocalCluster of N worker processes")
+    engines.add_argument(
+        "--scheduler",
+        metavar="URL",
+        help="a running Dask scheduler, e.g. tcp://HOST:8786 (SLURM, Kubernetes: docs/maps.md)",
     )
     land.set_defaults(run=_map)
 
@@ -168,6 +220,61 @@ def _add_export(commands: Commands) -> None:
     export.add_argument("--archive", default="data/eurosat.zip", help="parity is checked on its validation images")
     export.add_argument("--split", default="data/split.csv")
     export.set_defaults(run=_export)
+
+
+def _add_serve(commands: Commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve the model over HTTP: /predict, /map, /health, OpenAPI docs at /docs, a page at /"
+    )
+    _add_model_options(serve)
+    serve.add_argument(
+        "--views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEWS, help=f"{VIEWS_HELP} (default: {DEFAULT_VIEWS})"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="default: 8000")
+    serve.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' for /predict and /map (default: $EUROSAT_SERVE_TOKEN); "
+        "set one when --host reaches beyond this machine",
+    )
+    serve.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=SERVE_UPLOAD_BYTES / 2**20,
+        help=f"largest request body, all files together (default: {SERVE_UPLOAD_BYTES / 2**20:.0f})",
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=SERVE_IMAGE_PIXELS,
+        help=f"refuse /predict images with more pixels, before decoding them (default: {SERVE_IMAGE_PIXELS:,})",
+    )
+    serve.add_argument(
+        "--max-scene-pixels",
+        type=int,
+        default=SERVE_SCENE_PIXELS,
+        help=f"largest /map scene; larger ones: eurosat map (default: {SERVE_SCENE_PIXELS:,})",
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a request waits for others to share an engine call (default: 0, no wait: an engine call "
+        "takes the requests that queued while the previous one ran)",
+    )
+    registry = serve.add_argument_group("a model from a registry (GTO tags, fetched with dvc artifacts get)")
+    registry.add_argument("--registry", metavar="REPO", help="the Git repository (path or URL) of the registry")
+    registry.add_argument("--artifact", default="model", help="the artifact's name in its dvc.yaml (default: model)")
+    which = registry.add_mutually_exclusive_group()
+    which.add_argument("--version", dest="model_version", metavar="VERSION", help="this version (e.g. v1.2.0)")
+    which.add_argument("--stage", help="the version in this stage now (e.g. prod); default: the latest version")
+    registry.add_argument(
+        "--sha256", help="the model's expected sha256, for versions registered without one in their message"
+    )
+    registry.add_argument(
+        "--fetch-to", metavar="DIR", help="keep the fetched model in this empty folder (default: a temporary one)"
+    )
+    serve.set_defaults(run=_serve)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -209,12 +316,32 @@ def _band_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected band numbers like 4,3,2, got {text!r}") from err
 
 
-def _map(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.use.mapping import make_map, summary
+def _band_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH like B04=red.tif, got {text!r}")
+    return name.strip(), path
 
-    result, outputs = make_map(
-        args.scene,
-        args.out,
+
+def _map(args: argparse.Namespace) -> int:
+    from eurosat_pipeline.use.mapping import summary
+    from eurosat_pipeline.use.region import MapSettings, map_one
+    from eurosat_pipeline.use.scenes import BandFiles, find_scenes
+
+    if args.out is None and args.out_dir is None:
+        raise PipelineError("say where the map goes: --out MAP.tif for one scene, --out-dir DIR for any number")
+    engine_given = (args.processes, args.dask_local, args.scheduler) != (None, None, None)
+    if args.out is not None and engine_given:
+        raise PipelineError("--processes, --dask-local and --scheduler run many scenes: use --out-dir DIR")
+    names = [name.casefold() for name, _ in args.band_files]
+    if len(set(names)) < len(names):
+        raise PipelineError("--band: a band is given twice; give each band's file once")
+    scenes = find_scenes(args.scenes, dict(args.band_files))
+    if args.bands is not None and any(isinstance(scene, BandFiles) for scene in scenes):
+        raise PipelineError(
+            "--bands picks bands of one multi-band raster by number; band files and STAC items are found by band name"
+        )
+    settings = MapSettings(
         args.checkpoint,
         args.onnx,
         bands=args.bands,
@@ -227,9 +354,33 @@ def _map(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         engine=args.engine,
+        views=args.views,
     )
+    if args.out_dir is not None:
+        return _map_region(args, scenes, settings)
+    if len(scenes) != 1:
+        raise PipelineError(f"{len(scenes)} scenes: --out is one scene's map; give --out-dir DIR for a map of each")
+    result, outputs = map_one(scenes[0], args.out, settings)
     print(summary(result, outputs))
     return 0
+
+
+def _map_region(args: argparse.Namespace, scenes: list, settings: object) -> int:
+    """Many scenes: a map each, the summary and the mosaic; status 1 when any scene failed."""
+    from eurosat_pipeline.use.region import map_region, open_engine
+
+    echo = functools.partial(print, flush=True)
+    with open_engine(len(scenes), settings, args.processes, args.dask_local, args.scheduler, echo) as engine:
+        result = map_region(scenes, args.out_dir, settings, engine, echo)
+    for note in result.notes:
+        print(f"note: {note}")
+    print("wrote " + ", ".join(map(str, [result.summary, *result.mosaics])))
+    for failed in result.failed:
+        print(f"error: {failed.name}: {failed.error}", file=sys.stderr)
+    if result.failed:
+        failed = f"{len(result.failed)} of {len(result.scenes)} scene(s) failed"
+        print(f"error: {failed} (see {result.summary})", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -241,6 +392,51 @@ def _export(args: argparse.Namespace) -> int:
         f"({report['max_relative_diff']:.1e} of the logits' scale), same predicted classes"
     )
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import tempfile
+
+    try:
+        from eurosat_pipeline.use.serve import MB, Limits, create_app, exposure_warning, resolve_token, run_server
+    except ImportError as err:
+        raise PipelineError(
+            f"eurosat serve needs FastAPI and uvicorn: pip install 'eurosat-pipeline[serve]' ({err})"
+        ) from err
+
+    token = resolve_token(args.token)
+    limits = Limits(int(args.max_upload_mb * MB), args.max_pixels, args.max_scene_pixels)
+    with tempfile.TemporaryDirectory(prefix="eurosat-serve-") as work:
+        model = _served_model(args, args.fetch_to or f"{work}/model")
+        app = create_app(model, limits, token, args.batch_size, args.batch_wait_ms / 1000, f"{work}/runs")
+        warning = exposure_warning(args.host, token)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"serving {model.file} (sha256 {model.sha256}, {model.predictor.describe()})", file=sys.stderr)
+        print(
+            f"the page: http://{args.host}:{args.port}/  the API: http://{args.host}:{args.port}/docs", file=sys.stderr
+        )
+        run_server(app, args.host, args.port)
+    return 0
+
+
+def _served_model(args: argparse.Namespace, fetch_to: str) -> ServedModel:
+    """The model of --checkpoint / --onnx, or the registry version fetched and checked."""
+    from eurosat_pipeline.use.serve import load_model
+
+    if args.registry and args.onnx:
+        raise PipelineError("--registry fetches the model to serve: leave out --onnx (or --registry)")
+    common = {"device": args.device, "precision": args.precision, "engine": args.engine, "views": args.views}
+    if not args.registry:
+        return load_model(args.checkpoint, args.onnx, **common)
+    from eurosat_pipeline.use.registry import fetch_model
+
+    fetched = fetch_model(args.registry, fetch_to, args.artifact, args.model_version, args.stage, args.sha256)
+    print(f"fetched {fetched.version.label} from {args.registry}: sha256 {fetched.sha256} checked", file=sys.stderr)
+    origin = fetched.version.describe()
+    if fetched.is_onnx:
+        return load_model(onnx_file=fetched.path, origin=origin, **common)
+    return load_model(fetched.path, origin=origin, **common)
 
 
 if __name__ == "__main__":

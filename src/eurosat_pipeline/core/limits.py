@@ -16,3 +16,13 @@ def pixel_problem(width: int, height: int, limit: int, setting: str) -> str | No
         f"{limit / 1e6:,.0f} megapixels; refused before decoding (a decompression bomb, or a scene: "
         f"map scenes with `eurosat map`). Raise {setting} if the image is genuine"
     )
+
+
+# `eurosat serve`: what one request may bring, so that the server's memory stays bounded whatever
+# arrives (each is a setting of the command). A request body, all its files together:
+SERVE_UPLOAD_BYTES = 64 * 2**20
+# One image for /predict, checked in its header: a patch is resized to the model's input anyway,
+# and 4,096 x 4,096 decodes to 48 MB of 8-bit RGB (PIL's limit above would allow 268 MB per image).
+SERVE_IMAGE_PIXELS = 4096 * 4096
+# One scene for /map (16,384 tiles of 64 px); larger scenes are `eurosat map`'s.
+SERVE_SCENE_PIXELS = 8192 * 8192

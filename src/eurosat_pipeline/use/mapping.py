@@ -1,5 +1,9 @@
 """Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
 
+A scene is one raster file, or a :class:`SceneSource` that reads like one: Sentinel-2 as it is
+published, one file per band or a STAC item (:mod:`eurosat_pipeline.use.scenes`). Many scenes at
+once: :mod:`eurosat_pipeline.use.region`.
+
 The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
 native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
 the scene that lies exactly on it). It is read one
@@ -57,6 +61,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -64,6 +69,9 @@ from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
 from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import atomic_path, csv_text, writing
+
+if TYPE_CHECKING:
+    from eurosat_pipeline.use.predict import Predictor
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
@@ -161,8 +169,21 @@ class LandUseMap:
         ]
 
 
+class SceneSource(Protocol):
+    """A scene that is not one raster file (one file per band: :mod:`eurosat_pipeline.use.scenes`):
+    opened once the model says which bands it needs, as an object that reads like a rasterio dataset."""
+
+    name: str  # the preview's title
+
+    def local_paths(self) -> tuple[Path, ...]:
+        """The local files it reads (an output must not overwrite one)."""
+
+    def open(self, data: DataSpec) -> contextlib.AbstractContextManager[object]:
+        """The model's bands, in its order, as one dataset with ``read``, ``read_masks``, the grid, ...."""
+
+
 def make_map(
-    scene: str | Path,
+    scene: str | Path | SceneSource,
     out: str | Path,
     checkpoint: str | Path = "models/best.ckpt",
     onnx_file: str | Path | None = None,
@@ -176,8 +197,16 @@ def make_map(
     device: str | None = None,
     precision: str = "fp32",
     engine: str = "auto",
+    predictor: Predictor | None = None,
+    views: int = 1,
 ) -> tuple[LandUseMap, MapOutputs]:
-    """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically."""
+    """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically.
+
+    ``scene`` is a raster file, or a :class:`SceneSource` (band files, a STAC item). ``predictor``,
+    when given, classifies instead of loading the model again: a worker mapping many scenes loads it
+    once (the model options are then ignored). ``views`` > 1 averages each tile's flips and
+    quarter-turns (test-time augmentation, core/views.py): more accurate, ``views`` times the work.
+    """
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -186,16 +215,24 @@ def make_map(
     if batch_size < 1:
         raise MapError(f"--batch-size must be at least 1, got {batch_size}")
     outputs = MapOutputs.for_target(out, confidence)
-    scene = Path(scene)
-    if any(p.resolve() == scene.resolve() for p in outputs.all()):
+    if isinstance(scene, (str, Path)):
+        scene = Path(scene)
+    inputs = [scene] if isinstance(scene, Path) else scene.local_paths()
+    if any(p.resolve() == source.resolve() for p in outputs.all() for source in inputs):
         raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
-    with open_scene(scene) as src, contextlib.ExitStack() as stack:
-        check_band_numbers(src, bands)
+    with contextlib.ExitStack() as stack:
+        src = None
+        if isinstance(scene, Path):  # opened before the model is loaded: a wrong file fails at once
+            src = stack.enter_context(open_scene(scene))
+            check_band_numbers(src, bands)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         watch = Stopwatch()
         with watch("loading the model"):
-            predictor = load_predictor(checkpoint, onnx_file, device, precision, engine)
+            predictor = predictor or load_predictor(checkpoint, onnx_file, device, precision, engine, views)
         data = predictor.data
+        if src is None:
+            with watch("opening the bands"):
+                src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
         chosen = choose_bands(src, bands, data)
         if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
@@ -214,7 +251,7 @@ def make_map(
                 PREVIEW_LONGEST if scene_preview else None,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
-            raise MapError(f"{scene}: reading failed ({err}); nothing was written") from err
+            raise MapError(f"{_label(scene)}: reading failed ({err}); nothing was written") from err
         result.seconds = time.perf_counter() - started
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
@@ -231,6 +268,20 @@ def make_map(
         with result.watch("preview"), writing(outputs.png):
             write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
     return result, outputs
+
+
+def _label(scene: Path | SceneSource) -> str:
+    return str(scene) if isinstance(scene, Path) else scene.name
+
+
+def _open_source(scene: SceneSource, data: DataSpec, stack: contextlib.ExitStack) -> object:
+    """A band source opened for the model's bands; a file that breaks on opening is the scene's error."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return stack.enter_context(scene.open(data))
+    except RasterioError as err:
+        raise MapError(f"{scene.name}: opening the bands failed ({err})") from err
 
 
 def _reserve(outputs: MapOutputs, stack: contextlib.ExitStack) -> dict[str, Path]:

@@ -11,13 +11,14 @@ command also says how many it got right.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -73,19 +74,40 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
 def read_image(path: Path, data: DataSpec, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """The model's bands of an image file as ``bands x H x W`` of the model's value type; an image
     over ``max_pixels`` is refused from its header, before any pixel is decoded."""
-    if data.is_rgb8 and path.suffix.lower() not in (".tif", ".tiff"):
+    if _read_by_pil(path.name, data):
         return read_rgb(path, max_pixels)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise PipelineError(f"{path}: {err}") from err
+    return read_raster(raw, str(path), data, max_pixels)
+
+
+def read_image_bytes(raw: bytes, name: str, data: DataSpec, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """:func:`read_image` for a file held in memory (an upload to ``eurosat serve``): the same readers
+    and checks, with ``name`` (the file's name: its suffix picks the reader) in the messages."""
+    if _read_by_pil(name, data):
+        return read_rgb(io.BytesIO(raw), max_pixels, name)
+    return read_raster(raw, name, data, max_pixels)
+
+
+def _read_by_pil(name: str, data: DataSpec) -> bool:
+    """8-bit RGB models read JPEG and PNG with PIL; TIFF and other models' files go through GDAL."""
+    return data.is_rgb8 and Path(name).suffix.lower() not in (".tif", ".tiff")
+
+
+def read_raster(raw: bytes, name: str, data: DataSpec, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The model's bands of a file's bytes, read by :mod:`eurosat_pipeline.data.imagefile`."""
     from eurosat_pipeline.data.imagefile import ImageProblem, PixelLimit, decode, read_header
 
     try:
-        raw = path.read_bytes()
         header = read_header(raw, PixelLimit(max_pixels, PIXELS_SETTING))
         pixels = decode(raw, header)
     except (ImageProblem, OSError) as err:
-        raise PipelineError(f"{path}: {err}") from err
+        raise PipelineError(f"{name}: {err}") from err
     if header.dtype != data.dtype:
-        raise PipelineError(f"{path}: has {header.dtype} values; the model was trained on {data.dtype} images")
-    return pixels[model_bands(header.band_names, header.bands, data, str(path))]
+        raise PipelineError(f"{name}: has {header.dtype} values; the model was trained on {data.dtype} images")
+    return pixels[model_bands(header.band_names, header.bands, data, name)]
 
 
 def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: str) -> list[int]:
@@ -101,27 +123,34 @@ def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: 
     )
 
 
-def read_rgb(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """A 3-band image as uint8 ``3 x H x W``; palette images are expanded, anything else refused."""
+def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> np.ndarray:
+    """A 3-band image as uint8 ``3 x H x W``; palette images are expanded, anything else refused.
+    ``path`` may be an open file, ``name`` then names it in the messages."""
+    where = name or path
     try:
         with Image.open(path) as image:  # the header only: the size is known before decoding
             problem = pixel_problem(*image.size, max_pixels, PIXELS_SETTING)
             if problem:
-                raise PipelineError(f"{path}: {problem}")
+                raise PipelineError(f"{where}: {problem}")
             image.load()
             bands = image.getbands()
             if image.mode == "P":
                 image, bands = image.convert("RGB"), ("R", "G", "B")
             if image.mode != "RGB":
                 raise PipelineError(
-                    f"{path}: has {len(bands)} band(s) ({image.mode}); the model takes 3-band RGB images "
+                    f"{where}: has {len(bands)} band(s) ({image.mode}); the model takes 3-band RGB images "
                     "(EuroSAT RGB, not the 13-band multispectral version)"
                 )
             return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
     except Image.DecompressionBombError as err:  # over twice PIL's own limit: refused by its open
-        raise PipelineError(f"{path}: refused before decoding: {err}") from err
+        raise PipelineError(f"{where}: refused before decoding: {err}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise PipelineError(f"{path}: cannot be read as an image ({err})") from err
+        raise PipelineError(f"{where}: cannot be read as an image ({_unreadable(err)})") from err
+
+
+def _unreadable(err: Exception) -> str:
+    """PIL's reason, without the repr of an in-memory file it names when it recognises no format."""
+    return "not a format PIL recognises" if isinstance(err, UnidentifiedImageError) else str(err)
 
 
 class Predictor:
@@ -306,14 +335,17 @@ def predict(
         raise PipelineError(f"{len(problems)} input(s) cannot be used:\n  - {listed}{more}")
     probabilities = classify_any_sizes(model, images, batch_size)
     classes = model.data.classes
+    return [
+        Prediction(path, names, shares, expected_class(path, classes))
+        for path, (names, shares) in zip(paths, top_classes(probabilities, classes, top_k), strict=True)
+    ]
+
+
+def top_classes(probabilities: np.ndarray, classes: Sequence[str], top_k: int) -> list[tuple[list[str], list[float]]]:
+    """Per image (a row of ``probabilities``), its ``top_k`` classes and their probabilities, most likely first."""
     k = max(1, min(top_k, len(classes)))
     order = np.argsort(-probabilities, axis=1)[:, :k]
-    return [
-        Prediction(
-            path, [classes[i] for i in row], [float(probabilities[n, i]) for i in row], expected_class(path, classes)
-        )
-        for n, (path, row) in enumerate(zip(paths, order, strict=True))
-    ]
+    return [([classes[i] for i in row], [float(probabilities[n, i]) for i in row]) for n, row in enumerate(order)]
 
 
 def classify_any_sizes(model: Predictor, images: Sequence[np.ndarray], batch_size: int) -> np.ndarray:

@@ -1,0 +1,773 @@
+"""Land-use maps of a region: many scenes in one command, a map per scene, a summary and a mosaic.
+
+A scene (:mod:`eurosat_pipeline.use.scenes`: a raster, band files, a STAC item) is one task:
+:func:`map_scene` maps it with :func:`eurosat_pipeline.use.mapping.make_map`, unchanged, into a
+private temporary folder and returns the finished files' bytes (a map is 64x smaller than its
+scene: tens of kB, the preview a few hundred). The command's own process writes them into the
+output folder, so workers need no shared disk for outputs (a Dask cluster on Kubernetes has none),
+and a worker that dies mid-scene leaves nothing there. Engines:
+
+- :class:`InProcess`: one scene after another in this process (``--processes 0``; the benchmark's
+  sequential loop).
+- :class:`LocalProcesses`: worker processes on this machine (``concurrent.futures``, spawned),
+  each with its share of the cores (``--processes N``; the default).
+- :class:`DaskCluster`: a Dask ``distributed`` cluster: a ``LocalCluster`` of N worker processes
+  (``--dask-local N``) or a running scheduler (``--scheduler tcp://HOST:8786``; the model files
+  are sent to its workers). Dask reruns the scene of a worker that dies (up to
+  ``distributed.scheduler.allowed-failures`` times, 3 by default).
+
+Each worker process loads the model once (:func:`worker_predictor`), not once per scene.
+
+**Output folder** (``--out-dir``): ``<scene>.tif``, ``.png``, ``.csv`` (and ``.confidence.tif``)
+as ``eurosat map`` writes them for one scene, then ``<scene>.done.json`` last (the model's sha256,
+the inputs, the settings, the areas): a rerun skips the scenes whose record matches and whose
+files all exist, so a region resumes where it stopped; another model or setting re-maps them.
+``summary.csv``: per scene its status, error, tiles and hectares per class; a ``total`` row (the
+sum over scenes: overlapping scenes count their overlap once each) and, where the maps share a
+CRS, a ``mosaic`` row (each place once, as in the mosaic). ``mosaic.vrt`` (GDAL's virtual mosaic
+of the maps, no copy) and ``mosaic.tif`` (the maps merged by rasterio, one file to share) when the
+maps share a CRS; when they do not (a region across UTM zones), one ``mosaic-<CRS>.vrt`` per CRS and
+no merged file: reprojecting a class map would resample its tiles.
+
+A scene that cannot be mapped (unreadable, wrong bands) fails alone: its error is in the summary
+and on stderr, the other maps are written, and :attr:`RegionResult.failed` makes the exit status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from eurosat_pipeline.core.errors import PipelineError, first_line
+from eurosat_pipeline.core.exports import EXPORT_NAME
+from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write_csv, write_json, write_text
+from eurosat_pipeline.core.stage import user_error
+from eurosat_pipeline.use.mapping import NODATA, MapError, MapOutputs, class_colours, make_map, write_geotiff
+from eurosat_pipeline.use.scenes import BandFiles, RasterScene
+
+if TYPE_CHECKING:
+    from eurosat_pipeline.use.predict import Predictor
+
+Scene = RasterScene | BandFiles
+SUMMARY = "summary.csv"
+MOSAIC = "mosaic"
+RECORD = ".done.json"
+RECORDED = ("areas", "classified", "skipped", "seconds", "worker", "engine", "notes")  # a result's fields kept
+#: Peak memory of one `eurosat map` process on a granule (docs/maps.md: 643 MB with ONNX Runtime,
+#: ~1.25 GB with PyTorch), with room for GDAL's block cache: the default process count fits in RAM.
+PROCESS_MEMORY = 1.5e9
+DASK_HINT = "pip install 'eurosat-pipeline[region]' (make install has it)"
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """What every scene is mapped with (``eurosat map``'s options): picklable, sent with each task."""
+
+    checkpoint: str = "models/best.ckpt"
+    onnx_file: str | None = None
+    bands: tuple[int, ...] | None = None
+    scale: str = "auto"
+    offset: float | None = None  # None: what the scene's catalogue says (STAC raster:bands), else 0
+    nodata: float | None = None
+    batch_size: int = 256
+    confidence: bool = False
+    scene_preview: bool = True
+    device: str | None = None
+    precision: str = "fp32"
+    engine: str = "auto"
+    threads: int | None = None  # intra-op threads per scene; None: the engine's own default
+    views: int = 1  # test-time augmentation: flips and quarter-turns averaged per tile (core/views.py)
+
+    def model_file(self) -> Path:
+        return Path(self.onnx_file or self.checkpoint)
+
+    def offset_for(self, scene: Scene) -> float:
+        return self.offset if self.offset is not None else (scene.offset or 0.0)
+
+    def fingerprint(self, scene: Scene, model_sha256: str) -> dict[str, Any]:
+        """What makes a scene's map what it is: a finished map with another fingerprint is re-made.
+        (Not the engine, device or batch size: they give the same classes.)"""
+        return {
+            "model_sha256": model_sha256,
+            "inputs": list(scene.inputs()),
+            "bands": list(self.bands) if self.bands else None,
+            "scale": self.scale,
+            "offset": self.offset_for(scene),
+            "nodata": self.nodata,
+            "precision": self.precision,
+            "views": self.views,
+            "confidence": self.confidence,
+            "scene_preview": self.scene_preview,
+        }
+
+
+@dataclass
+class SceneResult:
+    """What became of one scene: ``mapped`` now, ``done`` by an earlier run, or ``failed`` (with why)."""
+
+    name: str
+    status: str
+    error: str = ""
+    areas: list[dict[str, Any]] = field(default_factory=list)  # MAP.csv's rows
+    classified: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+    engine: str = ""
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # output name -> bytes, until written
+    fatal: bool = False  # the model itself failed (to load): no scene can be mapped
+
+
+@dataclass
+class RegionResult:
+    scenes: list[SceneResult]
+    summary: Path
+    mosaics: list[Path]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SceneResult]:
+        return [s for s in self.scenes if s.status == "failed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One scene, in a worker
+
+
+_PREDICTORS: dict[str, Predictor] = {}
+_PREDICTOR_LOCK = threading.Lock()  # a Dask worker with several threads runs tasks side by side
+_LOADS = [0]
+
+
+def worker_predictor(settings: MapSettings, model_sha256: str) -> Predictor:
+    """This process's model: loaded by its first scene, kept for the next (one model at a time)."""
+    key = json.dumps(
+        [model_sha256, settings.onnx_file, settings.device, settings.precision, settings.engine, settings.views]
+    )
+    with _PREDICTOR_LOCK:
+        if key not in _PREDICTORS:
+            _PREDICTORS.clear()
+            _PREDICTORS[key] = _load_predictor(settings, model_sha256)
+            _LOADS[0] += 1
+        return _PREDICTORS[key]
+
+
+def model_loads() -> int:
+    """How many times this process has loaded a model (once per worker, however many scenes)."""
+    return _LOADS[0]
+
+
+def _load_predictor(settings: MapSettings, model_sha256: str) -> Predictor:
+    from eurosat_pipeline.use.predict import OnnxPredictor, load_predictor
+
+    settings = model_here(settings, model_sha256)
+    model = (settings.checkpoint, settings.onnx_file, settings.device, settings.precision, settings.engine)
+    predictor = load_predictor(*model, views=settings.views)
+    threads = settings.threads or _dask_worker_share()
+    if threads:
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+        if isinstance(predictor, OnnxPredictor):
+            _limit_onnx_threads(predictor, settings, threads)
+    return predictor
+
+
+def _limit_onnx_threads(predictor: Predictor, settings: MapSettings, threads: int) -> None:
+    """ONNX Runtime's session with ``threads`` intra-op threads: by default each session takes every
+    core, so two processes on two cores would run four threads. (The predictor takes no thread
+    count, so its session is made again from the same file.)"""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    model = settings.onnx_file or str(Path(settings.checkpoint).with_name(EXPORT_NAME))
+    predictor.session = onnxruntime.InferenceSession(model, options, providers=predictor.session.get_providers())
+
+
+def _dask_worker_share() -> int | None:
+    """Inside a Dask worker: this machine's cores shared among the worker's task threads."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return core_share(worker.state.nthreads)
+
+
+def model_here(settings: MapSettings, model_sha256: str) -> MapSettings:
+    """Where the model is not at its path on this machine (a remote Dask worker), the copy the
+    command sent to the worker's folder (:meth:`DaskCluster.ship_model`), checked by hash."""
+    if settings.model_file().is_file():
+        return settings
+    try:
+        from distributed import get_worker
+
+        folder = Path(get_worker().local_directory)
+    except (ImportError, ValueError):
+        return settings  # load_predictor names the missing file
+    sent = folder / settings.model_file().name
+    if not sent.is_file() or sha256_of(sent) != model_sha256:
+        raise MapError(f"{settings.model_file()}: not on worker {socket.gethostname()}, nor sent to it")
+    if settings.onnx_file:
+        return replace(settings, onnx_file=str(sent))
+    return replace(settings, checkpoint=str(sent))
+
+
+def _scratch_folder() -> str | None:
+    """Where a scene's files are made: a Dask worker's own folder (Dask purges a dead worker's, so a
+    worker killed mid-scene leaves no litter), else the system's temporary folder."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().local_directory
+    except (ImportError, ValueError):
+        return None
+
+
+def map_scene(scene: Scene, settings: MapSettings, model_sha256: str) -> SceneResult:
+    """Map one scene into a private temporary folder; its files come back as bytes. The scene's own
+    problems (unreadable, wrong bands, a bad block) are its failure; a bug raises."""
+    started = time.perf_counter()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        predictor = worker_predictor(settings, model_sha256)
+    except (PipelineError, OSError) as err:
+        message = f"the model cannot be loaded: {user_error(err) or first_line(err)}"
+        return SceneResult(scene.name, "failed", message, worker=worker, fatal=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="eurosat-map-", dir=_scratch_folder()) as folder:
+            result, outputs = make_map(
+                scene.target(),
+                Path(folder) / f"{scene.name}.tif",
+                settings.checkpoint,
+                settings.onnx_file,
+                bands=settings.bands,
+                scale=settings.scale,
+                offset=settings.offset_for(scene),
+                nodata=settings.nodata,
+                batch_size=settings.batch_size,
+                confidence=settings.confidence,
+                scene_preview=settings.scene_preview,
+                predictor=predictor,
+            )
+            files = {path.name: path.read_bytes() for path in outputs.all()}
+    except (PipelineError, OSError) as err:
+        message = user_error(err) or f"{type(err).__name__}: {first_line(err)}"
+        return SceneResult(scene.name, "failed", message, seconds=time.perf_counter() - started, worker=worker)
+    return SceneResult(
+        scene.name,
+        "mapped",
+        areas=result.areas(),
+        classified=result.classified,
+        skipped=result.skipped,
+        seconds=time.perf_counter() - started,
+        worker=worker,
+        engine=result.engine,
+        notes=list(result.notes),
+        files=files,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines
+
+
+class Engine(Protocol):
+    """Runs :func:`map_scene` over scenes, yielding each result as it finishes (any order)."""
+
+    description: str
+
+    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]: ...
+
+
+class InProcess:
+    """One scene after another, in this process."""
+
+    description = "in this process, one scene at a time"
+
+    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+        for scene in scenes:
+            yield _guarded(scene, lambda scene=scene: map_scene(scene, settings, model_sha256))
+
+
+class LocalProcesses:
+    """Worker processes on this machine (spawned: no forked copies of threads or GDAL's state), each
+    loading the model once and running with an equal share of the cores."""
+
+    def __init__(self, processes: int) -> None:
+        if processes < 1:
+            raise MapError(f"--processes must be at least 1 (0: in this process), got {processes}")
+        self.processes = processes
+        self.description = f"up to {processes} local process(es), each with its share of the {cores()} core(s)"
+
+    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        workers = min(self.processes, len(scenes))
+        settings = replace(settings, threads=settings.threads or core_share(workers))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(map_scene, scene, settings, model_sha256): scene for scene in scenes}
+            for future in as_completed(futures):
+                scene = futures[future]
+                if isinstance(future.exception(), BrokenProcessPool):
+                    yield SceneResult(
+                        scene.name,
+                        "failed",
+                        "a worker process died (killed, or out of memory) before this scene was mapped; "
+                        "run the command again to map it (--dask-local reruns such scenes by itself)",
+                    )
+                else:
+                    yield _guarded(scene, future.result)
+        finally:  # stopped early (a fatal result, Ctrl-C): the scenes not started are dropped
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DaskCluster:
+    """Scenes as tasks on a Dask ``distributed`` cluster (``client.map`` and ``as_completed``)."""
+
+    def __init__(self, client: Any, description: str, threads: int | None = None, dashboard: bool = True) -> None:
+        self.client = client
+        self.description = description
+        self.threads = threads  # per task; None: each worker shares its machine's cores among its task threads
+        self.has_dashboard = dashboard
+
+    @classmethod
+    @contextlib.contextmanager
+    def local(cls, workers: int) -> Iterator[DaskCluster]:
+        """A ``LocalCluster`` of ``workers`` processes, one task thread each."""
+        if workers < 1:
+            raise MapError(f"--dask-local needs at least 1 worker, got {workers}")
+        LocalCluster, Client = _dask("LocalCluster", "Client")
+        # Any free port for the scheduler's web server: two clusters on one machine do not collide.
+        with (
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+            description = f"Dask LocalCluster of {workers} worker process(es)"
+            yield cls(client, description, core_share(workers), dashboard=_has_bokeh())
+
+    @classmethod
+    @contextlib.contextmanager
+    def connect(cls, address: str) -> Iterator[DaskCluster]:
+        """The running scheduler at ``address`` (``tcp://HOST:8786``)."""
+        (Client,) = _dask("Client")
+        try:
+            client = Client(address, timeout="30s")
+        except (OSError, TimeoutError) as err:
+            raise MapError(f"--scheduler {address}: cannot reach a Dask scheduler there ({err})") from err
+        with client:
+            workers = len(client.scheduler_info().get("workers", {}))
+            yield cls(client, f"Dask scheduler {address} ({workers} worker(s) now)")
+
+    def dashboard(self) -> str | None:
+        """The dashboard's address; None for a local cluster without bokeh, which draws it."""
+        return self.client.dashboard_link if self.has_dashboard else None
+
+    def ship_model(self, settings: MapSettings) -> None:
+        """Send the model (and a checkpoint's ONNX export beside it) to every worker, present and
+        future, for workers that do not share this machine's disk."""
+        files = [settings.model_file()]
+        export = Path(settings.checkpoint).with_name(EXPORT_NAME)
+        if not settings.onnx_file and export.is_file():
+            files.append(export)
+        for path in files:
+            self.client.upload_file(str(path), load=False)
+
+    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+        (as_completed,) = _dask("as_completed")
+        settings = replace(settings, threads=settings.threads or self.threads)
+        futures = self.client.map(map_scene, list(scenes), settings=settings, model_sha256=model_sha256, pure=False)
+        by_key = {future.key: scene for future, scene in zip(futures, scenes, strict=True)}
+        try:
+            for future in as_completed(futures):
+                scene = by_key[future.key]
+                yield _guarded(scene, future.result)
+                future.release()
+        finally:  # stopped early: the cluster drops the scenes still queued
+            self.client.cancel(futures)
+
+
+def _guarded(scene: Scene, run: Callable[[], SceneResult]) -> SceneResult:
+    """The scene's result, or its failure for anything else raised (a bug, a worker Dask gave up on)."""
+    try:
+        return run()
+    except Exception as err:  # noqa: BLE001 - one scene's failure (a bug, a dead worker) never stops the others
+        kind = type(err).__name__
+        detail = first_line(err)
+        if kind == "KilledWorker":
+            detail = f"the workers running it died repeatedly ({detail}); is it too large for their memory?"
+        return SceneResult(scene.name, "failed", f"{kind}: {detail}")
+
+
+def _dask(*names: str) -> list[Any]:
+    try:
+        import distributed
+    except ImportError as err:
+        raise MapError(f"--dask-local and --scheduler need Dask's distributed: {DASK_HINT}") from err
+    # Its INFO lines (scheduler started, each worker and client registered) would bury the progress
+    # lines; its warnings and errors still show.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    return [getattr(distributed, name) for name in names]
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def cores() -> int:
+    """The cores this process may run on (its affinity: a container's or a batch job's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def core_share(processes: int) -> int:
+    """An equal share of the cores per process or task thread, as platform/accelerators.py's
+    threads_per_process (not imported: it imports torch, which the ONNX Runtime path never needs)."""
+    return max(1, cores() // max(1, processes))
+
+
+@contextlib.contextmanager
+def open_engine(
+    scenes: int,
+    settings: MapSettings,
+    processes: int | None = None,
+    dask_local: int | None = None,
+    scheduler: str | None = None,
+    echo: Echo = print,
+) -> Iterator[Engine]:
+    """The engine the command line asks for: a Dask cluster (``dask_local`` workers, or the one at
+    ``scheduler``, which is sent the model), this process (``processes=0``), or local processes."""
+    if dask_local is not None or scheduler is not None:
+        opened = DaskCluster.local(dask_local) if scheduler is None else DaskCluster.connect(scheduler)
+        with opened as cluster:
+            if scheduler is not None:
+                cluster.ship_model(settings)
+            link = cluster.dashboard()
+            echo(f"Dask dashboard: {link}" if link else "Dask's dashboard needs bokeh (pip install bokeh)")
+            yield cluster
+    elif processes == 0:
+        yield InProcess()
+    else:
+        yield LocalProcesses(processes or default_processes(scenes))
+
+
+def default_processes(scenes: int) -> int:
+    """Local processes when none are asked for: one per core, as many as RAM holds, at most one per scene."""
+    memory = available_memory()
+    by_memory = int(memory // PROCESS_MEMORY) if memory else cores()
+    return max(1, min(cores(), by_memory, scenes))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory new processes can have (Linux's MemAvailable: free plus reclaimable cache)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The region: resume, outputs, summary, mosaic
+
+
+def map_region(
+    scenes: Sequence[Scene],
+    out_dir: str | Path,
+    settings: MapSettings,
+    engine: Engine,
+    echo: Echo = print,
+) -> RegionResult:
+    """Map every scene not already mapped with this model and settings, writing each scene's files as
+    it finishes, then the summary and the mosaic (see the module's docstring)."""
+    out_dir = Path(out_dir)
+    check_names(scenes)
+    model = settings.model_file()
+    if not model.is_file():
+        raise MapError(f"{model}: model not found")
+    _check_folder(out_dir, scenes)
+    sha = sha256_of(model)
+    results: dict[str, SceneResult] = {}
+    pending = []
+    for scene in scenes:
+        done = finished(out_dir, scene, settings.fingerprint(scene, sha))
+        if done is not None:
+            results[scene.name] = done
+        else:
+            pending.append(scene)
+    if results:
+        echo(f"{len(results)} of {len(scenes)} scene(s) already mapped with this model and settings: skipped")
+    if pending:
+        echo(f"mapping {len(pending)} scene(s): {engine.description}")
+    started = time.perf_counter()
+    by_name = {scene.name: scene for scene in pending}
+    for count, result in enumerate(engine.run(pending, settings, sha) if pending else [], start=1):
+        if result.fatal:
+            raise MapError(f"{result.error} (on {result.worker}); stopped: no scene can be mapped with it")
+        scene = by_name[result.name]
+        if result.status == "mapped":
+            _write_scene(out_dir, scene, result, settings.fingerprint(scene, sha))
+        results[result.name] = result
+        echo(_progress(result, count, len(pending), time.perf_counter() - started))
+    ordered = [results[scene.name] for scene in scenes]
+    mosaics, notes, mosaic_areas = write_mosaics(out_dir, [r for r in ordered if r.status != "failed"])
+    summary = out_dir / SUMMARY
+    write_summary(summary, ordered, mosaic_areas)
+    return RegionResult(ordered, summary, mosaics, notes)
+
+
+def check_names(scenes: Sequence[Scene]) -> None:
+    """Scene names are output names: one per scene, none taken by the summary or the mosaic."""
+    seen: dict[str, Scene] = {}
+    for scene in scenes:
+        if scene.name in seen:
+            raise MapError(
+                f"two scenes are named {scene.name} ({', '.join(seen[scene.name].inputs()[:1])} and "
+                f"{', '.join(scene.inputs()[:1])}): their maps would overwrite each other; map them into "
+                "separate --out-dir folders or rename one"
+            )
+        if scene.name == Path(SUMMARY).stem or scene.name.startswith(MOSAIC):
+            raise MapError(f"a scene named {scene.name} would overwrite {SUMMARY} or the mosaic: rename it")
+        seen[scene.name] = scene
+
+
+def _check_folder(out_dir: Path, scenes: Sequence[Scene]) -> None:
+    """The output folder: writable now (not after hours of mapping), and not holding an input."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MapError(f"--out-dir {out_dir}: is a file; give a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise MapError(f"--out-dir {out_dir}: cannot write there ({err.strerror or err})") from err
+    for scene in scenes:
+        for given in scene.inputs():
+            path = Path(given.split("=", 1)[-1])
+            if path.parent.resolve() == out_dir.resolve() and path.name.startswith(f"{scene.name}."):
+                raise MapError(f"--out-dir {out_dir}: the map of {scene.name} would overwrite its input {path}")
+
+
+def _record_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}{RECORD}"
+
+
+def finished(out_dir: Path, scene: Scene, fingerprint: dict[str, Any]) -> SceneResult | None:
+    """The scene's earlier result when its record matches ``fingerprint`` and its files all exist."""
+    path = _record_path(out_dir, scene.name)
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return None
+    if not record.get("files") or not all((out_dir / name).is_file() for name in record["files"]):
+        return None
+    try:
+        fields = {key: record[key] for key in RECORDED}
+    except KeyError:  # a record of another version: map the scene again
+        return None
+    return SceneResult(scene.name, "done", **fields)
+
+
+def _write_scene(out_dir: Path, scene: Scene, result: SceneResult, fingerprint: dict[str, Any]) -> None:
+    """The scene's files, each atomically, then its record: the record is the proof all are there."""
+    for name, data in result.files.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+    record = {k: v for k, v in asdict(result).items() if k not in ("files", "status", "error")}
+    write_json(_record_path(out_dir, scene.name), {**record, "files": sorted(result.files), "fingerprint": fingerprint})
+    result.files = {}  # written: do not hold every map's bytes until the end
+
+
+def _progress(result: SceneResult, count: int, total: int, elapsed: float) -> str:
+    left = elapsed / count * (total - count)
+    eta = f"; about {_duration(left)} left" if count < total else f"; {_duration(elapsed)} in all"
+    where = f" on {result.worker}" if result.worker else ""
+    if result.status == "failed":
+        return f"[{count}/{total}] {result.name}: FAILED: {result.error}{eta}"
+    return f"[{count}/{total}] {result.name}: {result.classified:,} tiles in {result.seconds:.1f} s{where}{eta}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def hectares_by_class(areas: Iterable[dict[str, Any]]) -> dict[str, float | str]:
+    """Class -> hectares, from MAP.csv's rows ("" where the scene's CRS gives no areas)."""
+    return {row["class"]: row["hectares"] for row in areas}
+
+
+def write_summary(path: Path, results: Sequence[SceneResult], mosaic_areas: dict[str, float] | None) -> None:
+    """One row per scene, then the total over scenes and, when there is one, the mosaic's areas."""
+    classes = next((list(hectares_by_class(r.areas)) for r in results if r.areas), [])
+    header = ["scene", "status", "error", "tiles", "nodata_tiles", *[f"{c}_ha" for c in classes], "total_ha"]
+    header += ["seconds", "worker"]
+    rows: list[dict[str, Any]] = []
+    totals = dict.fromkeys(classes, 0.0)
+    for result in results:
+        hectares = hectares_by_class(result.areas)
+        row = {"scene": result.name, "status": result.status, "error": result.error, "worker": result.worker}
+        if result.status != "failed":
+            row |= {"tiles": result.classified, "nodata_tiles": result.skipped, "seconds": round(result.seconds, 2)}
+            numbers = {c: h for c, h in hectares.items() if h != ""}
+            row |= {f"{c}_ha": h for c, h in numbers.items()}
+            row["total_ha"] = round(sum(numbers.values()), 4) if numbers else ""
+            for c, h in numbers.items():
+                totals[c] += h
+        rows.append(row)
+    good = [r for r in results if r.status != "failed"]
+    total = {"scene": "total", "status": f"{len(good)} of {len(results)} mapped"}
+    total |= {"error": f"{len(results) - len(good)} failed" if len(good) < len(results) else ""}
+    total |= {"tiles": sum(r.classified for r in good), "nodata_tiles": sum(r.skipped for r in good)}
+    total |= {f"{c}_ha": round(h, 4) for c, h in totals.items()} | {"total_ha": round(sum(totals.values()), 4)}
+    rows.append(total)
+    if mosaic_areas is not None:  # the union of the maps: overlaps counted once
+        rows.append(
+            {"scene": "mosaic", "status": "each place once"}
+            | {f"{c}_ha": h for c, h in mosaic_areas.items()}
+            | {"total_ha": round(sum(mosaic_areas.values()), 4)}
+        )
+    write_csv(path, header, rows)
+
+
+def write_mosaics(
+    out_dir: Path, results: Sequence[SceneResult]
+) -> tuple[list[Path], list[str], dict[str, float] | None]:
+    """The maps' mosaics (``mosaic.vrt`` and ``mosaic.tif`` for one CRS; one VRT per CRS otherwise),
+    notes, and the merged mosaic's hectares per class (None without one)."""
+    import rasterio
+
+    maps = [out_dir / f"{r.name}.tif" for r in results]
+    if not maps:
+        return [], ["no maps, no mosaic"], None
+    grids = []
+    for path in maps:
+        with rasterio.open(path) as src:
+            grids.append((path, src.crs, src.transform, src.width, src.height, src.tags().get("classes", "")))
+    upright = [g for g in grids if g[2].b == 0 and g[2].d == 0]
+    notes = [f"{g[0].name} is on a rotated grid: left out of the mosaic" for g in grids if g not in upright]
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for grid in upright:
+        groups.setdefault(grid[1].to_string() if grid[1] else "no CRS", []).append(grid)
+    names = tuple(upright[0][5].split(",")) if upright and upright[0][5] else ()
+    written = []
+    if len(groups) == 1:
+        vrt = out_dir / f"{MOSAIC}.vrt"
+        write_text(vrt, mosaic_vrt(next(iter(groups.values())), names))
+        merged = out_dir / f"{MOSAIC}.tif"
+        areas = merge_maps(maps, merged, names)
+        return [vrt, merged], notes, areas
+    for label, members in groups.items():
+        vrt = out_dir / f"{MOSAIC}-{_file_label(label)}.vrt"
+        write_text(vrt, mosaic_vrt(members, names))
+        written.append(vrt)
+    notes.append(f"the maps are in {len(groups)} CRSs: one mosaic VRT per CRS, no merged mosaic.tif")
+    return written, notes, None
+
+
+def _file_label(crs: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in crs).strip("_")
+
+
+def mosaic_vrt(grids: Sequence[tuple[Any, ...]], names: tuple[str, ...]) -> str:
+    """GDAL's VRT format (gdal.org/drivers/raster/vrt.html) for maps in one CRS: each map a
+    ``ComplexSource`` whose nodata (255) lets the maps below show through, later maps on top, on
+    the grid of the finest map; the class colour table and names as in each map."""
+    from xml.etree import ElementTree as ET
+
+    res_x = min(abs(g[2].a) for g in grids)
+    res_y = min(abs(g[2].e) for g in grids)
+    west = min(g[2].c for g in grids)
+    north = max(g[2].f for g in grids)
+    east = max(g[2].c + g[2].a * g[3] for g in grids)
+    south = min(g[2].f + g[2].e * g[4] for g in grids)
+    width, height = round((east - west) / res_x), round((north - south) / res_y)
+    root = ET.Element("VRTDataset", rasterXSize=str(width), rasterYSize=str(height))
+    if grids[0][1]:
+        ET.SubElement(root, "SRS", dataAxisToSRSAxisMapping="1,2").text = grids[0][1].to_wkt()
+    ET.SubElement(root, "GeoTransform").text = f"{west!r}, {res_x!r}, 0.0, {north!r}, 0.0, {-res_y!r}"
+    metadata = ET.SubElement(root, "Metadata")
+    ET.SubElement(metadata, "MDI", key="classes").text = ",".join(names)
+    band = ET.SubElement(root, "VRTRasterBand", dataType="Byte", band="1")
+    ET.SubElement(band, "NoDataValue").text = str(NODATA)
+    ET.SubElement(band, "ColorInterp").text = "Palette"
+    table = ET.SubElement(band, "ColorTable")
+    colours = class_colours(names)
+    for index in range(NODATA + 1):
+        c1, c2, c3, c4 = colours.get(index, (0, 0, 0, 0))
+        ET.SubElement(table, "Entry", c1=str(c1), c2=str(c2), c3=str(c3), c4=str(c4))
+    for path, _, transform, cols, rows, _ in grids:
+        source = ET.SubElement(band, "ComplexSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="1").text = path.name
+        ET.SubElement(source, "SourceBand").text = "1"
+        ET.SubElement(source, "SrcRect", xOff="0", yOff="0", xSize=str(cols), ySize=str(rows))
+        x_off, y_off = (transform.c - west) / res_x, (north - transform.f) / res_y
+        x_size, y_size = cols * abs(transform.a) / res_x, rows * abs(transform.e) / res_y
+        ET.SubElement(source, "DstRect", xOff=f"{x_off:g}", yOff=f"{y_off:g}", xSize=f"{x_size:g}", ySize=f"{y_size:g}")
+        ET.SubElement(source, "NODATA").text = str(NODATA)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def merge_maps(maps: Sequence[Path], out: Path, names: tuple[str, ...]) -> dict[str, float] | None:
+    """The maps merged into one GeoTIFF by :func:`rasterio.merge.merge` (later maps on top, as in the
+    VRT), and its hectares per class (None in a CRS without areas)."""
+    import rasterio
+    from rasterio.merge import merge
+
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(rasterio.open(path)) for path in maps]
+        finest = min(abs(s.transform.a) for s in sources), min(abs(s.transform.e) for s in sources)
+        mosaic, transform = merge(sources, nodata=NODATA, res=finest, method="last")
+        crs = sources[0].crs
+    with atomic_path(out) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
+        write_geotiff(tmp, mosaic[0], crs, transform, names, colours=True)
+    if crs is None or not crs.is_projected:
+        return None
+    tile_m2 = abs(transform.determinant) * crs.linear_units_factor[1] ** 2
+    counts = np.bincount(mosaic[0][mosaic[0] != NODATA], minlength=len(names))
+    return {name: round(float(counts[i]) * tile_m2 / 10_000, 4) for i, name in enumerate(names)}
+
+
+def map_one(scene: Scene, out: str | Path, settings: MapSettings) -> tuple[Any, MapOutputs]:
+    """One scene of any kind to ``out`` in this process, as ``eurosat map SCENE --out MAP.tif`` does."""
+    return make_map(
+        scene.target(),
+        out,
+        settings.checkpoint,
+        settings.onnx_file,
+        bands=settings.bands,
+        scale=settings.scale,
+        offset=settings.offset_for(scene),
+        nodata=settings.nodata,
+        batch_size=settings.batch_size,
+        confidence=settings.confidence,
+        scene_preview=settings.scene_preview,
+        device=settings.device,
+        precision=settings.precision,
+        engine=settings.engine,
+        views=settings.views,
+    )

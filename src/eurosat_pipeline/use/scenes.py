@@ -1,0 +1,553 @@
+"""What a scene is, as Sentinel-2 is published: a multi-band raster, one file per band (a folder, a
+SAFE product, or ``--band NAME=PATH``), or a STAC Item with one asset per band.
+
+Every kind becomes a small picklable description (:class:`RasterScene` or :class:`BandFiles`),
+so that one scene is one task for a worker process or a Dask worker; nothing is opened until the
+worker maps it.
+
+**Band names.** Sentinel-2's bands are ``B01`` .. ``B12`` and ``B8A``. A file is a band's when its
+name holds the band as a word (``T32TPT_20230101T101421_B04_10m.jp2``, ``B04.tif``, ``red_B4.tif``);
+a STAC asset is when its ``eo:bands`` (or STAC 1.1 ``bands``) entry names it, by ``name`` or by
+``common_name`` (``red``, ``nir08``, ``swir16``, ...: Earth Search names its assets and bands
+``red``, Planetary Computer ``B04``), else when the asset's key does. The model's bands are found
+among them by name: an RGB model's red, green, blue are B04, B03, B02; a model trained on named
+bands (EuroSAT's 13-band files: ``B01`` .. ``B8A``) takes those names.
+
+**Resolutions.** Sentinel-2 bands come at 10, 20 and 60 m. The model's bands are read on the grid
+of the finest of them, the coarser ones resampled on read by nearest neighbour (GDAL's warper,
+through rasterio's ``WarpedVRT``): EuroSAT's 13-band images hold every band at 10 m (64 x 64 px per
+patch), so a model trained on them expects the 20 and 60 m bands upsampled, and nearest neighbour
+keeps every value a digital number the sensor measured (no new values that a model trained on
+measured ones never saw). Files that do not cover the same ground in the same CRS (two granules,
+two zones) are refused: they are not one scene.
+
+**Where files are.** Local paths and ``file://`` URLs are read as they are; ``http(s)://`` through
+GDAL's ``/vsicurl/`` (range requests: a COG is read block by block, never downloaded whole), and
+``s3://`` through ``/vsis3/`` (AWS credentials from the environment; ``AWS_NO_SIGN_REQUEST=YES``
+for public buckets), with GDAL's recommended settings for cloud-optimised GeoTIFFs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+
+from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
+from eurosat_pipeline.core.dataspec import DataSpec
+from eurosat_pipeline.use.mapping import MapError, open_scene
+
+#: Sentinel-2's bands and the names STAC gives them (``name`` or ``common_name`` of ``eo:bands``:
+#: the eo extension's common names, Earth Search's and Planetary Computer's asset names).
+S2_BAND_NAMES: dict[str, tuple[str, ...]] = {
+    "B01": ("coastal",),
+    "B02": ("blue",),
+    "B03": ("green",),
+    "B04": ("red",),
+    "B05": ("rededge1", "rededge071"),
+    "B06": ("rededge2", "rededge075"),
+    "B07": ("rededge3", "rededge078"),
+    "B08": ("nir",),
+    "B8A": ("nir08", "nir narrow"),
+    "B09": ("nir09",),
+    "B10": ("cirrus",),
+    "B11": ("swir16",),
+    "B12": ("swir22",),
+}
+_ALIASES = {alias: band for band, aliases in S2_BAND_NAMES.items() for alias in aliases}
+_RGB_BANDS = ("B04", "B03", "B02")  # red, green, blue
+# A band as a word of a file name: B04, B4, B8A (after a start, _, -, . or space; before an end or one of them).
+_BAND_WORD = re.compile(r"(?:^|[_\-. ])(B(?:0?[1-9]|1[0-2]|8A))(?=$|[_\-. ])", re.IGNORECASE)
+_RESOLUTION_WORD = re.compile(r"(?:^|[_\-. ])(\d+)m(?=$|[_\-. ])", re.IGNORECASE)
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+# GDAL's recommendations for reading cloud-optimised GeoTIFFs over HTTP (gdal.org, "COG" and
+# "/vsicurl/" docs): no directory listing per open, merged range requests, a cache of what was read.
+REMOTE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.jp2",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "VSI_CACHE": "TRUE",
+}
+STAC_HINT = "pip install 'eurosat-pipeline[region]' (make install has it)"
+
+
+def sentinel2_band(name: str | None) -> str | None:
+    """``B04`` for ``B04``, ``b4``, ``red`` or ``B04_10m``; None for anything that is not one band of Sentinel-2."""
+    if not name:
+        return None
+    text = name.strip().casefold()
+    if text in _ALIASES:
+        return _ALIASES[text]
+    words = {_canonical(m) for m in _BAND_WORD.findall(name)}
+    return words.pop() if len(words) == 1 else None
+
+
+def _canonical(word: str) -> str:
+    word = word.upper()
+    return word if word == "B8A" or len(word) == 3 else f"B0{word[1]}"
+
+
+def model_band_names(data: DataSpec) -> list[tuple[str, str | None]]:
+    """Per model band, in its order: how it is shown, and its Sentinel-2 band (None when unknown).
+
+    A named band is taken by its name (``B04``, ``red``); unnamed bands of a 13-band model by their
+    place in EuroSAT's layout; an RGB model's red, green, blue are B04, B03, B02.
+    """
+    shown = data.shown_bands()
+    found = []
+    for index, label in enumerate(shown):
+        name = data.band_names[index] if data.band_names else None
+        band = sentinel2_band(name)
+        if band is None and data.band_names is None and data.data_bands == len(EUROSAT_MS_BANDS):
+            band = EUROSAT_MS_BANDS[data.bands[index] - 1]
+        if band is None and data.rgb_roles[index] is not None:
+            band = _RGB_BANDS[data.rgb_roles[index]]
+        found.append((label, band))
+    return found
+
+
+def _matches(given: str, label: str, band: str | None) -> bool:
+    """Whether a file named ``given`` (``--band`` name, or the band a file or asset holds) is the model's band."""
+    return given.strip().casefold() == label.casefold() or (band is not None and sentinel2_band(given) == band)
+
+
+def gdal_path(href: str) -> str:
+    """What GDAL opens for an href: a local path, ``/vsicurl/`` for HTTP(S), ``/vsis3/`` for S3."""
+    parsed = urlparse(href)
+    if parsed.scheme in ("http", "https"):
+        return f"/vsicurl/{href}"
+    if parsed.scheme == "s3":
+        return f"/vsis3/{parsed.netloc}{parsed.path}"
+    if parsed.scheme == "file":
+        return url2pathname(unquote(parsed.path))
+    return href
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith("/vsi")
+
+
+def _absolute(path: str) -> str:
+    return path if is_remote(path) else str(Path(path).absolute())
+
+
+@dataclass(frozen=True)
+class RasterScene:
+    """One raster holding the model's bands (``eurosat map scene.tif``), mapped as today."""
+
+    name: str
+    path: str
+    offset: float | None = None  # digital numbers to subtract, where the catalogue says so
+
+    def inputs(self) -> tuple[str, ...]:
+        """What the scene is read from, as absolute paths: the same scene from another folder is the same."""
+        return (_absolute(self.path),)
+
+    def target(self) -> Path:
+        return Path(self.path)
+
+
+@dataclass(frozen=True)
+class BandFiles:
+    """A scene published one file per band: ``(band name, GDAL path)`` pairs, in any order.
+
+    ``shapes`` holds what the catalogue says each file's ``(rows, columns)`` are (STAC's
+    ``proj:shape``); ``offset`` the digital numbers to subtract (STAC's ``raster:bands`` offset:
+    Earth Search publishes processing baseline 04.00+ with its +1000 as offset -0.1 at scale 0.0001).
+    """
+
+    name: str
+    bands: tuple[tuple[str, str], ...]
+    shapes: tuple[tuple[str, tuple[int, int]], ...] = ()
+    offset: float | None = None
+
+    def inputs(self) -> tuple[str, ...]:
+        """Each band and where it is read from (local files as absolute paths)."""
+        return tuple(f"{band}={_absolute(path)}" for band, path in self.bands)
+
+    def target(self) -> BandFiles:
+        return self
+
+    def local_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(path) for _, path in self.bands if not is_remote(path))
+
+    def pick(self, data: DataSpec) -> list[tuple[str, str]]:
+        """``(label, path)`` of each model band, in the model's order; a clear error for a missing one."""
+        picked, missing = [], []
+        for label, band in model_band_names(data):
+            found = [path for given, path in self.bands if _matches(given, label, band)]
+            if not found:
+                missing.append(f"{label} ({band})" if band and band.casefold() != label.casefold() else label)
+            elif len(set(found)) > 1:
+                raise MapError(f"{self.name}: several files hold the model's band {label}: {', '.join(found)}")
+            else:
+                picked.append((label, found[0]))
+        if missing:
+            have = ", ".join(given for given, _ in self.bands) or "none"
+            raise MapError(
+                f"{self.name}: no file for the model's band(s) {', '.join(missing)}; the scene has {have}. "
+                "Name the files by Sentinel-2 band (B04.tif, ..._B04_10m.jp2) or give --band NAME=PATH"
+            )
+        return picked
+
+    @contextlib.contextmanager
+    def open(self, data: DataSpec) -> Iterator[BandStack]:
+        """The model's bands, opened, on the finest band's grid (see the module's docstring)."""
+        import rasterio
+
+        picked = self.pick(data)
+        remote = any(is_remote(path) for _, path in picked)
+        with contextlib.ExitStack() as stack:
+            if remote:
+                stack.enter_context(rasterio.Env(**REMOTE_GDAL_OPTIONS))
+            datasets = [stack.enter_context(_open_band(path)) for _, path in picked]
+            self._check_shapes(picked, datasets)
+            yield BandStack(self.name, _on_one_grid(self.name, datasets, stack), [label for label, _ in picked])
+
+    def _check_shapes(self, picked: list[tuple[str, str]], datasets: list[object]) -> None:
+        expected = dict(self.shapes)
+        for (_, path), dataset in zip(picked, datasets, strict=True):
+            shape = expected.get(path)
+            if shape is not None and tuple(shape) != (dataset.height, dataset.width):
+                raise MapError(
+                    f"{self.name}: {path} is {dataset.height} x {dataset.width} pixels but the catalogue's "
+                    f"proj:shape says {shape[0]} x {shape[1]}: the item and its asset disagree"
+                )
+
+
+@contextlib.contextmanager
+def _open_band(path: str) -> Iterator[object]:
+    """One band's file: a single-band raster (a multi-band one would leave which band unsaid)."""
+    if is_remote(path):
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            dataset = rasterio.open(path)
+        except RasterioIOError as err:
+            raise MapError(f"{path}: cannot be read ({err})") from err
+        context: contextlib.AbstractContextManager[object] = dataset
+    else:
+        context = open_scene(Path(path))
+    with context as dataset:
+        if dataset.count != 1:
+            raise MapError(
+                f"{path}: has {dataset.count} bands; a band's file holds one (give a multi-band file as a scene)"
+            )
+        yield dataset
+
+
+def _on_one_grid(name: str, datasets: list[object], stack: contextlib.ExitStack) -> list[object]:
+    """The datasets on the finest one's grid: coarser bands resampled by nearest neighbour on read."""
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    finest = min(datasets, key=lambda d: abs(d.transform.a * d.transform.e))
+    for dataset in datasets:
+        if dataset.crs != finest.crs:
+            raise MapError(
+                f"{name}: {dataset.name} is in {dataset.crs} and {finest.name} in {finest.crs}: not one scene"
+            )
+        slack = max(abs(dataset.transform.a), abs(dataset.transform.e))  # one pixel of the coarser file
+        if not np.allclose(dataset.bounds, finest.bounds, atol=slack):
+            raise MapError(
+                f"{name}: {dataset.name} covers {tuple(dataset.bounds)} and {finest.name} {tuple(finest.bounds)}: "
+                "band files of one scene cover the same ground"
+            )
+    return [
+        dataset
+        if dataset.transform == finest.transform and dataset.shape == finest.shape
+        else stack.enter_context(
+            WarpedVRT(
+                dataset,
+                crs=finest.crs,
+                transform=finest.transform,
+                width=finest.width,
+                height=finest.height,
+                resampling=Resampling.nearest,
+            )
+        )
+        for dataset in datasets
+    ]
+
+
+class BandStack:
+    """Single-band rasters on one grid, read as one multi-band raster: the part of a rasterio dataset
+    that :func:`eurosat_pipeline.use.mapping.make_map` uses (reads of bands in a window, their masks,
+    the grid, the types and block shapes), so that the map is made exactly as from a stacked file."""
+
+    def __init__(self, name: str, datasets: list[object], descriptions: Sequence[str]) -> None:
+        from rasterio.enums import ColorInterp
+
+        grid = datasets[0]
+        self.name = name
+        self.bands = datasets
+        self.count = len(datasets)
+        self.width, self.height = grid.width, grid.height
+        self.crs, self.transform = grid.crs, grid.transform
+        self.descriptions = tuple(descriptions)
+        self.dtypes = tuple(d.dtypes[0] for d in datasets)
+        self.block_shapes = [d.block_shapes[0] for d in datasets]
+        self.colorinterp = [ColorInterp.gray] * self.count
+
+    def read(self, indexes: Sequence[int], window: object = None) -> np.ndarray:
+        """``len(indexes) x rows x columns`` of the (1-based) bands, in a window of the grid."""
+        kind = np.result_type(*[self.dtypes[i - 1] for i in indexes])
+        out = self._empty(len(indexes), window, kind)
+        for place, index in enumerate(indexes):
+            band = self.bands[index - 1]
+            if np.dtype(band.dtypes[0]) == kind:  # straight into the stack: no second copy
+                band.read(1, window=window, out=out[place])
+            else:
+                out[place] = band.read(1, window=window)
+        return out
+
+    def read_masks(self, indexes: Sequence[int], window: object = None) -> np.ndarray:
+        """The bands' valid-data masks (0 empty, 255 valid), as rasterio gives them."""
+        out = self._empty(len(indexes), window, np.dtype(np.uint8))
+        for place, index in enumerate(indexes):
+            self.bands[index - 1].read_masks(1, window=window, out=out[place])
+        return out
+
+    def _empty(self, count: int, window: object, kind: np.dtype) -> np.ndarray:
+        rows, cols = (self.height, self.width) if window is None else (int(window.height), int(window.width))
+        return np.empty((count, rows, cols), dtype=kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding scenes: files, folders, SAFE products, STAC items
+
+
+def find_scenes(inputs: Sequence[str], band_files: Mapping[str, str] | None = None) -> list[RasterScene | BandFiles]:
+    """The scenes named on the command line, in order (see the module's docstring)."""
+    if band_files:
+        if inputs:
+            raise MapError(
+                "--band NAME=PATH gives one scene's files; leave out the scene arguments "
+                f"({', '.join(inputs)}) or the --band options"
+            )
+        return [band_scene(band_files)]
+    scenes: list[RasterScene | BandFiles] = []
+    for given in inputs:
+        scenes += _scenes_of(given)
+    if not scenes:
+        raise MapError("no scenes: give a raster, a folder or SAFE product of band files, a STAC item, or --band")
+    return scenes
+
+
+def band_scene(band_files: Mapping[str, str]) -> BandFiles:
+    """``--band B04=red.tif --band B03=...``: one scene, named after what the files' names share."""
+    paths = list(band_files.values())
+    for path in paths:
+        if not is_remote(gdal_path(path)) and not Path(gdal_path(path)).is_file():
+            raise MapError(f"{path}: not found")
+    # T32TPT_20230101T101421_B04_10m.jp2 and its sister files: T32TPT_20230101T101421; else the folder's name.
+    rests = {_RESOLUTION_WORD.sub("", _BAND_WORD.sub("", Path(p).stem)).strip("_-. ") for p in paths}
+    shared = rests.pop() if len(rests) == 1 else ""
+    name = shared or Path(gdal_path(paths[0])).resolve().parent.name or "bands"
+    return BandFiles(scene_name(name), tuple((band, gdal_path(path)) for band, path in band_files.items()))
+
+
+def _scenes_of(given: str) -> list[RasterScene | BandFiles]:
+    if urlparse(given).scheme in ("http", "https") or given.lower().endswith(".json"):
+        return stac_scenes(given)
+    path = Path(given)
+    if path.is_dir():
+        return _folder_scenes(path)
+    if path.is_file():
+        return [RasterScene(scene_name(path.stem), str(path))]
+    raise MapError(f"{given}: not found")
+
+
+def _folder_scenes(folder: Path) -> list[RasterScene | BandFiles]:
+    """A SAFE product (one scene per granule), a folder of SAFE products, a folder of STAC items,
+    or a folder of one scene's band files."""
+    if folder.suffix.upper() == ".SAFE" or (folder / "GRANULE").is_dir():
+        return safe_scenes(folder)
+    products = sorted(p for p in folder.iterdir() if p.is_dir() and p.suffix.upper() == ".SAFE")
+    if products:
+        return [scene for product in products for scene in safe_scenes(product)]
+    items = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".json")
+    if items:
+        return [scene for item in items for scene in stac_scenes(str(item))]
+    files = band_files_in(sorted(p for p in folder.iterdir() if p.is_file()))
+    if not files:
+        raise MapError(
+            f"{folder}: no Sentinel-2 band files (names with B02, B03, B04, ... B8A and {', '.join(RASTER_SUFFIXES)}), "
+            "SAFE products or STAC items (.json) in it"
+        )
+    return [BandFiles(scene_name(folder.stem), tuple((band, str(path)) for band, path in files.items()))]
+
+
+def safe_scenes(product: Path) -> list[BandFiles]:
+    """One scene per granule of a SAFE product: the band images under ``GRANULE/*/IMG_DATA`` (not
+    QI_DATA, whose masks carry band names too), each band at its finest resolution."""
+    granules = sorted(g for g in (product / "GRANULE").glob("*") if (g / "IMG_DATA").is_dir())
+    if not granules:
+        raise MapError(f"{product}: no GRANULE/*/IMG_DATA folder: not a Sentinel-2 SAFE product")
+    name = product.name.removesuffix(".SAFE").removesuffix(".safe")
+    scenes = []
+    for granule in granules:
+        files = band_files_in(sorted(p for p in (granule / "IMG_DATA").rglob("*") if p.is_file()))
+        if not files:
+            raise MapError(f"{granule / 'IMG_DATA'}: no band images (..._B04.jp2 or ..._B04_10m.jp2)")
+        label = name if len(granules) == 1 else f"{name}_{granule.name}"
+        scenes.append(BandFiles(scene_name(label), tuple((band, str(path)) for band, path in files.items())))
+    return scenes
+
+
+def band_files_in(paths: Sequence[Path]) -> dict[str, Path]:
+    """Sentinel-2 band -> its file, among ``paths`` (rasters whose names hold one band); where a band
+    comes at several resolutions (L2A's R10m, R20m, R60m), the finest."""
+    by_band: dict[str, list[tuple[float, Path]]] = {}
+    for path in paths:
+        band = _file_band(path)
+        if band is not None:
+            resolution = _RESOLUTION_WORD.search(path.stem)
+            by_band.setdefault(band, []).append((float(resolution.group(1)) if resolution else 0.0, path))
+    chosen = {}
+    for band, candidates in sorted(by_band.items()):
+        candidates.sort(key=lambda c: c[0])
+        if len(candidates) > 1 and candidates[0][0] == candidates[1][0]:
+            raise MapError(f"two files hold band {band}: {candidates[0][1]} and {candidates[1][1]}; keep one")
+        chosen[band] = candidates[0][1]
+    return chosen
+
+
+def _file_band(path: Path) -> str | None:
+    if path.suffix.lower() not in RASTER_SUFFIXES:
+        return None
+    words = {_canonical(m) for m in _BAND_WORD.findall(path.stem)}
+    return words.pop() if len(words) == 1 else None
+
+
+def scene_name(text: str) -> str:
+    """A scene's name as its outputs' file names: letters, digits, ``.``, ``_`` and ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "scene"
+
+
+# ---------------------------------------------------------------------------------------------
+# STAC
+
+
+def stac_scenes(href: str) -> list[BandFiles]:
+    """The scenes of a STAC Item or ItemCollection (a search's result), read with pystac."""
+    try:
+        import pystac
+    except ImportError as err:
+        raise MapError(f"{href}: reading STAC needs pystac: {STAC_HINT}") from err
+    kind = _stac_type(href)
+    try:
+        if kind == "Feature":
+            items = [pystac.Item.from_file(href)]
+        elif kind == "FeatureCollection":
+            items = list(pystac.ItemCollection.from_file(href))
+        else:
+            raise MapError(
+                f"{href}: a STAC {kind or 'document'}, not an Item or ItemCollection; give its items "
+                "(a search's result saved as JSON, or the item files)"
+            )
+    except (pystac.STACError, KeyError, ValueError, TypeError) as err:
+        raise MapError(f"{href}: not a STAC Item or ItemCollection pystac can read ({err})") from err
+    if not items:
+        raise MapError(f"{href}: the ItemCollection has no items")
+    return [item_scene(item, href) for item in items]
+
+
+def _stac_type(href: str) -> str | None:
+    """The document's ``type`` (Feature, FeatureCollection, Catalog, Collection)."""
+    if urlparse(href).scheme in ("http", "https"):
+        import pystac
+
+        try:
+            return pystac.StacIO.default().read_json(href).get("type")
+        except Exception as err:  # urllib's and json's many errors: the href is the problem
+            raise MapError(f"{href}: cannot read a STAC document there ({err})") from err
+    path = Path(href)
+    if not path.is_file():
+        raise MapError(f"{href}: not found")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MapError(f"{href}: not JSON ({err})") from err
+    return document.get("type") if isinstance(document, dict) else None
+
+
+def item_scene(item: object, document: str | None = None) -> BandFiles:
+    """A STAC Item's band assets (one Sentinel-2 band each), their shapes and the DN offset."""
+    assets: dict[str, list[tuple[tuple[int, float, str], str, object]]] = {}
+    for key, asset in item.assets.items():
+        band = _asset_band(key, asset)
+        if band is not None:
+            assets.setdefault(band, []).append((_preference(asset), _href(asset, document), asset))
+    if not assets:
+        raise MapError(
+            f"STAC item {item.id}: no asset names a Sentinel-2 band (eo:bands name or common_name, such as B04 or red)"
+        )
+    bands, shapes, offsets = [], [], set()
+    for band, candidates in sorted(assets.items()):
+        _, path, asset = min(candidates, key=lambda c: c[0])
+        bands.append((band, path))
+        shape = asset.extra_fields.get("proj:shape")
+        if shape is not None:
+            shapes.append((path, (int(shape[0]), int(shape[1]))))
+        offsets.add(_dn_offset(asset))
+    offset = offsets.pop() if len(offsets) == 1 else None
+    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), offset)
+
+
+def _asset_band(key: str, asset: object) -> str | None:
+    """The one Sentinel-2 band an asset holds: by its ``eo:bands`` (``name``, then ``common_name``),
+    STAC 1.1 ``bands``, else its key (``B04``, ``B04_10m``); None for multi-band or other assets."""
+    from pystac.extensions.eo import EOExtension
+
+    named = []
+    if "eo:bands" in asset.extra_fields:
+        named = [(b.name, b.common_name) for b in EOExtension.ext(asset, add_if_missing=True).bands or []]
+    elif isinstance(asset.extra_fields.get("bands"), list):
+        named = [(b.get("name"), b.get("eo:common_name")) for b in asset.extra_fields["bands"] if isinstance(b, dict)]
+    if len(named) > 1:
+        return None  # e.g. the true-colour "visual" asset
+    if named:
+        name, common = named[0]
+        return sentinel2_band(name) or sentinel2_band(common)
+    return sentinel2_band(key)
+
+
+def _preference(asset: object) -> tuple[int, float, str]:
+    """Which of several assets of one band to read: GeoTIFFs (COGs) before JPEG 2000, the finest first."""
+    media = (asset.media_type or "").lower()
+    resolution = asset.extra_fields.get("gsd")
+    if resolution is None:
+        transform = asset.extra_fields.get("proj:transform")
+        resolution = abs(transform[0]) if transform else 0.0
+    return (0 if "tiff" in media else 1, float(resolution), asset.href)
+
+
+def _href(asset: object, document: str | None) -> str:
+    """A GDAL path for the asset: a relative href is relative to the item's own location, else to the
+    document it came in (an ItemCollection's file or URL: its items have no location of their own)."""
+    href = asset.get_absolute_href() or asset.href
+    if urlparse(href).scheme == "" and not Path(href).is_absolute() and document is not None:
+        if urlparse(document).scheme in ("http", "https"):
+            href = urljoin(document, href)
+        else:
+            href = str(Path(document).resolve().parent / href)
+    return gdal_path(href)
+
+
+def _dn_offset(asset: object) -> float:
+    """Digital numbers to subtract, from ``raster:bands`` scale and offset (value = DN x scale + offset)."""
+    raster = asset.extra_fields.get("raster:bands") or [{}]
+    scale, offset = raster[0].get("scale"), raster[0].get("offset")
+    if not scale or not offset:
+        return 0.0
+    return round(-offset / scale, 6)
