@@ -3,6 +3,9 @@ native. Each CPU kind seen on our machines is mocked through /proc/cpuinfo."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,18 @@ def test_a_onednn_isa_cap_counts_as_the_older_cpu(monkeypatch: pytest.MonkeyPatc
     cpu = hardware.cpu_kind()
     assert cpu.label == "avx2" and "ONEDNN_MAX_CPU_ISA=AVX2" in cpu.model
     assert not hardware.cpu_has_native_bf16() and feature_format(torch.device("cpu")).dtype == "fp32"
+
+
+def test_importing_the_package_asks_for_huge_pages_unless_told_otherwise() -> None:
+    show = "import eurosat_pipeline, os; print(os.environ['THP_MEM_ALLOC_ENABLE'])"
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    default = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == "1"
+    off = subprocess.run(
+        [sys.executable, "-c", show],
+        env={**env, "THP_MEM_ALLOC_ENABLE": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert off.stdout.strip() == "0"
