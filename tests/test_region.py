@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -594,3 +595,16 @@ def test_an_item_without_band_assets_and_a_stac_catalog_are_refused(tmp_path: Pa
     (tmp_path / "catalog.json").write_text(json.dumps({"type": "Catalog", "id": "c", "links": []}))
     with pytest.raises(PipelineError, match="a STAC Catalog, not an Item or ItemCollection"):
         find_scenes([str(tmp_path / "catalog.json")])
+
+
+def test_a_cluster_leaves_the_environment_of_the_process_that_started_it_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """distributed writes OMP_NUM_THREADS=1 and friends into its starter's environment: every process
+    started afterwards (a training run, a stage) would run on one thread."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    with DaskCluster.local(1):
+        pass
+    assert dict(os.environ) == before

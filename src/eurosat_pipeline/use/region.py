@@ -359,6 +359,7 @@ class DaskCluster:
         LocalCluster, Client = _dask("LocalCluster", "Client")
         # Any free port for the scheduler's web server: two clusters on one machine do not collide.
         with (
+            environment_kept(),
             LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
             Client(cluster) as client,
         ):
@@ -370,11 +371,12 @@ class DaskCluster:
     def connect(cls, address: str) -> Iterator[DaskCluster]:
         """The running scheduler at ``address`` (``tcp://HOST:8786``)."""
         (Client,) = _dask("Client")
-        try:
-            client = Client(address, timeout="30s")
-        except (OSError, TimeoutError) as err:
-            raise MapError(f"--scheduler {address}: cannot reach a Dask scheduler there ({err})") from err
-        with client:
+        with environment_kept():
+            try:
+                client = Client(address, timeout="30s")
+            except (OSError, TimeoutError) as err:
+                raise MapError(f"--scheduler {address}: cannot reach a Dask scheduler there ({err})") from err
+        with environment_kept(), client:
             workers = len(client.scheduler_info().get("workers", {}))
             yield cls(client, f"Dask scheduler {address} ({workers} worker(s) now)")
 
@@ -418,7 +420,27 @@ def _guarded(scene: Scene, run: Callable[[], SceneResult]) -> SceneResult:
         return SceneResult(scene.name, "failed", f"{kind}: {detail}")
 
 
+@contextlib.contextmanager
+def environment_kept() -> Iterator[None]:
+    """This process's environment as it was, afterwards. ``distributed`` writes its workers'
+    settings (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_) into the environment of
+    the process that starts a cluster or client: every process that one starts later would then run
+    on one thread."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        os.environ.update(before)
+
+
 def _dask(*names: str) -> list[Any]:
+    with environment_kept():
+        return _import_dask(names)
+
+
+def _import_dask(names: tuple[str, ...]) -> list[Any]:
     try:
         import distributed
     except ImportError as err:
