@@ -252,20 +252,7 @@ def map_scene(scene: Scene, settings: MapSettings, model_sha256: str) -> SceneRe
         return SceneResult(scene.name, "failed", message, worker=worker, fatal=True)
     try:
         with tempfile.TemporaryDirectory(prefix="eurosat-map-", dir=_scratch_folder()) as folder:
-            result, outputs = make_map(
-                scene.target(),
-                Path(folder) / f"{scene.name}.tif",
-                settings.checkpoint,
-                settings.onnx_file,
-                bands=settings.bands,
-                scale=settings.scale,
-                offset=settings.offset_for(scene),
-                nodata=settings.nodata,
-                batch_size=settings.batch_size,
-                confidence=settings.confidence,
-                scene_preview=settings.scene_preview,
-                predictor=predictor,
-            )
+            result, outputs = map_one(scene, Path(folder) / f"{scene.name}.tif", settings, predictor)
             files = {path.name: path.read_bytes() for path in outputs.all()}
     except (PipelineError, OSError) as err:
         message = user_error(err) or f"{type(err).__name__}: {first_line(err)}"
@@ -774,8 +761,11 @@ def merge_maps(maps: Sequence[Path], out: Path, names: tuple[str, ...]) -> dict[
     return {name: round(float(counts[i]) * tile_m2 / 10_000, 4) for i, name in enumerate(names)}
 
 
-def map_one(scene: Scene, out: str | Path, settings: MapSettings) -> tuple[Any, MapOutputs]:
-    """One scene of any kind to ``out`` in this process, as ``eurosat map SCENE --out MAP.tif`` does."""
+def map_one(
+    scene: Scene, out: str | Path, settings: MapSettings, predictor: Predictor | None = None
+) -> tuple[Any, MapOutputs]:
+    """One scene of any kind to ``out`` in this process, as ``eurosat map SCENE --out MAP.tif`` does
+    (with ``predictor``: that engine, already loaded, instead of the settings' model options)."""
     return make_map(
         scene.target(),
         out,
@@ -792,4 +782,5 @@ def map_one(scene: Scene, out: str | Path, settings: MapSettings) -> tuple[Any, 
         precision=settings.precision,
         engine=settings.engine,
         views=settings.views,
+        predictor=predictor,
     )

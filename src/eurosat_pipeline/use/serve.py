@@ -83,16 +83,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The engine that classifies, the file it came from and how ``make_map`` loads the same model."""
+    """The engine that classifies (for /map too: one view per tile) and the file it came from."""
 
     predictor: Predictor
     file: Path
     sha256: str
-    checkpoint: Path | None = None
-    onnx: Path | None = None
-    device: str | None = None
-    precision: str = "fp32"
-    engine: str = "auto"
     #: Where the file came from when it was fetched from a model registry (repository, version, ...).
     origin: dict[str, str] | None = None
 
@@ -128,17 +123,7 @@ def load_model(
     if not served.is_file():
         raise PipelineError(f"{served}: model file not found (give --checkpoint, --onnx or --registry)")
     predictor = load_predictor(checkpoint, onnx_file, device, precision, engine, views)
-    return ServedModel(
-        predictor,
-        served,
-        sha256_of(served),
-        None if onnx_file else Path(checkpoint),
-        Path(onnx_file) if onnx_file else None,
-        device,
-        precision,
-        engine,
-        origin,
-    )
+    return ServedModel(predictor, served, sha256_of(served), origin)
 
 
 class Refusal(Exception):
@@ -561,8 +546,6 @@ def _make_map(
         result, _ = make_map(
             scene,
             out,
-            model.checkpoint or "models/best.ckpt",
-            model.onnx,
             bands=bands,
             scale=options.scale,
             offset=options.offset,
