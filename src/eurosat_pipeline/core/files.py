@@ -15,8 +15,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -110,28 +110,62 @@ def _free_space(path: Path) -> int | None:
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
 
-    A storage failure in the block (or in making the temporary file) is a :class:`StorageError`
-    about ``target``, and the temporary file is gone.
+    The file is synced to the disk before the rename and the folder after it, so a power cut
+    leaves the old file or the whole new one, never an empty file under the final name. A storage
+    failure in the block (or in making the temporary file) is a :class:`StorageError` about
+    ``target``; after any failure, Ctrl-C included, the temporary file is gone.
     """
     target = Path(target)
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
+        tmp = _new_sibling(target)
         try:
             yield tmp
-            if tmp.exists():
-                tmp.chmod(_default_mode())  # mkstemp makes 0600 files; outputs get the usual mode
+            _fsync(tmp, os.O_RDONLY)
             os.replace(tmp, target)
+            _fsync_folder(target.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _new_sibling(target: Path) -> Path:
+    """A new empty file beside ``target``, with the mode any new file gets (0666 less the umask).
+
+    ``os.open`` applies the umask itself: reading it would mean setting it, for the whole process
+    and every thread in it. (``mkstemp`` makes 0600 files, too private for outputs.)
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(tmp, flags, 0o666)
+            break
+    try:
+        os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename durable. Only POSIX systems open folders; some file systems refuse to
+    sync one (EINVAL), and then the rename is as durable as they make it."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
 
 
 def write_text(target: str | Path, text: str) -> None:
