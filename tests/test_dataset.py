@@ -177,6 +177,31 @@ def test_failure_keeps_the_previous_output_and_leaves_no_temporaries(tmp_path: P
     assert leftovers(out) == []
 
 
+@pytest.mark.parametrize("previous", [False, True], ids=["first-run", "rerun"])
+def test_a_download_killed_while_storing_the_images_leaves_no_new_description(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool
+) -> None:
+    """dataset.json is written last: a description of images that are not there would be trusted."""
+    out = tmp_path / "out"
+    if previous:
+        prepare("synthetic", out, per_class=3)
+    before = (out / "dataset.json").read_bytes() if previous else None
+    replace = os.replace
+
+    def killed_at_the_images(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "images.npy":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_images)
+    with pytest.raises(KeyboardInterrupt):
+        prepare("synthetic", out, per_class=4)
+    monkeypatch.undo()
+    description = out / "dataset.json"
+    assert (description.read_bytes() if description.exists() else None) == before
+    assert leftovers(out) == []
+
+
 class QuietServer(http.server.ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # torchvision's redirect probe hangs up mid-response; that is expected

@@ -69,10 +69,11 @@ def prepare_dataset(
             layout = describe_layout(samples, headers, listing.where, folders.problems + problems)
             with atomic_path(images) as images_tmp:
                 resized = decode_archive(archive_tmp, headers, layout, images_tmp, output=images)
-                description = _description(listing.description, samples, headers, layout, resized, images)
-                if folders.skipped:
-                    description["skipped_files"] = folders.skipped_record()
-                write_json(info_path, description)
+        description = _description(listing.description, samples, headers, layout, resized, images)
+        if folders.skipped:
+            description["skipped_files"] = folders.skipped_record()
+    # Last, once both are in place: a killed run must not leave a description of missing images.
+    write_json(info_path, description)
     return description
 
 
