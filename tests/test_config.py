@@ -73,6 +73,17 @@ def test_bad_params_name_the_key(tmp_path: Path, text: str, pattern: str) -> Non
         load_config(write(tmp_path, text))
 
 
+FLOAT_KEYS = [key for key, field in Config.model_fields.items() if field.annotation is float]
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_no_float_param_takes_nan_or_infinity(tmp_path: Path, key: str, value: str) -> None:
+    """A NaN or infinite knob trains nothing useful (an infinite weight decay zeroes every weight)."""
+    with pytest.raises(ConfigError, match=rf"key '{key}' must be .*finite number"):
+        load_config(write(tmp_path, f"{key}: {value}\n"))
+
+
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="params file not found"):
         load_config(tmp_path / "nope.yaml")

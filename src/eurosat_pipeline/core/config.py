@@ -56,8 +56,9 @@ class Config(BaseModel):
     """Every knob of the pipeline; see ``params.yaml`` for what each one means. The table below is
     the validation: each key's type and range; the validators add what spans keys."""
 
-    # strict: a YAML `true` is no epoch count and '1e-4' (quoted) no learning rate.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, protected_namespaces=())
+    # strict: a YAML `true` is no epoch count and '1e-4' (quoted) no learning rate. No knob takes
+    # .nan or .inf: an infinite weight decay is within ">= 0" and trains nothing.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, protected_namespaces=())
 
     # data
     data_source: str = "eurosat"
@@ -265,7 +266,7 @@ def _explain(error: Mapping[str, Any]) -> str:
             else ""
         )
         return f"key '{key}' must be {_type_name(field)}, got {type(value).__name__} {value!r}{hint}."
-    return f"key '{key}' {_range_text(field)}, got {value!r}."
+    return f"key '{key}' {_range_text(field, finite=kind == 'finite_number')}, got {value!r}."
 
 
 def _type_name(field: FieldInfo) -> str:
@@ -273,20 +274,21 @@ def _type_name(field: FieldInfo) -> str:
     return " or ".join(getattr(kind, "__name__", str(kind)) for kind in kinds)
 
 
-def _range_text(field: FieldInfo) -> str:
-    """``must be between 32 and 1024 (pixels)``, from the field's own constraints."""
+def _range_text(field: FieldInfo, finite: bool = False) -> str:
+    """``must be between 32 and 1024 (pixels)``, from the field's own constraints; ``finite``: the
+    value was NaN or infinite (``must be a finite number >= 0``)."""
     bounds = {
         type(item).__name__: getattr(item, type(item).__name__.lower()) for item in field.metadata if _is_bound(item)
     }
-    finite = any(getattr(item, "allow_inf_nan", True) is False for item in field.metadata)
-    if finite and "Gt" in bounds:
-        text = f"must be a finite number > {bounds['Gt']}"
+    sign = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<="}
+    if finite or any(getattr(item, "allow_inf_nan", True) is False for item in field.metadata):
+        limits = " and ".join(f"{sign[name]} {bound}" for name, bound in bounds.items())
+        text = f"must be a finite number {limits}".rstrip()
     elif ("Gt" in bounds or "Ge" in bounds) and ("Lt" in bounds or "Le" in bounds):
         low, high = bounds.get("Gt", bounds.get("Ge")), bounds.get("Lt", bounds.get("Le"))
         exclusive_high_only = "Ge" in bounds and "Lt" in bounds
         text = f"must be >= {low} and < {high}" if exclusive_high_only else f"must be between {low} and {high}"
     else:
-        sign = {"Gt": ">", "Ge": ">=", "Lt": "<", "Le": "<="}
         text = " and ".join(f"must be {sign[name]} {bound}" for name, bound in bounds.items())
     return f"{text} ({field.description})" if field.description else text
 
