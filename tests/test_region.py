@@ -51,7 +51,7 @@ from eurosat_pipeline.use.scenes import (
     sentinel2_band,
 )
 
-from .test_map import MIN_RIGHT, UTM33, grid_of_labels, mosaic, read_csv, share_right, write_raster
+from .test_map import UTM33, grid_of_labels, mosaic, read_csv, write_raster
 
 ROWS, COLS = 4, 4
 BASELINE_OFFSET = 1000  # processing baseline 04.00 adds 1000 to every DN
@@ -76,6 +76,13 @@ def tiles(synthetic_tiles: dict[str, list[np.ndarray]]) -> dict[str, list[np.nda
 def digital_numbers(rgb: np.ndarray) -> np.ndarray:
     """Level-1C DNs that EuroSAT's stretch (0..2750 -> 1..255) turns back into these 8-bit pixels."""
     return np.rint((np.maximum(rgb.astype(np.float32), 2) - 1) * S2_DN_MAX / 254).astype(np.uint16)
+
+
+def assert_tells_classes_apart(classes: np.ndarray) -> None:
+    """Equal maps mean the same bands were read only if the model's answer depends on them: the
+    tiny model must give at least two classes to the scene's tiles. Not an accuracy bar: how well
+    it learns (85-95 % of 16 tiles) depends on the CPU's float path, and these tests are about bands."""
+    assert len(np.unique(classes[:ROWS, :COLS])) >= 2, classes
 
 
 def write_band(path: Path, values: np.ndarray, transform: Affine) -> Path:
@@ -187,12 +194,12 @@ def test_per_band_files_map_byte_for_byte_as_the_stacked_file(
 ) -> None:
     """--band, a folder of band files and a SAFE product (blue at 20 m there, resampled on read) all
     give the very map of the same bands stacked in one file."""
-    labels, bands = scene_bands(tiles, seed=3)
+    _, bands = scene_bands(tiles, seed=3)
     bands["B02"] = np.repeat(np.repeat(bands["B02"][::2, ::2], 2, axis=0), 2, axis=1)  # what a 20 m band holds
     transform = from_origin(500_000, 5_300_000, 10, 10)
     stack = write_raster(tmp_path / "stack.tif", np.stack([bands["B04"], bands["B03"], bands["B02"]]), nodata=0)
     from_stack, _ = make_map(stack, tmp_path / "stack-map.tif", model)
-    assert share_right(from_stack.classes, labels) >= MIN_RIGHT
+    assert_tells_classes_apart(from_stack.classes)
     expected = (tmp_path / "stack-map.tif").read_bytes()
 
     loose = tmp_path / "loose"
@@ -282,7 +289,7 @@ def test_band_files_that_are_not_one_scene_are_refused(
 
 
 def test_a_stac_item_collection_maps_each_scene_with_a_summary_and_a_mosaic(
-    mapped: tuple[Path, int], catalogue: dict[str, Any]
+    mapped: tuple[Path, int], catalogue: dict[str, Any], model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
 ) -> None:
     out, code = mapped
     assert code == 0
@@ -292,12 +299,17 @@ def test_a_stac_item_collection_maps_each_scene_with_a_summary_and_a_mosaic(
         + [f"{n}{suffix}" for n in names for suffix in (".tif", ".png", ".csv", ".done.json")]
     )
     classes = {}
-    for name, labels in catalogue["labels"].items():
+    for k, name in enumerate(names):
         with rasterio.open(out / f"{name}.tif") as result:
             classes[name] = result.read(1)
             assert result.crs == UTM33
-        # Right only with the catalogue's offset (the +1000 of baseline 04.00) taken off first.
-        assert share_right(classes[name], labels) >= MIN_RIGHT
+        # The catalogue's offset (the +1000 of baseline 04.00) is taken off first: the very map of
+        # the same scene's DNs without it.
+        _, bands = scene_bands(tiles, seed=10 + k)
+        stack = write_raster(tmp_path / f"{name}.tif", np.stack([bands["B04"], bands["B03"], bands["B02"]]), nodata=0)
+        plain, _ = make_map(stack, tmp_path / f"{name}-map.tif", model)
+        assert_tells_classes_apart(plain.classes)
+        np.testing.assert_array_equal(classes[name], plain.classes)
         assert json.loads((out / f"{name}.done.json").read_text())["fingerprint"]["offset"] == BASELINE_OFFSET
 
     rows = {row["scene"]: row for row in read_csv(out / "summary.csv")}
