@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import re
 import warnings
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -17,9 +20,10 @@ from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.checkpoints import load_checkpoint, load_classifier
 from eurosat_pipeline.platform.accelerators import cpu_kind
+from eurosat_pipeline.training.callbacks import own_checkpoint_folders
 from eurosat_pipeline.training.train import TrainPaths, train
 
-from .conftest import tiny_config
+from .conftest import REPO_ROOT, tiny_config
 
 
 class Probe(L.Callback):
@@ -177,6 +181,37 @@ def test_off_a_terminal_each_epoch_prints_one_line(run: dict[str, Any]) -> None:
 def test_training_leaves_other_files_in_models_alone_without_a_warning(run: dict[str, Any]) -> None:
     assert (run["paths"].best.parent / "model.onnx").read_bytes() == b"from an earlier run"
     assert not [w for w in run["warnings"] if "exists and is not empty" in w]
+
+
+def test_only_the_runs_own_checkpoint_folders_are_spared_the_warning(tmp_path: Path) -> None:
+    """A caller's own ModelCheckpoint into a non-empty folder is still warned about."""
+    own, other = tmp_path / "own", tmp_path / "other"
+    for folder in (own, other):
+        folder.mkdir()
+        (folder / "earlier.ckpt").write_bytes(b"")
+    callbacks = [L.pytorch.callbacks.ModelCheckpoint(dirpath=folder) for folder in (own, other)]
+    trainer = SimpleNamespace(strategy=SimpleNamespace(broadcast=lambda value: value), is_global_zero=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with own_checkpoint_folders(callbacks[0]):
+            for callback in callbacks:
+                callback.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    assert [str(w.message) for w in caught if "not empty" in str(w.message)] == [
+        f"Checkpoint directory {other.resolve()} exists and is not empty."
+    ]
+
+
+def test_lightning_is_extended_through_public_hooks_only() -> None:
+    """Overriding a name-mangled private method (``_ModelCheckpoint__...``) breaks silently when
+    Lightning renames it: no class in the package may define one."""
+    mangled = re.compile(r"_[A-Z][A-Za-z0-9]*__[A-Za-z]")
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name}"
+        for path in sorted((REPO_ROOT / "src").rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and mangled.match(node.name)
+    ]
+    assert found == []
 
 
 def test_a_finished_run_leaves_no_resume_state(run: dict[str, Any]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +33,26 @@ class BestCheckpoints(ModelCheckpoint):
             enable_version_counter=False,
         )
 
-    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: object) -> None:
-        """The folder is the run's own scratch (emptied unless the run resumes): files in it are
-        this run's, and Lightning's warning about a non-empty folder would only alarm."""
-        return None
-
     def format_checkpoint_name(self, metrics: dict[str, Any], *args: Any, **kwargs: Any) -> str:
         if "epoch" in metrics:
             metrics = {**metrics, "epoch": metrics["epoch"] + 1}
         return super().format_checkpoint_name(metrics, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def own_checkpoint_folders(*callbacks: ModelCheckpoint) -> Iterator[None]:
+    """Silence Lightning's warning that these callbacks' folders are not empty, while the block runs.
+
+    Lightning warns because a top-k callback deletes the files it ranks out. The run's folders are
+    its own scratch (emptied unless the run resumes) and the last checkpoint only ever replaces its
+    own file, so the warning would only alarm. A caller's callback writing elsewhere is still
+    warned about: only these folders' messages are filtered.
+    """
+    with warnings.catch_warnings():
+        for callback in callbacks:
+            folder = re.escape(str(callback.dirpath))
+            warnings.filterwarnings("ignore", message=f"Checkpoint directory {folder} exists and is not empty")
+        yield
 
 
 class EpochRows(Callback):

@@ -31,7 +31,7 @@ from eurosat_pipeline.platform.accelerators import (
     resolve_accelerator,
 )
 from eurosat_pipeline.platform.placement import Placement, place_run, share_cpu_cores, strategy_for, world_size
-from eurosat_pipeline.training.callbacks import BestCheckpoints, EpochLines, HistoryWriter
+from eurosat_pipeline.training.callbacks import BestCheckpoints, EpochLines, HistoryWriter, own_checkpoint_folders
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.embeddings import TSNELogger
 from eurosat_pipeline.training.module import LandUseClassifier
@@ -149,12 +149,13 @@ def _train_in(
     module = _module(config, data, run_fingerprint, resumed=resume_from is not None)
     share_cpu_cores(accelerator, placement)
     history = HistoryWriter(paths.history)
-    best = BestCheckpoints(work.checkpoints)
-    callbacks = _callbacks(config, paths, work, history, best, extra_callbacks)
+    best, last = BestCheckpoints(work.checkpoints), last_checkpoint(work.last)
+    callbacks = _callbacks(config, paths, history, best, last, extra_callbacks)
     trainer = _trainer(config, paths, work, accelerator, placement, precision.precision, callbacks, resume_from)
     datamodule = EuroSATDataModule(paths.archive, paths.split, config, data, paths.images_file)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        with own_checkpoint_folders(best, last):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     except BaseException:
         finish_loggers(trainer.loggers, failed=True)
         raise
@@ -180,16 +181,16 @@ def _module(config: Config, data: DataSpec, run_fingerprint: str, resumed: bool)
 def _callbacks(
     config: Config,
     paths: TrainPaths,
-    work: ScratchFolder,
     history: HistoryWriter,
     best: BestCheckpoints,
+    last: ModelCheckpoint,
     extra_callbacks: Sequence[Callback],
 ) -> list[Callback]:
     # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
     lines = [] if sys.stdout.isatty() else [EpochLines(history, config.max_epochs)]
     return [
         best,
-        last_checkpoint(work.last),
+        last,
         LearningRateMonitor(logging_interval="step"),
         history,
         RunSummary(history),
@@ -318,17 +319,9 @@ def _augmentation(config: Config, data: DataSpec) -> str:
 
 
 def last_checkpoint(path: Path) -> ModelCheckpoint:
-    """Writes ``path`` after every epoch, for resuming."""
-    return LastCheckpoint(dirpath=path.parent, filename=path.stem, enable_version_counter=False)
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """Lightning warns when a checkpoint folder is not empty, because a top-k callback deletes
-    files it ranks out. This one has no metric and one fixed name: it only ever replaces its own
-    file, so the other files in ``models/`` (best.ckpt, model.onnx, checkpoints/) are safe."""
-
-    def _ModelCheckpoint__warn_if_dir_not_empty(self, dirpath: object) -> None:
-        return None
+    """Writes ``path`` after every epoch, for resuming. It has no metric and one fixed name: it only
+    ever replaces its own file, never the others in its folder."""
+    return ModelCheckpoint(dirpath=path.parent, filename=path.stem, enable_version_counter=False)
 
 
 class RunSummary(Callback):
