@@ -4,17 +4,40 @@ are red, green and blue (those keep their pretrained stem filters, :mod:`eurosat
 Names come from the data: a GeoTIFF's band descriptions, the colour interpretation of JPEG and
 PNG files (red, green, blue; gray), or EuroSAT's multispectral layout (13 bands without
 descriptions, in the order below). ``bands`` selects by name where the data has names, else by
-1-based index; an empty list selects every band.
+1-based index; an empty list selects every band. Sentinel-2's bands have one canonical name each
+(``B04`` for ``B4``, ``red``, ``B04_10m``: :func:`sentinel2_band`), by which a file's bands are
+matched to a model's (:meth:`eurosat_pipeline.core.dataspec.DataSpec.match_bands`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from eurosat_pipeline.core.errors import ConfigError
 
 # The official EuroSAT multispectral GeoTIFFs: 13 Sentinel-2 L1C bands, B8A last.
 EUROSAT_MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
+# Sentinel-2's bands by their canonical names, with the common names that STAC (eo:common_name)
+# and other tools use for them: the one table every reader of band names goes through.
+S2_BAND_NAMES: dict[str, tuple[str, ...]] = {
+    "B01": ("coastal",),
+    "B02": ("blue",),
+    "B03": ("green",),
+    "B04": ("red",),
+    "B05": ("rededge1", "rededge071"),
+    "B06": ("rededge2", "rededge075"),
+    "B07": ("rededge3", "rededge078"),
+    "B08": ("nir",),
+    "B8A": ("nir08", "nir narrow"),
+    "B09": ("nir09",),
+    "B10": ("cirrus",),
+    "B11": ("swir16",),
+    "B12": ("swir22",),
+}
+_ALIASES = {alias: band for band, aliases in S2_BAND_NAMES.items() for alias in aliases}
+# A band as a word of a file name: B04, B4, B8A (after a start, _, -, . or space; before an end or one of them).
+_BAND_WORD = re.compile(r"(?:^|[_\-. ])(B(?:0?[1-9]|1[0-2]|8A))(?=$|[_\-. ])", re.IGNORECASE)
 RED, GREEN, BLUE = 0, 1, 2
 _ROLES = {
     "red": RED, "r": RED, "b04": RED, "b4": RED,
@@ -26,6 +49,22 @@ _ROLES = {
 def rgb_role(name: str | None) -> int | None:
     """0, 1, 2 for a band named as red, green, blue (colour names or Sentinel-2's B04, B03, B02)."""
     return None if name is None else _ROLES.get(name.strip().casefold())
+
+
+def sentinel2_band(name: str | None) -> str | None:
+    """``B04`` for ``B04``, ``b4``, ``red`` or ``B04_10m``; None for anything that is not one band of Sentinel-2."""
+    if not name:
+        return None
+    text = name.strip().casefold()
+    if text in _ALIASES:
+        return _ALIASES[text]
+    words = {_canonical(m) for m in _BAND_WORD.findall(name)}
+    return words.pop() if len(words) == 1 else None
+
+
+def _canonical(word: str) -> str:
+    word = word.upper()
+    return word if word == "B8A" or len(word) == 3 else f"B0{word[1]}"
 
 
 def band_labels(names: Sequence[str] | None, count: int) -> list[str]:

@@ -11,11 +11,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from eurosat_pipeline.core.bands import band_labels, resolve_bands, rgb_role
+from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS, band_labels, resolve_bands, rgb_role, sentinel2_band
 from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE
 from eurosat_pipeline.core.errors import ConfigError, DatasetError
 
 RGB_ROLES = (0, 1, 2)
+RGB_BANDS = ("B04", "B03", "B02")  # Sentinel-2's red, green, blue
+
+
+@dataclass(frozen=True)
+class BandMatch:
+    """Where a model's bands are in a file: 0-based positions in the file, in the model's order;
+    ``by_position`` when the file names no bands and the layout alone placed them."""
+
+    positions: list[int]
+    by_position: bool
 
 
 @dataclass(frozen=True)
@@ -54,20 +64,67 @@ class DataSpec:
         """8-bit red, green, blue in that order: images an ImageNet backbone was trained on."""
         return self.dtype == "uint8" and self.rgb_roles == RGB_ROLES
 
+    def sentinel2_bands(self) -> list[str | None]:
+        """Per model band, its canonical Sentinel-2 name (None when unknown): from its name (``red``
+        is B04), else by its place in EuroSAT's 13-band layout, else by its red, green, blue role."""
+        found = []
+        for index, band in enumerate(self.bands):
+            canonical = sentinel2_band(self.band_names[index]) if self.band_names else None
+            if canonical is None and self.band_names is None and self.data_bands == len(EUROSAT_MS_BANDS):
+                canonical = EUROSAT_MS_BANDS[band - 1]
+            role = self.rgb_roles[index]
+            found.append(canonical or (RGB_BANDS[role] if role is not None else None))
+        return found
+
+    def match_bands(self, names: Sequence[str | None] | None, count: int) -> BandMatch | None:
+        """Where the model's bands are in a file of ``count`` bands named ``names``.
+
+        A file that names its bands is matched by name, in any order: by canonical Sentinel-2 name
+        (``B4``, ``red`` and ``B04_10m`` are B04), else by the name as written (ignoring case); a
+        model band the names lack is a :class:`DatasetError` naming both, never a guess by position.
+        Only a file that names no band is read by position: the training data's layout, or exactly
+        the model's bands in its order (None when neither fits).
+        """
+        if not any(n and n.strip() for n in names or ()):
+            return self._by_position(count)
+        positions = [_find_band(names, wanted, canonical) for wanted, canonical in self._wanted_bands()]
+        if None in positions:
+            raise DatasetError(
+                f"the file's bands ({', '.join(n or 'unnamed' for n in names)}) do not hold the model's "
+                f"({', '.join(self._described_bands())}), by name in any order; name the bands as the model "
+                "does, or leave them unnamed to be read by position"
+            )
+        return BandMatch([p for p in positions if p is not None], by_position=False)
+
     def positions_in(self, names: Sequence[str | None] | None, count: int) -> list[int] | None:
-        """0-based positions of the model's bands in a file of ``count`` bands named ``names``: by
-        name where the file names all of them (any order), else by position (the training data's
-        layout, or exactly the model's bands in its order); None when neither fits."""
-        if names and self.band_names:
-            folded = [(n or "").strip().casefold() for n in names]
-            wanted = [n.casefold() for n in self.band_names]
-            if all(n in folded for n in wanted):
-                return [folded.index(n) for n in wanted]
+        """:meth:`match_bands`' positions, or None where the file's bands are not the model's."""
+        try:
+            match = self.match_bands(names, count)
+        except DatasetError:
+            return None
+        return None if match is None else match.positions
+
+    def _by_position(self, count: int) -> BandMatch | None:
         if count == self.data_bands:
-            return [b - 1 for b in self.bands]
+            return BandMatch([b - 1 for b in self.bands], by_position=True)
         if count == self.in_chans:
-            return list(range(count))
+            return BandMatch(list(range(count)), by_position=True)
         return None
+
+    def _wanted_bands(self) -> list[tuple[str | None, str | None]]:
+        """Per model band: its name as written (None when unnamed) and its Sentinel-2 name."""
+        written = self.band_names or (None,) * self.in_chans
+        return list(zip(written, self.sentinel2_bands(), strict=True))
+
+    def _described_bands(self) -> list[str]:
+        """``red (B04)``, ``B08``, ``band 4``: each model band as the error messages show it."""
+        shown = []
+        for label, canonical in zip(self.shown_bands(), self.sentinel2_bands(), strict=True):
+            if canonical in (None, label):
+                shown.append(label)
+            else:  # an unnamed band is only its Sentinel-2 name; a named one keeps its own
+                shown.append(canonical if self.band_names is None else f"{label} ({canonical})")
+        return shown
 
     def shown_bands(self) -> list[str]:
         return band_labels(self.band_names, self.in_chans) if self.band_names else [f"band {b}" for b in self.bands]
@@ -98,6 +155,18 @@ class DataSpec:
         """The official EuroSAT RGB data: ten classes, 8-bit red, green, blue, 64 px, with the band
         statistics a model from scratch needs (tests and benchmarks name it; nothing falls back to it)."""
         return cls(CLASSES, (1, 2, 3), ("red", "green", "blue"), "uint8", IMAGE_SIZE, mean, std)
+
+
+def _find_band(names: Sequence[str | None], written: str | None, canonical: str | None) -> int | None:
+    """The position of the first of ``names`` that is this band: the same Sentinel-2 band, or the
+    same name as written (ignoring case and surrounding spaces)."""
+    folded = written.strip().casefold() if written else None
+    for position, name in enumerate(names):
+        if not name:
+            continue
+        if (canonical is not None and sentinel2_band(name) == canonical) or name.strip().casefold() == folded:
+            return position
+    return None
 
 
 DATASET_KEYS = ("classes", "bands", "band_names", "dtype", "image_size")
