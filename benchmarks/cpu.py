@@ -9,7 +9,7 @@ For each model it measures a training step (forward, backward, AdamW; the whole 
 network with its first stages frozen, as ``phase2_frozen_stages`` does) and inference (eval mode),
 in fp32 and bf16 autocast, contiguous and channels_last memory, eager and ``torch.compile``
 (inductor); for inference also the pipeline's own engines (:mod:`eurosat_pipeline.model.inference` and
-:mod:`eurosat_pipeline.use.predict`: PyTorch as the feature pass, evaluate, predict and map run it,
+:mod:`eurosat_pipeline.inference.engines`: PyTorch as the feature pass, evaluate, predict and map run it,
 and ONNX Runtime on the model's export). Each figure is the median of timed batches after
 warm-up, with the achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the real
 graph) and its share of the machine's peak: a large matrix product in fp32 and in bf16, measured
@@ -237,9 +237,9 @@ def engine_rows(subject: Subject) -> list[dict[str, Any]]:
 
     import numpy as np
 
+    from eurosat_pipeline.inference.engines import softmax
+    from eurosat_pipeline.inference.export import write_onnx
     from eurosat_pipeline.model.inference import InferenceFormat, prepare
-    from eurosat_pipeline.use.export import write_onnx
-    from eurosat_pipeline.use.predict import softmax
 
     rows = []
     model = prepare(fresh_model(subject, channels_last=False), torch.device("cpu"))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.use.mapping import S2_DN_MAX
+from eurosat_pipeline.maps.mapping import S2_DN_MAX
 
 FORMS = ("jpeg", "renamed", "png", "geotiff")
 RENAMED = {"AnnualCrop": "crops", "Forest": "woodland", "Highway": "roads", "Residential": "houses", "SeaLake": "water"}

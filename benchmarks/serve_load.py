@@ -210,11 +210,19 @@ def _health(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/health", timeout=30).json()
 
 
+def _model_options(args: argparse.Namespace, views: int) -> Any:
+    from eurosat_pipeline.inference.options import ModelOptions
+
+    onnx_file = str(args.onnx) if args.onnx else None
+    return ModelOptions(str(args.checkpoint), onnx_file, engine=args.engine, views=views, batch_size=args.batch_size)
+
+
 def engine_images_per_s(args: argparse.Namespace, files: list[tuple[str, bytes]], seconds: float) -> dict:
     """``Predictor.classify`` on batches of the decoded patches, as the server's engine runs them."""
-    from eurosat_pipeline.use.predict import load_predictor, read_image_bytes
+    from eurosat_pipeline.inference.engines import load_predictor
+    from eurosat_pipeline.inference.images import read_image_bytes
 
-    predictor = load_predictor(args.checkpoint, args.onnx, None, "fp32", args.engine, args.views)
+    predictor = load_predictor(_model_options(args, args.views))
     decoded = [read_image_bytes(raw, name, predictor.data) for name, raw in files]
     batch = np.stack([decoded[i % len(decoded)] for i in range(args.batch_size)])
     predictor.classify(batch)  # warm-up
@@ -256,9 +264,9 @@ def main() -> int:
     if args.no_compare:
         configurations = dict(list(configurations.items())[:1])
 
-    from eurosat_pipeline.use.predict import load_predictor
+    from eurosat_pipeline.inference.engines import load_predictor
 
-    data = load_predictor(args.checkpoint, args.onnx, None, "fp32", args.engine).data
+    data = load_predictor(_model_options(args, 1)).data
     files = patches(data, 64)
     load_before = os.getloadavg()[0]
     cpu = cpu_kind().describe()

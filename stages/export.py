@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from eurosat_pipeline.core.stage import run_stage
-from eurosat_pipeline.use.export import export_onnx
+from eurosat_pipeline.inference.export import export_onnx
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from eurosat_pipeline.data.loading import load_splits
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.checkpoints import load_classifier
 from eurosat_pipeline.model.inference import predict_logits
-from eurosat_pipeline.platform.accelerators import threads_per_process
+from eurosat_pipeline.platform.cores import core_share
 
 from .conftest import REPO_ROOT, RGB, tiny_config
 
@@ -106,7 +106,7 @@ def test_two_processes_really_ran(ddp_run: dict[str, Any]) -> None:
     summary = json.loads(ddp_run["paths"]["summary"].read_text())
     assert summary["world_size"] == 2 and summary["hardware"].startswith("2 x CPU")
     # Two processes on one CPU: each takes its share of the cores, not all of them.
-    assert summary["hardware"].endswith(f", {threads_per_process(2)} threads")
+    assert summary["hardware"].endswith(f", {core_share(2)} threads")
 
 
 def test_outputs_are_complete_and_written_once(ddp_run: dict[str, Any]) -> None:

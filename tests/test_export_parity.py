@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from eurosat_pipeline.inference.export import judge_parity, parity, parity_problem, write_onnx
 from eurosat_pipeline.model.classifier import build_model
-from eurosat_pipeline.use.export import judge_parity, parity, parity_problem, write_onnx
 
 from .conftest import RGB, tiny_config
 

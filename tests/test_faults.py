@@ -29,10 +29,10 @@ from eurosat_pipeline.data import dataset
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.imagefile import ImageProblem, PixelLimit, read_header
 from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.inference.export import export_onnx
 from eurosat_pipeline.reporting.evaluation import EvalPaths, evaluate
 from eurosat_pipeline.reporting.report import ReportPaths, build_report
 from eurosat_pipeline.training.train import TrainPaths, train
-from eurosat_pipeline.use.export import export_onnx
 
 from .conftest import REPO_ROOT, jpeg_bytes, tiny_config
 from .own_data import png_bytes
@@ -352,7 +352,9 @@ def test_png_bombs_given_to_predict_are_refused_before_decoding(
     assert status == 0, stderr
     bombs = [png_bomb(tmp_path / f"bomb-{side}.png", side) for side in (BOMB_SIDE, 12_000)]
     status, stderr, peak_mb = run_with_peak([*predict, *map(str, bombs)], tmp_path, stage_env())
-    assert status == 2 and "Traceback" not in stderr and "error: 2 input(s) cannot be used" in stderr, stderr
+    assert status == 1 and "Traceback" not in stderr and "error: 2 of 2 file(s) could not be classified" in stderr, (
+        stderr
+    )
     assert f"{bombs[0]}: refused before decoding" in stderr and "decompression bomb" in stderr
     assert f"{bombs[1]}: is 12,000 x 12,000 pixels (144 megapixels), over the limit of 89 megapixels" in stderr
     assert "Raise --max-pixels" in stderr

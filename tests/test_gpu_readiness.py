@@ -30,8 +30,8 @@ from eurosat_pipeline.platform.accelerators import (
     HardwareError,
     choose_precision,
     resolve_accelerator,
-    threads_per_process,
 )
+from eurosat_pipeline.platform.cores import core_share
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.module import LandUseClassifier
 from eurosat_pipeline.training.train import TrainPaths, _log_interval, train
@@ -216,7 +216,7 @@ def test_the_benchmark_trains_on_one_device(monkeypatch: pytest.MonkeyPatch, dat
 def test_predict_ships_uint8_and_preprocesses_on_the_device(
     monkeypatch: pytest.MonkeyPatch, data: Path, tmp_path: Path
 ) -> None:
-    from eurosat_pipeline.use.predict import TorchPredictor
+    from eurosat_pipeline.inference.engines import TorchPredictor
 
     paths = TrainPaths.under(data, tmp_path, tmp_path)
     train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)
@@ -246,7 +246,7 @@ def test_predict_ships_uint8_and_preprocesses_on_the_device(
 @pytest.mark.parametrize("text", ["gpu", "cuda:7", "tpu"])
 def test_a_device_this_machine_lacks_is_a_clear_error(text: str) -> None:
     from eurosat_pipeline.core.errors import PipelineError
-    from eurosat_pipeline.use.predict import parse_device
+    from eurosat_pipeline.inference.engines import parse_device
 
     if text == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has 8 GPUs")
@@ -260,8 +260,8 @@ def test_onnx_on_a_gpu_machine_says_it_runs_on_the_cpu(
 ) -> None:
     import onnxruntime
 
-    from eurosat_pipeline.use.export import export_onnx
-    from eurosat_pipeline.use.predict import OnnxPredictor
+    from eurosat_pipeline.inference.engines import OnnxPredictor
+    from eurosat_pipeline.inference.export import export_onnx
 
     paths = TrainPaths.under(data, tmp_path, tmp_path)
     train(tiny_config(phase1_epochs=0, phase2_epochs=1), paths)
@@ -445,7 +445,7 @@ def test_log_interval_counts_the_steps_each_rank_takes(data: Path) -> None:
 
 
 def test_processes_sharing_the_cpu_get_a_share_of_the_cores() -> None:
-    assert threads_per_process(2, cores=2) == 1
-    assert threads_per_process(2, cores=16) == 8
-    assert threads_per_process(4, cores=2) == 1
-    assert threads_per_process(1, cores=2) == 2
+    assert core_share(2, cores=2) == 1
+    assert core_share(2, cores=16) == 8
+    assert core_share(4, cores=2) == 1
+    assert core_share(1, cores=2) == 2

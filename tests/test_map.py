@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +22,27 @@ from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
-from eurosat_pipeline.use.export import export_onnx
-from eurosat_pipeline.use.mapping import NODATA, S2_DN_MAX, TILE, make_map
+from eurosat_pipeline.inference.export import export_onnx
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.mapping import NODATA, S2_DN_MAX, TILE, MapSettings, make_map
 
 from .conftest import REAL_EUROSAT, REPO_ROOT
 
 UTM33 = "EPSG:32633"
 SCENE_TRANSFORM = from_origin(500_000, 5_300_000, 10, 10)
 TILE_HA = TILE * TILE * 100 / 10_000  # 64 x 64 pixels of 10 m x 10 m, in hectares
-# The tiny model gets 37 of the 40 synthetic tiles of the main mosaic right (92.5%); with red and
-# blue swapped it gets 22%, with the tiles cut half a tile off 52%.
-MIN_RIGHT = 0.85
+# The tiny model got 37 of the 40 synthetic tiles of the main mosaic right (92.5%) on one CPU; with
+# red and blue swapped 22%, with the tiles cut half a tile off 52%. A model trained in the suite
+# learns a little differently on each CPU kind and thread count (float paths differ), so the
+# thresholds sit far from those figures: chance is 10%, and a map that is right at all clears 60%.
+MIN_RIGHT = 0.6
+# How much worse than the aligned map a map of the same tiles cut half a tile off must be.
+SHIFT_LOSS = 0.2
 
 
 @pytest.fixture(scope="module")
-def model(map_model: Path) -> Path:
-    return map_model
+def model(map_model: Path) -> ModelOptions:
+    return ModelOptions(map_model)
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +88,12 @@ def share_right(classes: np.ndarray, labels: np.ndarray) -> float:
 
 
 def test_map_labels_the_tiles_and_lies_exactly_on_the_scene(
-    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     labels = grid_of_labels(4, 10)
     scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, labels, extra=30))
     out = tmp_path / "out" / "map.tif"
-    assert cli(["map", str(scene), "--out", str(out), "--checkpoint", str(model)]) == 0
+    assert cli(["map", str(scene), "--out", str(out), "--checkpoint", model.checkpoint]) == 0
     assert "40 tile(s) classified, 15 skipped" in capsys.readouterr().out
 
     with rasterio.open(out) as result, rasterio.open(scene) as source:
@@ -110,28 +116,34 @@ def test_map_labels_the_tiles_and_lies_exactly_on_the_scene(
     assert sorted(p.name for p in out.parent.iterdir()) == ["map.csv", "map.png", "map.tif"]
 
 
-def test_onnx_runtime_draws_the_same_map(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
-    data = model.parent.parent / "data"
+def test_onnx_runtime_draws_the_same_map(
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    data = Path(model.checkpoint).parent.parent / "data"
     onnx_file = tmp_path / "model.onnx"
-    export_onnx(model, onnx_file, tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
+    export_onnx(model.checkpoint, onnx_file, tmp_path / "export.json", data / "eurosat.zip", data / "split.csv")
     scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, grid_of_labels(3, 10, seed=4)))
-    from_torch, _ = make_map(scene, tmp_path / "torch.tif", model, device="cpu")  # same numbers as ONNX
+    from_torch, _ = make_map(scene, tmp_path / "torch.tif", replace(model, device="cpu"))  # same numbers as ONNX
     out = tmp_path / "onnx.tif"
     assert cli(["map", str(scene), "--out", str(out), "--onnx", str(onnx_file), "--batch-size", "7"]) == 0
     with rasterio.open(out) as result:
         assert (result.read(1) == from_torch.classes).all()
 
 
-def test_a_shifted_scene_is_mostly_wrong(model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path) -> None:
-    """The accuracy threshold above means something: tiles cut half a tile off are not right."""
+def test_a_shifted_scene_is_mostly_wrong(
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """The accuracy check above means something: tiles cut half a tile off are far less often right."""
     labels = grid_of_labels(4, 10)
-    shifted = mosaic(tiles, labels, extra=TILE)[:, TILE // 2 :, TILE // 2 :]
+    aligned = mosaic(tiles, labels, extra=TILE)
+    on_grid, _ = make_map(write_raster(tmp_path / "a.tif", aligned), tmp_path / "a-map.tif", model)
+    shifted = aligned[:, TILE // 2 :, TILE // 2 :]
     result, _ = make_map(write_raster(tmp_path / "s.tif", shifted), tmp_path / "m.tif", model)
-    assert share_right(result.classes, labels) < MIN_RIGHT - 0.2
+    assert share_right(result.classes, labels) < share_right(on_grid.classes, labels) - SHIFT_LOSS
 
 
 def test_nodata_tiles_are_skipped_not_classified(
-    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
 ) -> None:
     labels = grid_of_labels(3, 4, seed=1)
     image = mosaic(tiles, labels)
@@ -139,7 +151,7 @@ def test_nodata_tiles_are_skipped_not_classified(
     image[:, :TILE, :TILE] = 0  # tile (0, 0) empty
     image[:, TILE + 5, 2 * TILE + 7] = 0  # tile (1, 2) has one empty pixel: partly empty
     scene = write_raster(tmp_path / "scene.tif", image, nodata=0)
-    result, _ = make_map(scene, tmp_path / "map.tif", model, confidence=True)
+    result, _ = make_map(scene, tmp_path / "map.tif", model, MapSettings(confidence=True))
     assert result.classes[0, 0] == NODATA and result.classes[1, 2] == NODATA
     assert result.classified == 10 and (result.classes != NODATA).sum() == 10
     with rasterio.open(tmp_path / "map.confidence.tif") as confidence:
@@ -157,7 +169,7 @@ def test_nodata_tiles_are_skipped_not_classified(
 
 
 def test_sentinel2_stack_with_bands_and_s2_scaling(
-    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
 ) -> None:
     labels = grid_of_labels(4, 10, seed=2)
     rgb = mosaic(tiles, labels).astype(np.float32)
@@ -167,21 +179,21 @@ def test_sentinel2_stack_with_bands_and_s2_scaling(
     stack[[3, 2, 1]] = np.rint((np.maximum(rgb, 2) - 1) * S2_DN_MAX / 254).astype(np.uint16)
     stack[:, -10:, -TILE:] = 0  # no data in the bottom-right tile, as at a swath's edge, nodata not declared
     scene = write_raster(tmp_path / "s2.tif", stack)
-    from_stack, _ = make_map(scene, tmp_path / "a.tif", model, bands=(4, 3, 2))
+    from_stack, _ = make_map(scene, tmp_path / "a.tif", model, MapSettings(bands=(4, 3, 2)))
     from_rgb, _ = make_map(write_raster(tmp_path / "rgb.tif", rgb.astype(np.uint8)), tmp_path / "b.tif", model)
     assert from_stack.classes[-1, -1] == NODATA and from_stack.classified == 39
     assert (from_stack.classes == from_rgb.classes).mean() >= 0.9
     assert share_right(from_stack.classes, labels) >= MIN_RIGHT
-    swapped, _ = make_map(scene, tmp_path / "c.tif", model, bands=(2, 3, 4))  # blue, green, red
+    swapped, _ = make_map(scene, tmp_path / "c.tif", model, MapSettings(bands=(2, 3, 4)))  # blue, green, red
     assert share_right(swapped.classes, labels) < share_right(from_stack.classes, labels)
-    stretched, _ = make_map(scene, tmp_path / "d.tif", model, bands=(4, 3, 2), scale="minmax", nodata=0)
+    stretched, _ = make_map(scene, tmp_path / "d.tif", model, MapSettings(bands=(4, 3, 2), scale="minmax", nodata=0))
     # A per-band 2..98 % stretch shifts the tints that are the synthetic classes' only signal: well
     # above chance (0.1), not as good as EuroSAT's own stretch.
     assert stretched.classified == 39 and share_right(stretched.classes, labels) >= MIN_RIGHT - 0.2
 
 
 def test_geographic_crs_gets_tile_counts_and_no_hectares(
-    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
 ) -> None:
     scene = write_raster(
         tmp_path / "wgs84.tif",
@@ -231,13 +243,13 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, dict[str, Any], str]]:
         "not a .tif",
     ],
 )
-def test_bad_input_is_refused_and_nothing_is_written(case: str, model: Path, tmp_path: Path) -> None:
+def test_bad_input_is_refused_and_nothing_is_written(case: str, model: ModelOptions, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("a file where the output folder should be")
     scene, options, message = bad_inputs(tmp_path)[case]
     out = options.pop("out", tmp_path / "out" / "map.tif")
     # The bands the scene lacks are named from the model, so a real one is loaded.
     with pytest.raises(PipelineError, match=message):
-        make_map(scene, out, model, **options)
+        make_map(scene, out, model, MapSettings(**options))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -254,7 +266,7 @@ def test_cli_says_error_and_a_failed_model_load_leaves_nothing(
         cli(["map", str(scene), "--out", str(out), "--bands", "1,2,x"])
 
 
-def test_a_scene_that_breaks_half_way_leaves_nothing(model: Path, tmp_path: Path) -> None:
+def test_a_scene_that_breaks_half_way_leaves_nothing(model: ModelOptions, tmp_path: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 255, (3, 10 * TILE, 10 * TILE), dtype=np.uint8)
     scene = write_raster(tmp_path / "scene.tif", pixels, tiled=True, compress="deflate")
     with scene.open("r+b") as handle:  # the header survives, the later blocks do not

@@ -330,8 +330,8 @@ def test_the_checkpoint_and_its_summary_carry_the_classes_and_bands(tmp_path: Pa
 @pytest.fixture(scope="module")
 def nir_model(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 4-band uint16 model (B04 B03 B02 B08) whose two classes differ only in B08, and its export."""
+    from eurosat_pipeline.inference.export import export_onnx
     from eurosat_pipeline.training.train import TrainPaths, train
-    from eurosat_pipeline.use.export import export_onnx
 
     root = tmp_path_factory.mktemp("nir-model")
     rgb = texture(3, "uint16", size=32, high=3000)
@@ -356,7 +356,8 @@ def nir_patch(level: int, order: tuple[int, ...] = (0, 1, 2, 3), size: int = 32,
 
 @pytest.mark.parametrize("engine", ["checkpoint", "onnx"])
 def test_predict_classifies_tiff_patches_with_the_models_bands(nir_model: dict, tmp_path: Path, engine: str) -> None:
-    from eurosat_pipeline.use.predict import predict
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.inference.predict import predict
 
     # Band descriptions in another order: found by name. Without names: by position.
     shuffled = ("B08", "B02", "B03", "B04")
@@ -366,7 +367,7 @@ def test_predict_classifies_tiff_patches_with_the_models_bands(nir_model: dict, 
     (tmp_path / "dry").mkdir()
     (tmp_path / "dry" / "bigger.tif").write_bytes(tiff_bytes(nir_patch(1000, size=48), nir_model["names"]))
     options = {"onnx_file": nir_model["onnx"]} if engine == "onnx" else {"checkpoint": nir_model["checkpoint"]}
-    predictions = predict([tmp_path], top_k=2, **options)
+    predictions = predict([tmp_path], ModelOptions(**options), top_k=2)
     assert {p.path.name: (p.classes[0], p.expected) for p in predictions} == {
         "bigger.tif": ("dry", "dry"),
         "named.tif": ("wet", "wet"),
@@ -375,16 +376,14 @@ def test_predict_classifies_tiff_patches_with_the_models_bands(nir_model: dict, 
 
 
 def test_predict_refuses_patches_without_the_models_bands(nir_model: dict, tmp_path: Path) -> None:
-    from eurosat_pipeline.core.errors import PipelineError
-    from eurosat_pipeline.use.predict import predict
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.inference.predict import predict
 
     (tmp_path / "two.tif").write_bytes(tiff_bytes(nir_patch(1000)[:2]))
     (tmp_path / "eight-bit.png").write_bytes(png_bytes(np.zeros((3, 32, 32), np.uint8)))
-    with pytest.raises(PipelineError) as caught:
-        predict([tmp_path], checkpoint=nir_model["checkpoint"])
-    message = str(caught.value)
-    assert "two.tif: has 2 band(s); the model takes 4 (B04, B03, B02, B08)" in message
-    assert "eight-bit.png: has uint8 values; the model was trained on uint16 images" in message
+    errors = {p.path.name: p.error for p in predict([tmp_path], ModelOptions(nir_model["checkpoint"]))}
+    assert "two.tif: has 2 band(s); the model takes 4 (B04, B03, B02, B08)" in errors["two.tif"]
+    assert "eight-bit.png: has uint8 values; the model was trained on uint16 images" in errors["eight-bit.png"]
 
 
 def scene_of(levels: np.ndarray, order: tuple[int, ...], tile: int = 32) -> np.ndarray:
@@ -406,12 +405,13 @@ def write_scene(path: Path, pixels: np.ndarray, descriptions: tuple[str, ...] | 
 def test_map_reads_the_models_bands_by_their_descriptions(nir_model: dict, tmp_path: Path) -> None:
     import rasterio
 
-    from eurosat_pipeline.use.mapping import make_map
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.maps.mapping import make_map
 
     levels = np.array([[1000, 2500, 2500], [2500, 1000, 1000]])
     order = (3, 0, 2, 1)  # B08, B04, B02, B03
     scene = write_scene(tmp_path / "scene.tif", scene_of(levels, order), ("B08", "B04", "B02", "B03"))
-    result, outputs = make_map(scene, tmp_path / "map.tif", nir_model["checkpoint"], device="cpu")
+    result, outputs = make_map(scene, tmp_path / "map.tif", ModelOptions(nir_model["checkpoint"], device="cpu"))
     assert result.tile == 32  # the model's patch size (its training images are 32 x 32)
     np.testing.assert_array_equal(result.classes, (levels == 2500).astype(np.uint8))
     with rasterio.open(outputs.tif) as written:
@@ -427,16 +427,18 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_model: dict, tmp_path: Path) -> None:
-    from eurosat_pipeline.use.mapping import MapError, make_map
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.maps.mapping import MapError, MapSettings, make_map
 
+    model = ModelOptions(nir_model["checkpoint"], device="cpu")
     scene = write_scene(tmp_path / "rgb.tif", scene_of(np.array([[1000]]), (0, 1, 2))[:3], None)
     with pytest.raises(MapError, match=r"has 3 band\(s\); the model needs 4: B04, B03, B02, B08"):
-        make_map(scene, tmp_path / "out" / "map.tif", nir_model["checkpoint"], device="cpu")
+        make_map(scene, tmp_path / "out" / "map.tif", model)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     unnamed = write_scene(tmp_path / "five.tif", np.zeros((5, 32, 32), np.uint16), None)
     with pytest.raises(MapError, match="--bands"):
-        make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], device="cpu")
-    result, _ = make_map(unnamed, tmp_path / "out" / "map.tif", nir_model["checkpoint"], bands=(1, 2, 3, 4))
+        make_map(unnamed, tmp_path / "out" / "map.tif", model)
+    result, _ = make_map(unnamed, tmp_path / "out" / "map.tif", model, MapSettings(bands=(1, 2, 3, 4)))
     assert result.classified == 0  # all zero: Sentinel-2's nodata value, skipped
 
 

@@ -111,9 +111,9 @@ def test_bytecode_and_editor_files_beside_the_code_change_nothing(repo: Pipeline
     """The stages ran with bytecode writing on, so __pycache__ sits in every source folder they
     import; importing the package again and an editor's droppings must leave every stage current."""
     src = repo.root / "src" / "eurosat_pipeline"
-    imports = "import eurosat_pipeline.use.mapping, eurosat_pipeline.cli.main"
+    imports = "import eurosat_pipeline.maps.mapping, eurosat_pipeline.cli.main"
     repo.run("python", "-c", imports, env={"PYTHONPATH": "src"})
-    assert (src / "training" / "__pycache__").is_dir() and (src / "use" / "__pycache__").is_dir()
+    assert (src / "training" / "__pycache__").is_dir() and (src / "maps" / "__pycache__").is_dir()
     names = (".classifier.py.swp", "classifier.py~", ".#classifier.py", ".DS_Store")
     droppings = [src / "model" / name for name in names]
     for path in droppings:
@@ -127,10 +127,10 @@ def test_bytecode_and_editor_files_beside_the_code_change_nothing(repo: Pipeline
 
 def test_a_change_to_code_a_stage_imports_makes_that_stage_stale(repo: PipelineRepo) -> None:
     """data/loading.py is imported by evaluate only through reporting.evaluation, and was missing
-    from its deps before they named rooms. A change in use/ (predict, maps) touches no stage that
-    trains or evaluates."""
+    from its deps before they named rooms. A change in inference/ (predict, the
+    engines) touches no stage that trains or evaluates: only export."""
     loading = repo.root / "src" / "eurosat_pipeline" / "data" / "loading.py"
-    mapping = repo.root / "src" / "eurosat_pipeline" / "use" / "mapping.py"
+    mapping = repo.root / "src" / "eurosat_pipeline" / "inference" / "predict.py"
     originals = {path: path.read_text() for path in (loading, mapping)}
     try:
         loading.write_text(originals[loading].replace("def index_tensor(", "def index_tensor(  ", 1))

@@ -62,7 +62,7 @@ def test_cpu_ddp_processes_share_the_cores(monkeypatch: pytest.MonkeyPatch) -> N
     set_to: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", set_to.append)
     monkeypatch.setattr(placement_module, "flush_denormals", lambda: None)
-    monkeypatch.setattr(placement_module, "threads_per_process", lambda processes, cores=None: 8 // processes)
+    monkeypatch.setattr(placement_module, "core_share", lambda processes, cores=None: 8 // processes)
     assert share_cpu_cores("cpu", Placement(4, per_node=4)) == 2 and set_to == [2]
     assert share_cpu_cores("cpu", Placement("auto", per_node=1)) is None  # torch's own default
     assert share_cpu_cores("cuda", Placement(4, per_node=4)) is None and set_to == [2]

@@ -19,19 +19,13 @@ from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.errors import CheckpointError, PipelineError
 from eurosat_pipeline.data.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.data.split import split_archive
+from eurosat_pipeline.inference.engines import OnnxPredictor, TorchPredictor, load_predictor, softmax
+from eurosat_pipeline.inference.export import export_onnx
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.inference.predict import agreement, predict, render
 from eurosat_pipeline.model.checkpoints import load_checkpoint, load_classifier
 from eurosat_pipeline.platform import nvidia
 from eurosat_pipeline.training.train import TrainPaths, train
-from eurosat_pipeline.use.export import export_onnx
-from eurosat_pipeline.use.predict import (
-    OnnxPredictor,
-    TorchPredictor,
-    agreement,
-    load_predictor,
-    predict,
-    render,
-    softmax,
-)
 
 from .conftest import tiny_config
 
@@ -69,7 +63,7 @@ def test_onnx_export_matches_pytorch(exported: dict[str, Any]) -> None:
 
 
 def test_predict_folder_reports_top_k_and_agreement(trained: dict[str, Any]) -> None:
-    predictions = predict([trained["images"]], trained["checkpoint"], top_k=3)
+    predictions = predict([trained["images"]], ModelOptions(trained["checkpoint"]), top_k=3)
     assert len(predictions) == len(list(trained["images"].rglob("*.jpg")))
     for p in predictions:
         assert len(p.classes) == 3 and set(p.classes) <= set(CLASSES)
@@ -79,8 +73,8 @@ def test_predict_folder_reports_top_k_and_agreement(trained: dict[str, Any]) -> 
 
 
 def test_onnx_predictions_equal_checkpoint_predictions(trained: dict[str, Any], exported: dict[str, Any]) -> None:
-    from_torch = predict([trained["images"]], trained["checkpoint"], top_k=2, device="cpu")
-    from_onnx = predict([trained["images"]], onnx_file=exported["onnx"], top_k=2)
+    from_torch = predict([trained["images"]], ModelOptions(trained["checkpoint"], device="cpu"), top_k=2)
+    from_onnx = predict([trained["images"]], ModelOptions(onnx_file=exported["onnx"]), top_k=2)
     assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
     diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
     assert diff.max() < 1e-4
@@ -89,7 +83,7 @@ def test_onnx_predictions_equal_checkpoint_predictions(trained: dict[str, Any], 
 def test_any_size_rgb_is_accepted_and_formats_parse(trained: dict[str, Any], tmp_path: Path) -> None:
     big = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(big)
-    predictions = predict([big], trained["checkpoint"], top_k=10)
+    predictions = predict([big], ModelOptions(trained["checkpoint"]), top_k=10)
     assert len(predictions[0].classes) == 10 and abs(sum(predictions[0].probabilities) - 1) < 1e-5
     rows = json.loads(render(predictions, "json"))
     assert rows[0]["path"] == str(big) and len(rows[0]["predictions"]) == 10
@@ -116,18 +110,29 @@ def test_cli_writes_csv_and_says_how_many_were_right(
     assert "predicted as the class their folder names" in capsys.readouterr().err
 
 
-def test_unusable_inputs_are_all_named(trained: dict[str, Any], tmp_path: Path) -> None:
+def test_unusable_inputs_are_named_and_the_rest_still_predicted(
+    trained: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Image.new("L", (64, 64)).save(tmp_path / "grey.png")
     Image.new("RGBA", (64, 64)).save(tmp_path / "alpha.png")
     (tmp_path / "notes.jpg").write_text("not an image")
-    with pytest.raises(PipelineError) as err:
-        predict([tmp_path], trained["checkpoint"])
-    message = str(err.value)
-    assert "3 input(s) cannot be used" in message
-    assert "grey.png: has 1 band(s) (L)" in message and "alpha.png: has 4 band(s) (RGBA)" in message
-    assert "notes.jpg: cannot be read as an image" in message
+    Image.new("RGB", (64, 64), (40, 90, 30)).save(tmp_path / "good.png")
+    # A user's photo: not square. The default 8 views turn it a quarter; each view is resized by the model.
+    photo = np.random.default_rng(1).integers(0, 255, (500, 700, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg")
+    predictions = {p.path.name: p for p in predict([tmp_path], ModelOptions(trained["checkpoint"], views=8))}
+    assert "grey.png: has 1 band(s) (L)" in predictions["grey.png"].error
+    assert "alpha.png: has 4 band(s) (RGBA)" in predictions["alpha.png"].error
+    assert "notes.jpg: cannot be read as an image" in predictions["notes.jpg"].error
+    for name in ("good.png", "photo.jpg"):
+        assert not predictions[name].error and len(predictions[name].classes) == 3
+    code = cli(["predict", str(tmp_path), "--checkpoint", str(trained["checkpoint"]), "--format", "json"])
+    out, err = capsys.readouterr()
+    rows = {Path(row["path"]).name: row for row in json.loads(out)}
+    assert code == 1 and "error: 3 of 5 file(s) could not be classified" in err
+    assert rows["photo.jpg"]["predictions"] and "has 1 band(s)" in rows["grey.png"]["error"]
     with pytest.raises(PipelineError, match="not found: nowhere"):
-        predict(["nowhere"], trained["checkpoint"])
+        predict(["nowhere"], ModelOptions(trained["checkpoint"]))
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
@@ -175,7 +180,7 @@ def test_a_pickled_payload_is_refused_and_never_runs(trained: dict[str, Any], tm
     with pytest.raises(CheckpointError, match="refused to load"):
         load_classifier(evil)
     with pytest.raises(PipelineError):
-        predict([trained["images"]], evil)
+        predict([trained["images"]], ModelOptions(evil))
     assert not marker.exists()
 
 
@@ -196,13 +201,13 @@ def test_auto_takes_the_checkpoints_own_export_on_a_cpu_machine(
     beside: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(nvidia, "gpu_present", lambda: False)
-    predictor = load_predictor(beside["checkpoint"])
+    predictor = load_predictor(ModelOptions(beside["checkpoint"]))
     assert isinstance(predictor, OnnxPredictor) and predictor.describe().startswith("ONNX Runtime")
     # Anything PyTorch-specific, or a GPU, means PyTorch.
-    assert isinstance(load_predictor(beside["checkpoint"], precision="bf16"), TorchPredictor)
-    assert isinstance(load_predictor(beside["checkpoint"], engine="pytorch"), TorchPredictor)
+    assert isinstance(load_predictor(ModelOptions(beside["checkpoint"], precision="bf16")), TorchPredictor)
+    assert isinstance(load_predictor(ModelOptions(beside["checkpoint"], engine="pytorch")), TorchPredictor)
     monkeypatch.setattr(nvidia, "gpu_present", lambda: True)
-    assert isinstance(load_predictor(beside["checkpoint"]), TorchPredictor)
+    assert isinstance(load_predictor(ModelOptions(beside["checkpoint"])), TorchPredictor)
 
 
 def test_a_stale_export_is_never_used_for_a_changed_checkpoint(
@@ -212,17 +217,19 @@ def test_a_stale_export_is_never_used_for_a_changed_checkpoint(
     checkpoint = torch.load(beside["checkpoint"], weights_only=True)
     checkpoint["state_dict"]["model.head.5.bias"] += 1.0  # "retrained"
     torch.save(checkpoint, beside["checkpoint"])
-    assert isinstance(load_predictor(beside["checkpoint"]), TorchPredictor)
+    assert isinstance(load_predictor(ModelOptions(beside["checkpoint"])), TorchPredictor)
     with pytest.raises(
         PipelineError, match=r"no ONNX export of .*best\.ckpt beside it .* `eurosat export --checkpoint"
     ):
-        load_predictor(beside["checkpoint"], engine="onnxruntime")
+        load_predictor(ModelOptions(beside["checkpoint"], engine="onnxruntime"))
 
 
 def test_every_engine_agrees_with_fp32_pytorch_on_top1(trained: dict[str, Any], beside: dict[str, Path]) -> None:
-    reference = predict([trained["images"]], beside["checkpoint"], top_k=1, engine="pytorch", device="cpu")
+    reference = predict(
+        [trained["images"]], ModelOptions(beside["checkpoint"], engine="pytorch", device="cpu"), top_k=1
+    )
     for options in ({"engine": "onnxruntime"}, {"onnx_file": beside["onnx"]}):
-        other = predict([trained["images"]], beside["checkpoint"], top_k=1, **options)
+        other = predict([trained["images"]], ModelOptions(beside["checkpoint"], **options), top_k=1)
         assert [p.classes for p in other] == [p.classes for p in reference], options
     # (bf16 against fp32: tests/test_weights.py, on a pretrained model, where margins are real.)
 
@@ -260,8 +267,9 @@ def test_map_with_the_export_never_imports_torch(trained: dict[str, Any], tmp_pa
         dst.write(pixels)
     script = (
         "import sys; from eurosat_pipeline.platform import nvidia; nvidia.gpu_present = lambda: False\n"
-        "from eurosat_pipeline.use.mapping import make_map\n"
-        f"result, _ = make_map({str(scene)!r}, {str(tmp_path / 'map.tif')!r}, {str(paths.best)!r})\n"
+        "from eurosat_pipeline.maps.mapping import make_map\n"
+        "from eurosat_pipeline.inference.options import ModelOptions\n"
+        f"result, _ = make_map({str(scene)!r}, {str(tmp_path / 'map.tif')!r}, ModelOptions({str(paths.best)!r}))\n"
         "print(result.engine, result.classified, 'torch' in sys.modules, 'timm' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout

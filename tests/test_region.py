@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,19 +31,21 @@ from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import sha256_of
-from eurosat_pipeline.use.mapping import NODATA, S2_DN_MAX, TILE, make_map, write_geotiff
-from eurosat_pipeline.use.region import (
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.mapping import NODATA, S2_DN_MAX, TILE, MapSettings, make_map, write_geotiff
+from eurosat_pipeline.maps.region import (
     DaskCluster,
     InProcess,
-    MapSettings,
+    RegionTask,
     SceneResult,
     finished,
     map_region,
     model_here,
     model_loads,
+    worker_predictor,
     write_mosaics,
 )
-from eurosat_pipeline.use.scenes import (
+from eurosat_pipeline.maps.scenes import (
     BandFiles,
     band_files_in,
     find_scenes,
@@ -181,6 +184,11 @@ def cluster() -> Iterator[DaskCluster]:
         yield local
 
 
+def task_of(model: Path) -> RegionTask:
+    """Mapping with ``model`` and the default map settings."""
+    return RegionTask(ModelOptions(model), MapSettings())
+
+
 def map_bytes(folder: Path, names: list[str]) -> dict[str, bytes]:
     return {name: (folder / f"{name}.tif").read_bytes() for name in names}
 
@@ -198,7 +206,7 @@ def test_per_band_files_map_byte_for_byte_as_the_stacked_file(
     bands["B02"] = np.repeat(np.repeat(bands["B02"][::2, ::2], 2, axis=0), 2, axis=1)  # what a 20 m band holds
     transform = from_origin(500_000, 5_300_000, 10, 10)
     stack = write_raster(tmp_path / "stack.tif", np.stack([bands["B04"], bands["B03"], bands["B02"]]), nodata=0)
-    from_stack, _ = make_map(stack, tmp_path / "stack-map.tif", model)
+    from_stack, _ = make_map(stack, tmp_path / "stack-map.tif", ModelOptions(model))
     assert_tells_classes_apart(from_stack.classes)
     expected = (tmp_path / "stack-map.tif").read_bytes()
 
@@ -273,14 +281,16 @@ def test_band_files_that_are_not_one_scene_are_refused(
     for blue, message in cases.items():
         scene = BandFiles("x", (("B04", str(red)), ("B03", str(green)), ("B02", blue)))
         with pytest.raises(PipelineError, match=message):
-            make_map(scene, tmp_path / "out" / "map.tif", model)
+            make_map(scene, tmp_path / "out" / "map.tif", ModelOptions(model))
     stale = BandFiles("z", (("B04", str(red)), ("B03", str(green)), ("B02", str(red))), ((str(green), (100, 100)),))
     with pytest.raises(
         PipelineError, match=r"B03.tif is 256 x 256 pixels but the catalogue's proj:shape says 100 x 100"
     ):
-        make_map(stale, tmp_path / "out" / "map.tif", model)
+        make_map(stale, tmp_path / "out" / "map.tif", ModelOptions(model))
     with pytest.raises(PipelineError, match=r"no file for the model's band\(s\) blue \(B02\); the scene has B04, B03"):
-        make_map(BandFiles("y", (("B04", str(red)), ("B03", str(green)))), tmp_path / "out" / "map.tif", model)
+        make_map(
+            BandFiles("y", (("B04", str(red)), ("B03", str(green)))), tmp_path / "out" / "map.tif", ModelOptions(model)
+        )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -307,7 +317,7 @@ def test_a_stac_item_collection_maps_each_scene_with_a_summary_and_a_mosaic(
         # the same scene's DNs without it.
         _, bands = scene_bands(tiles, seed=10 + k)
         stack = write_raster(tmp_path / f"{name}.tif", np.stack([bands["B04"], bands["B03"], bands["B02"]]), nodata=0)
-        plain, _ = make_map(stack, tmp_path / f"{name}-map.tif", model)
+        plain, _ = make_map(stack, tmp_path / f"{name}-map.tif", ModelOptions(model))
         assert_tells_classes_apart(plain.classes)
         np.testing.assert_array_equal(classes[name], plain.classes)
         assert json.loads((out / f"{name}.done.json").read_text())["fingerprint"]["offset"] == BASELINE_OFFSET
@@ -342,7 +352,7 @@ def test_a_two_worker_dask_local_cluster_draws_the_same_maps_loading_the_model_o
     names = list(catalogue["labels"])
     scenes = find_scenes([str(catalogue["items"])])
     lines: list[str] = []
-    result = map_region(scenes, tmp_path / "maps", MapSettings(str(model)), cluster, lines.append)
+    result = map_region(scenes, tmp_path / "maps", task_of(model), cluster, lines.append)
     loads = cluster.client.run(model_loads)
     assert not result.failed and len({r.worker for r in result.scenes}) >= 1
     assert map_bytes(tmp_path / "maps", names) == map_bytes(sequential, names)
@@ -366,7 +376,7 @@ def test_a_worker_killed_mid_scene_has_its_scene_rerun_by_dask_and_leaves_nothin
     marker, killed = tmp_path / "claimed", tmp_path / "killed.txt"
     out = tmp_path / "maps"
     cluster.client.register_plugin(KillMidScene(str(marker), str(killed)))
-    result = map_region(find_scenes([str(catalogue["items"])]), out, MapSettings(str(model)), cluster, print)
+    result = map_region(find_scenes([str(catalogue["items"])]), out, task_of(model), cluster, print)
     scene, pid = killed.read_text().split()
     assert scene in names  # a worker died while writing this scene's outputs ...
     assert not result.failed and {r.name: r.status for r in result.scenes} == dict.fromkeys(names, "mapped")
@@ -381,12 +391,15 @@ def test_workers_without_the_models_disk_get_it_sent_and_checked_by_hash(
     cluster: DaskCluster, model: Path, tmp_path: Path
 ) -> None:
     """--scheduler sends the model to the workers; one that cannot see its path loads the copy."""
-    cluster.ship_model(MapSettings(str(model)))
-    elsewhere = MapSettings(str(tmp_path / "only-on-the-client" / model.name))
-    found = cluster.client.submit(model_here, elsewhere, sha256_of(model), pure=False).result()
+    cluster.ship_model(ModelOptions(model))
+    elsewhere = ModelOptions(tmp_path / "only-on-the-client" / model.name, sha256=sha256_of(model))
+    found = cluster.client.submit(model_here, elsewhere, pure=False).result()
     assert Path(found.checkpoint) != model and Path(found.checkpoint).read_bytes() == model.read_bytes()
+    another = replace(elsewhere, sha256="0" * 64)  # what the command hashed is not what the worker has
+    with pytest.raises(PipelineError, match="is not the model's 0000"):
+        cluster.client.submit(worker_predictor, another, pure=False).result()
     with pytest.raises(PipelineError, match="not on worker"):
-        cluster.client.submit(model_here, elsewhere, "the sha256 of another model", pure=False).result()
+        cluster.client.submit(model_here, ModelOptions(tmp_path / "never-sent.ckpt"), pure=False).result()
 
 
 def test_maps_in_two_utm_zones_get_a_mosaic_vrt_per_zone_and_no_merged_file(tmp_path: Path) -> None:
@@ -495,10 +508,10 @@ def test_a_rerun_skips_finished_scenes_and_remaps_what_changed(
     shutil.copytree(mapped[0], out)
     names = list(catalogue["labels"])
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    settings = MapSettings(str(model))
+    task = task_of(model)
     scenes = find_scenes([str(catalogue["items"])])
     lines: list[str] = []
-    result = map_region(scenes, out, settings, _NoEngine(), lines.append)  # nothing may run
+    result = map_region(scenes, out, task, _NoEngine(), lines.append)  # nothing may run
     assert lines == ["3 of 3 scene(s) already mapped with this model and settings: skipped"]
     assert [r.status for r in result.scenes] == ["done"] * 3
     assert all(before[f"{n}.tif"] == (out / f"{n}.tif").stat().st_mtime_ns for n in names)
@@ -507,15 +520,17 @@ def test_a_rerun_skips_finished_scenes_and_remaps_what_changed(
 
     (out / f"{names[1]}.png").unlink()  # an incomplete scene is mapped again, the others not
     lines.clear()
-    result = map_region(scenes, out, settings, InProcess(), lines.append)
+    result = map_region(scenes, out, task, InProcess(), lines.append)
     assert [r.status for r in result.scenes] == ["done", "mapped", "done"]
     assert (out / f"{names[1]}.png").is_file()
 
     sha = json.loads((out / f"{names[0]}.done.json").read_text())["fingerprint"]["model_sha256"]
-    assert finished(out, scenes[0], settings.fingerprint(scenes[0], sha)) is not None
-    assert finished(out, scenes[0], settings.fingerprint(scenes[0], "another model's sha256")) is None
-    changed = MapSettings(str(model), scale="minmax")
-    assert finished(out, scenes[0], changed.fingerprint(scenes[0], sha)) is None
+    hashed = replace(task, model=replace(task.model, sha256=sha))
+    assert finished(out, scenes[0], hashed.fingerprint(scenes[0])) is not None
+    another = replace(task, model=replace(task.model, sha256="0" * 64))
+    assert finished(out, scenes[0], another.fingerprint(scenes[0])) is None
+    changed = replace(hashed, settings=MapSettings(scale="minmax"))
+    assert finished(out, scenes[0], changed.fingerprint(scenes[0])) is None
 
 
 def test_a_model_that_cannot_be_loaded_stops_the_region_at_once(catalogue: dict[str, Any], tmp_path: Path) -> None:
@@ -526,7 +541,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_region_at_once(catalogue: dict[
         map_region(
             find_scenes([str(catalogue["items"])]),
             tmp_path / "maps",
-            MapSettings(str(broken)),
+            task_of(broken),
             InProcess(),
             lines.append,
         )
@@ -537,7 +552,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_region_at_once(catalogue: dict[
 class _NoEngine:
     description = "nothing"
 
-    def run(self, scenes: list[Any], settings: MapSettings, model_sha256: str) -> list[Any]:
+    def run(self, scenes: list[Any], task: RegionTask) -> list[Any]:
         assert not scenes, "a finished scene was sent to be mapped again"
         return []
 

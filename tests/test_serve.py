@@ -19,10 +19,11 @@ from PIL import Image
 
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.files import sha256_of
-from eurosat_pipeline.use.batching import MicroBatcher
-from eurosat_pipeline.use.mapping import make_map
-from eurosat_pipeline.use.predict import predict
-from eurosat_pipeline.use.serve import Limits, ServedModel, create_app, exposure_warning, load_model
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.inference.predict import predict
+from eurosat_pipeline.maps.mapping import make_map
+from eurosat_pipeline.serving.app import Limits, ServedModel, create_app, exposure_warning, load_model
+from eurosat_pipeline.serving.batching import MicroBatcher
 
 from .conftest import REPO_ROOT
 from .serving import encoded, live_server, png_bomb, tiff_bytes
@@ -33,7 +34,7 @@ VIEWS = 8  # as `eurosat serve` and `eurosat predict` by default
 
 @pytest.fixture(scope="module")
 def served(map_model: Path) -> ServedModel:
-    return load_model(map_model, views=VIEWS)
+    return load_model(ModelOptions(map_model, views=VIEWS))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def test_predict_answers_what_eurosat_predict_answers(
     results = response.json()["results"]
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    expected = predict([tmp_path / name for name in files], map_model, top_k=3, views=VIEWS)
+    expected = predict([tmp_path / name for name in files], ModelOptions(map_model, views=VIEWS), top_k=3)
     assert [r["file"] for r in results] == list(files)
     for served, cli in zip(results, expected, strict=True):
         assert [p["class"] for p in served["predictions"]] == cli.classes
@@ -249,7 +250,7 @@ def test_map_answers_the_areas_and_links_its_map_preview_and_table(
         geotiff.headers["content-type"] == "image/tiff"
         and 'filename="fields-map.tif"' in geotiff.headers["content-disposition"]
     )
-    direct, _ = make_map(scene, tmp_path / "direct.tif", map_model)  # `eurosat map` on the same scene
+    direct, _ = make_map(scene, tmp_path / "direct.tif", ModelOptions(map_model))  # `eurosat map` on the same scene
     with rasterio.open(scene) as source:
         for received in (served_map, geotiff.content):
             with rasterio.MemoryFile(received) as memory, memory.open() as result:
@@ -359,5 +360,5 @@ def test_the_page_ships_in_the_package() -> None:
         if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
     ]
     manifest = (REPO_ROOT / "MANIFEST.in").read_text().splitlines()
-    assert "src/eurosat_pipeline/use/page.html" in data
+    assert "src/eurosat_pipeline/serving/page.html" in data
     assert [path for path in data if f"include {path}" not in manifest] == []

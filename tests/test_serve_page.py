@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from eurosat_pipeline.core.classes import CLASSES
-from eurosat_pipeline.use.predict import predict
-from eurosat_pipeline.use.serve import create_app, load_model
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.inference.predict import predict
+from eurosat_pipeline.serving.app import create_app, load_model
 
 from .browser import Browser, is_local, require_chromium
 from .serving import encoded, live_server
@@ -28,8 +29,8 @@ def test_the_page_classifies_a_patch_and_maps_a_scene(
     patch = tmp_path / "forest.png"
     patch.write_bytes(encoded(synthetic_tiles["Forest"][1]))
     scene = write_raster(tmp_path / "fields.tif", mosaic(synthetic_tiles, grid_of_labels(2, 3, seed=5)))
-    expected = predict([patch], map_model, top_k=3, views=8)[0]
-    app = create_app(load_model(map_model, views=8), token=TOKEN)  # the page sends the token it is given
+    expected = predict([patch], ModelOptions(map_model, views=8), top_k=3)[0]
+    app = create_app(load_model(ModelOptions(map_model, views=8)), token=TOKEN)  # the page sends the token it is given
 
     with live_server(app) as url, Browser(chromium, loopback=True) as browser:
         browser.open(f"{url}/", settle=0.2)

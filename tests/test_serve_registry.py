@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from eurosat_pipeline.core.files import sha256_of
-from eurosat_pipeline.use.registry import RegistryError, fetch_model, resolve
+from eurosat_pipeline.inference.registry import RegistryError, fetch_model, resolve
 
 from .serving import encoded
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from eurosat_pipeline.platform import placement as placement_module
 from eurosat_pipeline.platform import slots
 from eurosat_pipeline.platform.placement import place_devices
 from eurosat_pipeline.platform.slots import queue_worker_count, queued_experiment_root
@@ -178,7 +179,7 @@ def test_queued_cpu_runs_share_the_cores_among_the_queues_workers(
     (proc / "104" / "cmdline").write_bytes(b"python\0train.py\0")
     assert queue_worker_count(root, proc) == 2
     monkeypatch.setattr(slots, "PROC", proc)
-    monkeypatch.setattr(slots, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(placement_module, "available_cores", lambda: 8)
     placement = place_devices(1, "cpu", 0)
     assert (placement.threads, placement.workers, placement.devices) == (4, 2, 1)
     assert "4 of 8 CPU cores (2 queue workers)" in placement.describe()

@@ -80,7 +80,7 @@ def test_stages_name_folders_not_files() -> None:
 def test_the_check_names_the_stage_and_the_module_it_misses() -> None:
     graph = package_graph()
     evaluate = dict(stages()["evaluate"])
-    evaluate["deps"] = [d for d in evaluate["deps"] if d != f"{SRC}/data"] + [f"{SRC}/use"]
+    evaluate["deps"] = [d for d in evaluate["deps"] if d != f"{SRC}/data"] + [f"{SRC}/serving"]
     problems = code_deps_problems("evaluate", evaluate, graph)
     assert any(
         p.startswith("stage 'evaluate' runs")
@@ -88,14 +88,17 @@ def test_the_check_names_the_stage_and_the_module_it_misses() -> None:
         and p.endswith(f"{SRC}/data in its deps")
         for p in problems
     ), problems
-    assert f"stage 'evaluate' lists {SRC}/use, which it never imports: a change there reruns it for nothing" in problems
+    assert (
+        f"stage 'evaluate' lists {SRC}/serving, which it never imports: a change there reruns it for nothing"
+        in problems
+    )
 
 
 def test_function_level_imports_count() -> None:
     """A stage that imports a module only inside a function still runs it."""
-    source = "def main():\n    from eurosat_pipeline.use.export import export_onnx\n"
+    source = "def main():\n    from eurosat_pipeline.inference.export import export_onnx\n"
     graph = package_graph()
-    assert f"{PACKAGE}.use.export" in imported_modules(source, "__main__", set(graph))
+    assert f"{PACKAGE}.inference.export" in imported_modules(source, "__main__", set(graph))
     assert ast.parse(source)  # the snippet is valid Python
 
 

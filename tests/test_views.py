@@ -10,13 +10,18 @@ import torch
 
 from eurosat_pipeline.core.config import config_from_mapping
 from eurosat_pipeline.core.errors import ConfigError, PipelineError
-from eurosat_pipeline.core.views import VIEWS, average_views, check_view_count, with_views
-from eurosat_pipeline.model.inference import view_of
-from eurosat_pipeline.use.predict import Predictor, load_predictor
+from eurosat_pipeline.core.views import VIEWS, check_view_count, mean_over_views, view_of
+from eurosat_pipeline.inference.engines import Predictor, load_predictor
+from eurosat_pipeline.inference.options import ModelOptions
 
 
 def image(seed: int = 0, size: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, (1, 3, size, size), dtype=np.uint8)
+
+
+def with_views(images: np.ndarray, views: int) -> np.ndarray:
+    """The first ``views`` views of square images, stacked view by view."""
+    return np.concatenate([view_of(images, index) for index in range(views)])
 
 
 def as_set(arrays: np.ndarray) -> set[bytes]:
@@ -41,11 +46,13 @@ def test_the_eight_views_are_the_eight_symmetries_of_a_square() -> None:
         assert as_set(with_views(four[index : index + 1], 4)) == as_set(four)
 
 
-def test_torch_and_numpy_views_are_the_same_table() -> None:
+def test_torch_and_numpy_views_are_the_same_function() -> None:
     x = image(1, 6)
     for index in range(len(VIEWS)):
         expected = with_views(x, 8)[index : index + 1]
         assert np.array_equal(view_of(torch.from_numpy(x), index).numpy(), expected)
+    oblong = np.zeros((1, 3, 4, 6), np.uint8)
+    assert view_of(torch.from_numpy(oblong), 5).shape == view_of(oblong, 5).shape == (1, 3, 6, 4)
 
 
 def test_averaging_makes_any_classifier_blind_to_turns_and_mirrors() -> None:
@@ -68,9 +75,17 @@ def test_averaging_makes_any_classifier_blind_to_turns_and_mirrors() -> None:
     assert np.allclose(model.classify(x[..., ::-1].copy()), model.classify(x))
 
 
-def test_average_views_undoes_the_stacking_order() -> None:
-    probabilities = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.5, 0.5]])  # 2 views x 2 images
-    assert np.allclose(average_views(probabilities, 2), [[0.75, 0.25], [0.25, 0.75]])
+def test_the_mean_over_views_takes_images_of_any_aspect() -> None:
+    """A 4 x 6 image's quarter-turns are 6 x 4: each view goes to the classifier on its own."""
+    seen: list[tuple[int, ...]] = []
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        seen.append(images.shape)
+        return np.full((len(images), 2), [1.0, 0.0] if images.shape[-1] == 6 else [0.0, 1.0])
+
+    mean = mean_over_views(classify, np.zeros((2, 3, 4, 6), np.uint8), 8)
+    assert seen == [(2, 3, 4, 6)] * 4 + [(2, 3, 6, 4)] * 4
+    assert np.allclose(mean, [[0.5, 0.5], [0.5, 0.5]])
 
 
 def test_view_counts_are_checked_where_they_are_given() -> None:
@@ -80,21 +95,19 @@ def test_view_counts_are_checked_where_they_are_given() -> None:
         config_from_mapping({"tta_views": 3})
     with pytest.raises(ConfigError, match=r"key 'tta_views' must be one of 1, 2, 4, 8, got True"):
         config_from_mapping({"tta_views": True})
-    with pytest.raises(ValueError, match=r"needs square ones \(these are 4 x 6\): use 4 views or fewer"):
-        with_views(np.zeros((1, 3, 4, 6), np.uint8), 8)
 
 
 def test_the_checkpoint_engine_averages_its_own_views(map_model: Path) -> None:
     tiles = np.random.default_rng(3).integers(0, 255, (5, 3, 64, 64), dtype=np.uint8)
-    single = load_predictor(map_model, engine="pytorch")
-    averaged = load_predictor(map_model, engine="pytorch", views=8)
+    single = load_predictor(ModelOptions(map_model, engine="pytorch"))
+    averaged = load_predictor(ModelOptions(map_model, engine="pytorch", views=8))
     assert "8 views averaged" in averaged.describe()
-    by_hand = np.mean([single.classify(with_views(tiles, 8)[i * 5 : (i + 1) * 5]) for i in range(8)], axis=0)
+    by_hand = np.mean([single.classify(np.ascontiguousarray(view_of(tiles, i))) for i in range(8)], axis=0)
     assert np.allclose(averaged.classify(tiles), by_hand, atol=1e-5)
     turned = np.rot90(tiles, 1, axes=(-2, -1)).copy()
     assert np.allclose(averaged.classify(turned), averaged.classify(tiles), atol=1e-5)
     with pytest.raises(PipelineError, match="--views 5: choose one of"):
-        load_predictor(map_model, engine="pytorch", views=5)
+        ModelOptions(map_model, engine="pytorch", views=5)
 
 
 def test_evaluate_records_both_accuracies(map_model: Path, tmp_path: Path) -> None:
@@ -114,15 +127,15 @@ def test_a_map_averages_views_only_when_asked(map_model: Path, tmp_path: Path) -
     from rasterio.transform import from_origin
 
     from eurosat_pipeline.cli.main import main as cli
-    from eurosat_pipeline.use.mapping import make_map
+    from eurosat_pipeline.maps.mapping import make_map
 
     scene = tmp_path / "scene.tif"
     pixels = np.random.default_rng(4).integers(0, 255, (3, 128, 192), dtype=np.uint8)
     profile = {"driver": "GTiff", "width": 192, "height": 128, "count": 3, "dtype": "uint8"}
     with rasterio.open(scene, "w", **profile, crs="EPSG:32633", transform=from_origin(500_000, 5_300_000, 10, 10)) as f:
         f.write(pixels)
-    plain, _ = make_map(scene, tmp_path / "plain.tif", map_model, engine="pytorch")
-    averaged, _ = make_map(scene, tmp_path / "views.tif", map_model, engine="pytorch", views=8)
+    plain, _ = make_map(scene, tmp_path / "plain.tif", ModelOptions(map_model, engine="pytorch"))
+    averaged, _ = make_map(scene, tmp_path / "views.tif", ModelOptions(map_model, engine="pytorch", views=8))
     assert "views averaged" not in plain.engine and "8 views averaged" in averaged.engine
     assert averaged.classified == plain.classified == 6
     argv = ["map", str(scene), "--out", str(tmp_path / "cli.tif"), "--checkpoint", str(map_model)]

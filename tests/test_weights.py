@@ -16,6 +16,10 @@ from sklearn.datasets import load_sample_image
 
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.core.errors import CheckpointError, ConfigError, PipelineError
+from eurosat_pipeline.inference.engines import load_predictor
+from eurosat_pipeline.inference.export import export_onnx
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.inference.predict import predict
 from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.checkpoints import PREPROCESSING_KEY, WEIGHTS_KEY, load_checkpoint, load_classifier
 from eurosat_pipeline.model.classifier import build_model
@@ -32,8 +36,6 @@ from eurosat_pipeline.model.weights import (
     sha256_of,
 )
 from eurosat_pipeline.training.train import TrainPaths, train
-from eurosat_pipeline.use.export import export_onnx
-from eurosat_pipeline.use.predict import load_predictor, predict
 
 from .conftest import RGB, tiny_config
 
@@ -274,9 +276,12 @@ def test_predict_and_onnx_of_a_fine_tuned_pretrained_model_agree(fine_tuned: dic
         fine_tuned["paths"].best, onnx_file, root / "export.json", data / "eurosat.zip", data / "split.csv"
     )
     assert report["same_top1"]
-    assert load_predictor(onnx_file=onnx_file).preprocessing == load_predictor(fine_tuned["paths"].best).preprocessing
-    from_torch = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=1, device="cpu")
-    from_onnx = predict([fine_tuned["images"]], onnx_file=onnx_file, top_k=1)
+    assert (
+        load_predictor(ModelOptions(onnx_file=onnx_file)).preprocessing
+        == load_predictor(ModelOptions(fine_tuned["paths"].best)).preprocessing
+    )
+    from_torch = predict([fine_tuned["images"]], ModelOptions(fine_tuned["paths"].best, device="cpu"), top_k=1)
+    from_onnx = predict([fine_tuned["images"]], ModelOptions(onnx_file=onnx_file), top_k=1)
     assert [p.classes for p in from_torch] == [p.classes for p in from_onnx]
     diff = np.abs(np.array([p.probabilities for p in from_torch]) - np.array([p.probabilities for p in from_onnx]))
     assert diff.max() < 1e-4
@@ -287,8 +292,10 @@ def test_bf16_inference_agrees_with_fp32_on_every_confident_prediction(fine_tune
     two within 10 points) may change class, and which of them do depends on the CPU (native or
     emulated bf16 round differently). Confident predictions must not change: a broken bf16 path
     changes those too."""
-    fp32 = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu")
-    other = predict([fine_tuned["images"]], fine_tuned["paths"].best, top_k=2, device="cpu", precision="bf16")
+    fp32 = predict([fine_tuned["images"]], ModelOptions(fine_tuned["paths"].best, device="cpu"), top_k=2)
+    other = predict(
+        [fine_tuned["images"]], ModelOptions(fine_tuned["paths"].best, device="cpu", precision="bf16"), top_k=2
+    )
     margins = [a.probabilities[0] - a.probabilities[1] for a in fp32]
     confident = [(a, b) for a, b, margin in zip(fp32, other, margins, strict=True) if margin >= 0.1]
     assert len(confident) >= len(fp32) // 2, sorted(margins)  # else the comparison says nothing
@@ -305,7 +312,7 @@ def test_predict_uses_the_stored_normalisation(fine_tuned: dict[str, Any]) -> No
     """The same weights fed ImageNet statistics instead of Lite0's give other probabilities."""
     from eurosat_pipeline.model.augment import eval_transform
 
-    predictor = load_predictor(fine_tuned["paths"].best, engine="pytorch", device="cpu")
+    predictor = load_predictor(ModelOptions(fine_tuned["paths"].best, engine="pytorch", device="cpu"))
     assert predictor.preprocessing == load_classifier(fine_tuned["paths"].best)[0].preprocessing
     images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
     right = predictor.classify(images)

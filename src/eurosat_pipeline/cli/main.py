@@ -21,7 +21,9 @@ from eurosat_pipeline.core.stage import configure_logging, user_error
 from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
 
 if TYPE_CHECKING:
-    from eurosat_pipeline.use.serve import ServedModel
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.maps.region import RegionTask
+    from eurosat_pipeline.serving.app import ServedModel
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -109,14 +111,33 @@ def _add_compare(commands: Commands) -> None:
     compare.set_defaults(run=_compare)
 
 
-def _add_model_options(command: argparse.ArgumentParser) -> None:
-    """Which model runs, and how: the same for predict and map."""
+def _add_model_options(command: argparse.ArgumentParser, views: int = DEFAULT_VIEWS) -> None:
+    """Which model runs, and how: the same for predict, map and serve (read back by :func:`_model_options`)."""
     command.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
     command.add_argument("--onnx", help=ONNX_HELP)
-    command.add_argument("--batch-size", type=int, default=256)
+    command.add_argument("--batch-size", type=int, default=256, help="images per engine call (default: 256)")
     command.add_argument("--device", help=DEVICE_HELP)
     command.add_argument("--precision", choices=FORMATS, default="fp32", help=PRECISION_HELP)
     command.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
+    command.add_argument(
+        "--views", type=int, choices=VIEW_COUNTS, default=views, help=f"{VIEWS_HELP} (default: {views})"
+    )
+
+
+def _model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
+    """The model options of a command line, as one checked value."""
+    from eurosat_pipeline.inference.options import ModelOptions
+
+    given = {
+        "checkpoint": args.checkpoint,
+        "onnx_file": args.onnx,
+        "device": args.device,
+        "precision": args.precision,
+        "engine": args.engine,
+        "views": args.views,
+        "batch_size": args.batch_size,
+    }
+    return ModelOptions(**(given | changes))
 
 
 def _add_predict(commands: Commands) -> None:
@@ -124,9 +145,6 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     _add_model_options(predict)
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
-    predict.add_argument(
-        "--views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEWS, help=f"{VIEWS_HELP} (default: {DEFAULT_VIEWS})"
-    )
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
     predict.add_argument(
@@ -169,7 +187,8 @@ def _add_map(commands: Commands) -> None:
         help="any number of scenes: DIR/<scene>.tif (.png, .csv), DIR/summary.csv, DIR/mosaic.vrt; "
         "a rerun skips the scenes already mapped with the same model",
     )
-    _add_model_options(land)
+    # One view by default: a granule is ~30,000 tiles, and 8 views cost 8x (predict's default is 8).
+    _add_model_options(land, views=1)
     land.add_argument(
         "--bands",
         type=_band_list,
@@ -193,18 +212,16 @@ def _add_map(commands: Commands) -> None:
     land.add_argument(
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
     )
-    # One view by default: a granule is ~30,000 tiles, and 8 views cost 8x (predict's default is 8).
-    land.add_argument("--views", type=int, choices=VIEW_COUNTS, default=1, help=f"{VIEWS_HELP} (default: 1)")
-    engines = land.add_argument_group("where many scenes run (--out-dir)").add_mutually_exclusive_group()
-    engines.add_argument(
+    executors = land.add_argument_group("where many scenes run (--out-dir)").add_mutually_exclusive_group()
+    executors.add_argument(
         "--processes",
         type=int,
         metavar="N",
         help="local worker processes, each with its share of the cores (default: one per core, as many as memory "
         "holds); 0: one scene after another in this process",
     )
-    engines.add_argument("--dask-local", type=int, metavar="N", help="a Dask LocalCluster of N worker processes")
-    engines.add_argument(
+    executors.add_argument("--dask-local", type=int, metavar="N", help="a Dask LocalCluster of N worker processes")
+    executors.add_argument(
         "--scheduler",
         metavar="URL",
         help="a running Dask scheduler, e.g. tcp://HOST:8786 (SLURM, Kubernetes: docs/maps.md)",
@@ -227,9 +244,6 @@ def _add_serve(commands: Commands) -> None:
         "serve", help="serve the model over HTTP: /predict, /map, /health, OpenAPI docs at /docs, a page at /"
     )
     _add_model_options(serve)
-    serve.add_argument(
-        "--views", type=int, choices=VIEW_COUNTS, default=DEFAULT_VIEWS, help=f"{VIEWS_HELP} (default: {DEFAULT_VIEWS})"
-    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument(
@@ -291,22 +305,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.use.predict import emit, predict
+    from eurosat_pipeline.inference.predict import emit, failures, predict
 
-    predictions = predict(
-        args.inputs,
-        args.checkpoint,
-        args.onnx,
-        args.top_k,
-        args.batch_size,
-        args.device,
-        args.precision,
-        args.engine,
-        max_pixels=args.max_pixels,
-        views=args.views,
-    )
+    predictions = predict(args.inputs, _model_options(args), args.top_k, args.max_pixels)
     emit(predictions, args.format, args.output)
-    return 0
+    return 1 if failures(predictions) else 0
 
 
 def _band_list(text: str) -> tuple[int, ...]:
@@ -324,9 +327,9 @@ def _band_file(text: str) -> tuple[str, str]:
 
 
 def _map(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.use.mapping import summary
-    from eurosat_pipeline.use.region import MapSettings, map_one
-    from eurosat_pipeline.use.scenes import BandFiles, find_scenes
+    from eurosat_pipeline.maps.mapping import MapSettings, make_map, summary
+    from eurosat_pipeline.maps.region import RegionTask
+    from eurosat_pipeline.maps.scenes import BandFiles, find_scenes
 
     if args.out is None and args.out_dir is None:
         raise PipelineError("say where the map goes: --out MAP.tif for one scene, --out-dir DIR for any number")
@@ -342,36 +345,32 @@ def _map(args: argparse.Namespace) -> int:
             "--bands picks bands of one multi-band raster by number; band files and STAC items are found by band name"
         )
     settings = MapSettings(
-        args.checkpoint,
-        args.onnx,
         bands=args.bands,
         scale=args.scale,
         offset=args.offset,
         nodata=args.nodata,
-        batch_size=args.batch_size,
         confidence=args.confidence,
         scene_preview=not args.map_only_preview,
-        device=args.device,
-        precision=args.precision,
-        engine=args.engine,
-        views=args.views,
     )
+    task = RegionTask(_model_options(args), settings)
     if args.out_dir is not None:
-        return _map_region(args, scenes, settings)
+        return _map_region(args, scenes, task)
     if len(scenes) != 1:
         raise PipelineError(f"{len(scenes)} scenes: --out is one scene's map; give --out-dir DIR for a map of each")
-    result, outputs = map_one(scenes[0], args.out, settings)
+    scene = scenes[0]
+    result, outputs = make_map(scene.target(), args.out, task.model, task.settings_for(scene))
     print(summary(result, outputs))
     return 0
 
 
-def _map_region(args: argparse.Namespace, scenes: list, settings: object) -> int:
+def _map_region(args: argparse.Namespace, scenes: list, task: RegionTask) -> int:
     """Many scenes: a map each, the summary and the mosaic; status 1 when any scene failed."""
-    from eurosat_pipeline.use.region import map_region, open_engine
+    from eurosat_pipeline.maps.region import ExecutorChoice, map_region, open_executor
 
     echo = functools.partial(print, flush=True)
-    with open_engine(len(scenes), settings, args.processes, args.dask_local, args.scheduler, echo) as engine:
-        result = map_region(scenes, args.out_dir, settings, engine, echo)
+    choice = ExecutorChoice(args.processes, args.dask_local, args.scheduler)
+    with open_executor(len(scenes), task.model, choice, echo) as executor:
+        result = map_region(scenes, args.out_dir, task, executor, echo)
     for note in result.notes:
         print(f"note: {note}")
     print("wrote " + ", ".join(map(str, [result.summary, *result.mosaics])))
@@ -384,7 +383,7 @@ def _map_region(args: argparse.Namespace, scenes: list, settings: object) -> int
 
 
 def _export(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.use.export import export_onnx
+    from eurosat_pipeline.inference.export import export_onnx
 
     report = export_onnx(args.checkpoint, args.out, args.report, args.archive, args.split)
     print(
@@ -398,7 +397,7 @@ def _serve(args: argparse.Namespace) -> int:
     import tempfile
 
     try:
-        from eurosat_pipeline.use.serve import MB, Limits, create_app, exposure_warning, resolve_token, run_server
+        from eurosat_pipeline.serving.app import MB, Limits, create_app, exposure_warning, resolve_token, run_server
     except ImportError as err:
         raise PipelineError(
             f"eurosat serve needs FastAPI and uvicorn: pip install 'eurosat-pipeline[serve]' ({err})"
@@ -408,7 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
     limits = Limits(int(args.max_upload_mb * MB), args.max_pixels, args.max_scene_pixels)
     with tempfile.TemporaryDirectory(prefix="eurosat-serve-") as work:
         model = _served_model(args, args.fetch_to or f"{work}/model")
-        app = create_app(model, limits, token, args.batch_size, args.batch_wait_ms / 1000, f"{work}/runs")
+        app = create_app(model, limits, token, args.batch_wait_ms / 1000, f"{work}/runs")
         warning = exposure_warning(args.host, token)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
@@ -422,21 +421,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _served_model(args: argparse.Namespace, fetch_to: str) -> ServedModel:
     """The model of --checkpoint / --onnx, or the registry version fetched and checked."""
-    from eurosat_pipeline.use.serve import load_model
+    from eurosat_pipeline.serving.app import load_model
 
     if args.registry and args.onnx:
         raise PipelineError("--registry fetches the model to serve: leave out --onnx (or --registry)")
-    common = {"device": args.device, "precision": args.precision, "engine": args.engine, "views": args.views}
     if not args.registry:
-        return load_model(args.checkpoint, args.onnx, **common)
-    from eurosat_pipeline.use.registry import fetch_model
+        return load_model(_model_options(args))
+    from eurosat_pipeline.inference.registry import fetch_model
 
     fetched = fetch_model(args.registry, fetch_to, args.artifact, args.model_version, args.stage, args.sha256)
     print(f"fetched {fetched.version.label} from {args.registry}: sha256 {fetched.sha256} checked", file=sys.stderr)
     origin = fetched.version.describe()
-    if fetched.is_onnx:
-        return load_model(onnx_file=fetched.path, origin=origin, **common)
-    return load_model(fetched.path, origin=origin, **common)
+    where = {"onnx_file": str(fetched.path)} if fetched.is_onnx else {"checkpoint": str(fetched.path)}
+    return load_model(_model_options(args, sha256=fetched.sha256, **where), origin=origin)
 
 
 if __name__ == "__main__":

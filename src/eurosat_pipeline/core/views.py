@@ -8,12 +8,19 @@ into the batch, so an engine runs once on ``views x N`` images, not ``views`` ti
 Each view is a transpose of the two pixel axes (or not) followed by a flip of the rows and/or
 the columns. The order is chosen so that the first 2 views are the identity and the left-right
 mirror, the first 4 the flips (a group of their own), and all 8 the whole D4 group. This module
-is the one table; the NumPy predictors and the PyTorch evaluation both walk it.
+is the one table and the one averaging (:func:`mean_over_views`): the engines of
+``eurosat predict``, ``map`` and ``serve`` and the evaluate stage all call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
+
+Images = TypeVar("Images")  # a NumPy array or a torch tensor, N x C x H x W
+Probabilities = Any  # N x classes, of the kind ``classify`` returns
 
 # (transpose the pixel axes, flip the rows, flip the columns), in the order counts take them.
 VIEWS: tuple[tuple[bool, bool, bool], ...] = (
@@ -42,30 +49,25 @@ def check_view_count(views: int, where: str = "--views") -> int:
     return views
 
 
-def with_views(images: np.ndarray, views: int) -> np.ndarray:
-    """``views x N x ... x H x W``, flattened to ``(views * N) x ... x H x W``: view 0 of every image first."""
-    if views == 1:
-        return images
-    if views > 4 and images.shape[-1] != images.shape[-2]:
-        raise ValueError(
-            f"{views} views turn the images a quarter, which needs square ones (these are "
-            f"{images.shape[-2]} x {images.shape[-1]}): use 4 views or fewer"
-        )
-    return np.concatenate([_view(images, *VIEWS[index]) for index in range(views)])
-
-
-def average_views(probabilities: np.ndarray, views: int) -> np.ndarray:
-    """``N x classes``: the mean over views of ``(views * N) x classes`` probabilities from :func:`with_views`."""
-    if views == 1:
-        return probabilities
-    return probabilities.reshape(views, -1, probabilities.shape[-1]).mean(axis=0)
-
-
-def _view(images: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+def view_of(images: Images, index: int) -> Images:
+    """View ``index`` of :data:`VIEWS` of ``... x H x W`` images: a NumPy array or a torch tensor
+    (both have ``swapaxes``; the flips are ``np.flip`` or the tensor's own ``flip``). Any shape: a
+    non-square image's quarter-turns are ``W x H``, which the model's resize takes like any other."""
+    transpose, flip_rows, flip_cols = VIEWS[index]
     if transpose:
         images = images.swapaxes(-1, -2)
-    if flip_rows:
-        images = images[..., ::-1, :]
-    if flip_cols:
-        images = images[..., ::-1]
-    return images
+    axes = tuple(axis for axis, flip in ((-2, flip_rows), (-1, flip_cols)) if flip)
+    if not axes:
+        return images
+    return np.flip(images, axes) if isinstance(images, np.ndarray) else images.flip(axes)
+
+
+def mean_over_views(classify: Callable[[Images], Probabilities], images: Images, views: int) -> Probabilities:
+    """The mean of ``classify``'s class probabilities over the first ``views`` views of ``images``:
+    the one test-time augmentation of every engine and of the evaluate stage. One view at a time
+    goes to ``classify``, so memory stays what the caller's batch size chose."""
+    check_view_count(views)
+    total = classify(images)
+    for index in range(1, views):
+        total = total + classify(view_of(images, index))
+    return total / views if views > 1 else total

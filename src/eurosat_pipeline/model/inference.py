@@ -5,7 +5,7 @@ a CPU with AVX512-BF16 or AMX, but on the real EuroSAT test split the CPU recipe
 agreed with fp32 on 99.44 % of the top-1 classes (15 of 2,700 flipped; the evaluate stage
 measures it with every run): below the 99.5 % we ask of a default, so bf16 is only used when asked
 for (``--precision bf16``). The fast CPU engine for predictions is ONNX Runtime, in fp32
-(:mod:`eurosat_pipeline.use.predict`). The phase-1 feature pass, which trains the head and predicts
+(:mod:`eurosat_pipeline.inference.engines`). The phase-1 feature pass, which trains the head and predicts
 nothing, does use bf16 where it is native (:func:`feature_format`).
 """
 
@@ -20,7 +20,7 @@ from torch import Tensor
 
 from eurosat_pipeline.core.choices import FORMATS
 from eurosat_pipeline.core.errors import PipelineError
-from eurosat_pipeline.core.views import VIEWS
+from eurosat_pipeline.core.views import mean_over_views
 from eurosat_pipeline.model.augment import eval_transform
 from eurosat_pipeline.model.classifier import Classifier
 from eurosat_pipeline.platform.accelerators import cpu_has_native_bf16, flush_denormals
@@ -97,22 +97,13 @@ def predict_logits(
             if views == 1:
                 logits = model(transform(batch, train=False)).float()
             else:
-                seen = [
-                    model(transform(view_of(batch, index), train=False)).float().softmax(dim=1)
-                    for index in range(views)
-                ]
-                logits = torch.stack(seen).mean(dim=0).log()
+
+                def probabilities(view: Tensor) -> Tensor:
+                    return model(transform(view, train=False)).float().softmax(dim=1)
+
+                logits = mean_over_views(probabilities, batch, views).log()
         outputs.append(logits.cpu())
     return torch.cat(outputs) if outputs else torch.empty(0, model.head[-1].out_features)
-
-
-def view_of(batch: Tensor, index: int) -> Tensor:
-    """View ``index`` of :data:`eurosat_pipeline.core.views.VIEWS` of ``N x C x H x W`` images."""
-    transpose, flip_rows, flip_cols = VIEWS[index]
-    if transpose:
-        batch = batch.transpose(-1, -2)
-    dims = [dim for dim, flip in ((-2, flip_rows), (-1, flip_cols)) if flip]
-    return batch.flip(dims) if dims else batch
 
 
 @torch.no_grad()

@@ -262,10 +262,3 @@ def flush_denormals() -> None:
     insurance, not a measured speed-up. Values that small change no prediction.
     """
     torch.set_flush_denormal(True)
-
-
-def threads_per_process(processes: int, cores: int | None = None) -> int:
-    """An equal share of the cores: two processes with all cores each run up to 10x slower, not 2x."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // max(1, processes))

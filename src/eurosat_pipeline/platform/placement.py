@@ -16,7 +16,8 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from eurosat_pipeline.core.config import Config
 from eurosat_pipeline.platform import slots
-from eurosat_pipeline.platform.accelerators import flush_denormals, threads_per_process
+from eurosat_pipeline.platform.accelerators import flush_denormals
+from eurosat_pipeline.platform.cores import available_cores, core_share
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Placement:
         if self.gpus is not None:
             return f"queued experiment: GPU {', '.join(self.gpus.ids)} (claimed; lock files in {slots.slot_dir()})"
         if self.threads is not None:
-            return f"queued experiment: {self.threads} of {slots.cpu_cores()} CPU cores ({self.workers} queue workers)"
+            return f"queued experiment: {self.threads} of {available_cores()} CPU cores ({self.workers} queue workers)"
         return "as configured (devices: " + str(self.devices) + ")"
 
 
@@ -80,7 +81,7 @@ def place_devices(
     if accelerator == "cpu":
         workers = slots.queue_worker_count(root)
         placement = Placement(
-            devices, as_configured.per_node, threads=max(1, slots.cpu_cores() // workers), workers=workers
+            devices, as_configured.per_node, threads=max(1, available_cores() // workers), workers=workers
         )
     else:
         wanted = 1 if devices == "auto" else int(devices)
@@ -116,7 +117,7 @@ def share_cpu_cores(accelerator: str, placement: Placement) -> int | None:
     flush_denormals()
     if placement.per_node <= 1 and placement.threads is None:
         return None
-    threads = threads_per_process(placement.per_node, cores=placement.threads)
+    threads = core_share(placement.per_node, cores=placement.threads)
     torch.set_num_threads(threads)
     log.info("%d CPU threads per training process", threads)
     return threads

@@ -170,7 +170,3 @@ def queue_worker_count(repo_root: Path, proc: Path | None = None) -> int:
         if b"queue-worker" in args:
             workers.update(a for a in args if a.decode(errors="replace").startswith(prefix))
     return max(1, len(workers))
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

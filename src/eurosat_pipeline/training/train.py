@@ -162,8 +162,9 @@ def _train_in(
     finish_loggers(trainer.loggers)
     if not trainer.is_global_zero:
         return {}
-    extras = _run_facts(config, accelerator, placement, precision, module, data, datamodule)
-    return _publish(config, paths, work, trainer, best, history, dataset_info, started, resume_from, extras)
+    facts = _run_facts(config, accelerator, placement, precision, module, data, datamodule)
+    fit = FinishedFit(trainer, best, history, time.perf_counter() - started, resume_from)
+    return _publish(config, paths, work, fit, {**facts, "data": dataset_info})
 
 
 def _module(config: Config, data: DataSpec, run_fingerprint: str, resumed: bool) -> LandUseClassifier:
@@ -263,20 +264,24 @@ def _run_facts(
     }
 
 
+@dataclass(frozen=True)
+class FinishedFit:
+    """What a finished ``trainer.fit`` leaves for the outputs: the trainer, its best checkpoints,
+    the per-epoch history, the seconds it took and the checkpoint it resumed from (if any)."""
+
+    trainer: L.Trainer
+    best: BestCheckpoints
+    history: HistoryWriter
+    wall_seconds: float
+    resumed_from: Path | None
+
+
 def _publish(
-    config: Config,
-    paths: TrainPaths,
-    work: ScratchFolder,
-    trainer: L.Trainer,
-    best: BestCheckpoints,
-    history: HistoryWriter,
-    dataset_info: dict[str, Any],
-    started: float,
-    resumed_from: Path | None,
-    extras: dict[str, Any],
+    config: Config, paths: TrainPaths, work: ScratchFolder, fit: FinishedFit, facts: dict[str, Any]
 ) -> dict[str, Any]:
     """The declared outputs, from the scratch folder once training has finished: checkpoints,
     DVCLive's folder, best.ckpt and the summary (each written whole, or not at all)."""
+    trainer, best, history = fit.trainer, fit.best, fit.history
     if not best.best_model_path:
         raise TrainingError("Training finished without a checkpoint: no validation epoch completed.")
     with writing(paths.checkpoints):
@@ -290,13 +295,12 @@ def _publish(
         "best_val_acc": max(r["val_acc"] for r in history.rows),
         "final_val_acc": history.rows[-1]["val_acc"],
         "epochs": len(history.rows),
-        "resumed_after_epoch": history.resumed_after if resumed_from else None,
-        "wall_seconds": time.perf_counter() - started,
+        "resumed_after_epoch": history.resumed_after if fit.resumed_from else None,
+        "wall_seconds": fit.wall_seconds,
         "hardware": _hardware(trainer),
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
-        **extras,
-        "data": dataset_info,
+        **facts,
         "config": config.to_dict(),
     }
     write_json(paths.summary, summary)

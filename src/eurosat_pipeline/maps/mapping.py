@@ -1,14 +1,14 @@
 """Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
 
 A scene is one raster file, or a :class:`SceneSource` that reads like one: Sentinel-2 as it is
-published, one file per band or a STAC item (:mod:`eurosat_pipeline.use.scenes`). Many scenes at
-once: :mod:`eurosat_pipeline.use.region`.
+published, one file per band or a STAC item (:mod:`eurosat_pipeline.maps.scenes`). Many scenes at
+once: :mod:`eurosat_pipeline.maps.region`.
 
 The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
 native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
 the scene that lies exactly on it). It is read one
 row of tiles at a time (64 rows x full width), never whole, and the tiles go to the model in
-batches through :func:`eurosat_pipeline.use.predict.load_predictor`, which applies the model's own
+batches through :func:`eurosat_pipeline.inference.engines.load_predictor`, which applies the model's own
 resize and normalisation.
 
 **Bands.** The model's bands (stored with it) are found in the scene by name when the scene's
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import shutil
 import time
@@ -61,7 +62,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -69,9 +70,8 @@ from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
 from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import atomic_path, csv_text, writing
-
-if TYPE_CHECKING:
-    from eurosat_pipeline.use.predict import Predictor
+from eurosat_pipeline.inference.engines import Predictor
+from eurosat_pipeline.inference.options import ModelOptions
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
@@ -170,7 +170,7 @@ class LandUseMap:
 
 
 class SceneSource(Protocol):
-    """A scene that is not one raster file (one file per band: :mod:`eurosat_pipeline.use.scenes`):
+    """A scene that is not one raster file (one file per band: :mod:`eurosat_pipeline.maps.scenes`):
     opened once the model says which bands it needs, as an object that reads like a rasterio dataset."""
 
     name: str  # the preview's title
@@ -182,39 +182,52 @@ class SceneSource(Protocol):
         """The model's bands, in its order, as one dataset with ``read``, ``read_masks``, the grid, ...."""
 
 
+@dataclass(frozen=True)
+class MapSettings:
+    """How a scene becomes a map, beside the model (``eurosat map``'s options; see the module's
+    docstring): checked when made, picklable, sent with every region task."""
+
+    #: 1-based scene bands for the model's bands, in its order; None: found by name (or position).
+    bands: tuple[int, ...] | None = None
+    scale: str = "auto"
+    #: Subtracted from the scene's values; None: what the scene's catalogue says (STAC), else 0.
+    offset: float | None = None
+    nodata: float | None = None
+    confidence: bool = False
+    scene_preview: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise MapError(f"unknown --scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        for option, value in (("--offset", self.offset), ("--nodata", self.nodata)):
+            if value is not None and not math.isfinite(value):
+                raise MapError(f"{option} {value}: give a finite number")
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(self.bands))
+            if not self.bands or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.bands):
+                raise MapError(f"--bands {self.bands}: give 1-based band numbers like 4,3,2")
+
+
 def make_map(
     scene: str | Path | SceneSource,
     out: str | Path,
-    checkpoint: str | Path = "models/best.ckpt",
-    onnx_file: str | Path | None = None,
-    bands: tuple[int, ...] | None = None,
-    scale: str = "auto",
-    offset: float = 0.0,
-    nodata: float | None = None,
-    batch_size: int = 256,
-    confidence: bool = False,
-    scene_preview: bool = True,
-    device: str | None = None,
-    precision: str = "fp32",
-    engine: str = "auto",
-    predictor: Predictor | None = None,
-    views: int = 1,
+    model: Predictor | ModelOptions,
+    settings: MapSettings | None = None,
 ) -> tuple[LandUseMap, MapOutputs]:
     """Classify ``scene`` tile by tile and write the map, its preview and its area table atomically.
 
-    ``scene`` is a raster file, or a :class:`SceneSource` (band files, a STAC item). ``predictor``,
-    when given, classifies instead of loading the model again: a worker mapping many scenes loads it
-    once (the model options are then ignored). ``views`` > 1 averages each tile's flips and
-    quarter-turns (test-time augmentation, core/views.py): more accurate, ``views`` times the work.
+    ``scene`` is a raster file, or a :class:`SceneSource` (band files, a STAC item). ``model`` is an
+    engine already loaded (a worker mapping many scenes loads it once; its views and batch size are
+    used) or the options to load one with. Views > 1 average each tile's flips and quarter-turns
+    (test-time augmentation, core/views.py): more accurate, that many times the work.
     """
     import rasterio
     from rasterio.errors import RasterioError
 
-    from eurosat_pipeline.use.predict import load_predictor
+    from eurosat_pipeline.inference.engines import load_predictor
 
-    if batch_size < 1:
-        raise MapError(f"--batch-size must be at least 1, got {batch_size}")
-    outputs = MapOutputs.for_target(out, confidence)
+    settings = settings or MapSettings()
+    outputs = MapOutputs.for_target(out, settings.confidence)
     if isinstance(scene, (str, Path)):
         scene = Path(scene)
     inputs = [scene] if isinstance(scene, Path) else scene.local_paths()
@@ -224,31 +237,30 @@ def make_map(
         src = None
         if isinstance(scene, Path):  # opened before the model is loaded: a wrong file fails at once
             src = stack.enter_context(open_scene(scene))
-            check_band_numbers(src, bands)
+            check_band_numbers(src, settings.bands)
         temporaries = _reserve(outputs, stack)  # fails now, not after the long classification
         watch = Stopwatch()
         with watch("loading the model"):
-            predictor = predictor or load_predictor(checkpoint, onnx_file, device, precision, engine, views)
+            predictor = model if isinstance(model, Predictor) else load_predictor(model)
         data = predictor.data
         if src is None:
             with watch("opening the bands"):
                 src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
-        chosen = choose_bands(src, bands, data)
-        if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, scale) == "s2"):
+        chosen = choose_bands(src, settings.bands, data)
+        nodata, offset = settings.nodata, settings.offset or 0.0
+        if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, settings.scale) == "s2"):
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
-        scaler = make_scaler(src, chosen, scale, data, offset, nodata)
+        scaler = make_scaler(src, chosen, settings.scale, data, offset, nodata)
         started = time.perf_counter()
         try:
             result = classify_scene(
                 src,
                 chosen,
                 scaler,
-                predictor.classify,
-                data,
+                predictor,
                 nodata,
-                batch_size,
-                PREVIEW_LONGEST if scene_preview else None,
+                PREVIEW_LONGEST if settings.scene_preview else None,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{_label(scene)}: reading failed ({err}); nothing was written") from err
@@ -460,20 +472,19 @@ def classify_scene(
     src: object,
     bands: tuple[int, ...],
     scaler: Scaler,
-    classify: Callable[[np.ndarray], np.ndarray],
-    data: DataSpec,
+    predictor: Predictor,
     nodata: float | None = None,
-    batch_size: int = 256,
     preview_longest: int | None = PREVIEW_LONGEST,
 ) -> LandUseMap:
     """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
 
     The scene is read once, in bands of whole tile rows aligned with the file's blocks (a block
     is then decoded once, not once per tile row), each band is scaled in one vectorised step, and
-    the tiles fill fixed-size batches. The preview is decimated from the same reads.
+    the tiles fill batches of the engine's batch size. The preview is decimated from the same reads.
     """
     from affine import Affine
 
+    data = predictor.data
     tile = tile_of(data)
     rows, cols = -(-src.height // tile), -(-src.width // tile)
     result = LandUseMap(
@@ -486,7 +497,7 @@ def classify_scene(
         tile=tile,
     )
     watch = result.watch
-    batches = TileBatches(classify, batch_size, result, len(bands), np.dtype(data.dtype), tile)
+    batches = TileBatches(predictor.classify, predictor.batch_size, result, len(bands), np.dtype(data.dtype), tile)
     preview_scaler = scaler if data.is_rgb8 else _preview_scaler(data)
     preview = Decimator(src, preview_scaler, preview_longest, tile) if preview_longest else None
     full_cols = src.width // tile

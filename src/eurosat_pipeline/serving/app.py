@@ -1,9 +1,9 @@
 """``eurosat serve``: the model behind an HTTP API (FastAPI on uvicorn) and a page to try it.
 
-The server only translates HTTP: images are read by :func:`eurosat_pipeline.use.predict.read_image_bytes`
+The server only translates HTTP: images are read by :func:`eurosat_pipeline.inference.images.read_image_bytes`
 (the readers, band matching, value-type checks and pixel limit of ``eurosat predict``), classified by
-the engine ``predict`` would pick (:func:`~eurosat_pipeline.use.predict.load_predictor`), and scenes
-are mapped by :func:`eurosat_pipeline.use.mapping.make_map`, as ``eurosat map`` does.
+the engine ``predict`` would pick (:func:`~eurosat_pipeline.inference.engines.load_predictor`), and scenes
+are mapped by :func:`eurosat_pipeline.maps.mapping.make_map`, as ``eurosat map`` does.
 
 - ``GET /health``: the model's identity (file, sha256, classes, bands, value type, patch size, engine).
 - ``POST /predict``: image files (multipart field ``files``) -> the top classes of each.
@@ -15,14 +15,13 @@ Bad input is answered with a JSON error (a 4xx status, the file named, no traceb
 request is served as usual: oversized bodies are cut off while they arrive, images over the pixel
 limit are refused from their header, before a pixel is decoded. With a token (``--token`` or
 ``EUROSAT_SERVE_TOKEN``), ``/predict``, ``/map`` and ``/maps`` want ``Authorization: Bearer TOKEN``.
-Concurrent requests are classified together by :class:`~eurosat_pipeline.use.batching.MicroBatcher`.
+Concurrent requests are classified together by :class:`~eurosat_pipeline.serving.batching.MicroBatcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import importlib.resources
 import logging
 import os
@@ -34,9 +33,9 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
@@ -48,10 +47,12 @@ from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.core.limits import SERVE_IMAGE_PIXELS, SERVE_SCENE_PIXELS, SERVE_UPLOAD_BYTES
-from eurosat_pipeline.use.batching import MicroBatcher
-
-if TYPE_CHECKING:  # the engines are imported when a model is loaded: `eurosat --help` stays quick
-    from eurosat_pipeline.use.predict import Predictor
+from eurosat_pipeline.inference.engines import Predictor, load_predictor
+from eurosat_pipeline.inference.images import read_image_bytes
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.inference.predict import top_classes
+from eurosat_pipeline.maps.mapping import MapSettings, make_map
+from eurosat_pipeline.serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 TOKEN_VARIABLE = "EUROSAT_SERVE_TOKEN"
@@ -107,23 +108,15 @@ class ServedModel:
         }
 
 
-def load_model(
-    checkpoint: str | Path = "models/best.ckpt",
-    onnx_file: str | Path | None = None,
-    device: str | None = None,
-    precision: str = "fp32",
-    engine: str = "auto",
-    views: int = 1,
-    origin: dict[str, str] | None = None,
-) -> ServedModel:
-    """The model ``eurosat predict`` would run with these options, and its file's sha256."""
-    from eurosat_pipeline.use.predict import load_predictor
-
-    served = Path(onnx_file) if onnx_file else Path(checkpoint)
+def load_model(options: ModelOptions, origin: dict[str, str] | None = None) -> ServedModel:
+    """The model ``eurosat predict`` would run with these options, and its file's sha256 (hashed
+    once; the engine is loaded from the file with that hash)."""
+    served = options.model_file
     if not served.is_file():
         raise PipelineError(f"{served}: model file not found (give --checkpoint, --onnx or --registry)")
-    predictor = load_predictor(checkpoint, onnx_file, device, precision, engine, views)
-    return ServedModel(predictor, served, sha256_of(served), origin)
+    sha256 = options.sha256 or sha256_of(served)
+    predictor = load_predictor(replace(options, sha256=sha256))
+    return ServedModel(predictor, served, sha256, origin)
 
 
 class Refusal(Exception):
@@ -250,7 +243,6 @@ class Service:
     limits: Limits
     batcher: MicroBatcher
     maps: MapStore
-    batch_size: int
     token: str | None = None
     map_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one scene at a time: memory stays bounded
 
@@ -259,21 +251,20 @@ def create_app(
     model: ServedModel,
     limits: Limits | None = None,
     token: str | None = None,
-    batch_size: int = 256,
     batch_wait: float = 0.0,
     work_dir: str | Path | None = None,
 ) -> FastAPI:
-    """The FastAPI application serving ``model``. ``batch_size`` images at most per engine call, for
-    which a request waits up to ``batch_wait`` seconds for others; with 0 (the default) a call takes
-    the requests that queued while the previous one ran, and a request alone never waits."""
+    """The FastAPI application serving ``model``. The engine's batch size in images at most per
+    engine call, for which a request waits up to ``batch_wait`` seconds for others; with 0 (the
+    default) a call takes the requests that queued while the previous one ran, and a request alone
+    never waits."""
     limits = limits or Limits()
     folder = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="eurosat-serve-"))
     service = Service(
         model,
         limits,
-        MicroBatcher(model.predictor.classify, batch_size, batch_wait),
+        MicroBatcher(model.predictor.classify, model.predictor.batch_size, batch_wait),
         MapStore(folder / "maps", limits.maps_kept),
-        batch_size,
         token or None,
     )
 
@@ -329,7 +320,7 @@ def _validation_refusal(errors: Any) -> Refusal:
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
-    page = importlib.resources.files("eurosat_pipeline.use").joinpath("page.html").read_text(encoding="utf-8")
+    page = importlib.resources.files("eurosat_pipeline.serving").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> HTMLResponse:
@@ -417,8 +408,6 @@ def health_report(service: Service) -> dict[str, Any]:
 async def classify_uploads(service: Service, files: list[UploadFile], top_k: int) -> list[dict[str, Any]]:
     """Every file read (as ``eurosat predict`` reads it) or the request refused naming each bad one;
     then the images classified, each beside other requests' images in the micro-batcher."""
-    from eurosat_pipeline.use.predict import top_classes
-
     named = [(_name_of(upload, n), await upload.read()) for n, upload in enumerate(files, start=1)]
     read = await asyncio.to_thread(lambda: [_read_one(raw, name, service) for name, raw in named])
     problems = [(name, outcome) for (name, _), outcome in zip(named, read, strict=True) if isinstance(outcome, str)]
@@ -444,8 +433,6 @@ def _name_of(upload: UploadFile, number: int) -> str:
 
 def _read_one(raw: bytes, name: str, service: Service) -> np.ndarray | str:
     """The image, or why it cannot be used (the message names the file)."""
-    from eurosat_pipeline.use.predict import read_image_bytes
-
     if not raw:
         return f"{name}: is empty (0 bytes)"
     try:
@@ -535,24 +522,12 @@ def _make_map(
     service: Service, scene: Path, out: Path, name: str, bands: tuple[int, ...] | None, options: MapOptions
 ) -> Any:
     """``make_map`` of the scene to ``out`` (and the PNG and CSV beside it); its refusals name the upload."""
-    from eurosat_pipeline.use.mapping import make_map
-
-    model = service.model
     # The served engine, one view per tile as `eurosat map` classifies: no second copy of the model
     # is loaded per map (ONNX Runtime sessions and PyTorch in inference mode serve threads at once).
-    one_view = copy.copy(model.predictor)
-    one_view.views = 1
+    one_view = service.model.predictor.with_views(1)
     try:
-        result, _ = make_map(
-            scene,
-            out,
-            bands=bands,
-            scale=options.scale,
-            offset=options.offset,
-            nodata=options.nodata,
-            batch_size=service.batch_size,
-            predictor=one_view,
-        )
+        settings = MapSettings(bands=bands, scale=options.scale, offset=options.offset, nodata=options.nodata)
+        result, _ = make_map(scene, out, one_view, settings)
     except PipelineError as err:
         raise file_refusal([(name, str(err).replace(str(scene), name))], 1) from err
     return result

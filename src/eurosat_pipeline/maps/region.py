@@ -1,11 +1,11 @@
 """Land-use maps of a region: many scenes in one command, a map per scene, a summary and a mosaic.
 
-A scene (:mod:`eurosat_pipeline.use.scenes`: a raster, band files, a STAC item) is one task:
-:func:`map_scene` maps it with :func:`eurosat_pipeline.use.mapping.make_map`, unchanged, into a
+A scene (:mod:`eurosat_pipeline.maps.scenes`: a raster, band files, a STAC item) is one task:
+:func:`map_scene` maps it with :func:`eurosat_pipeline.maps.mapping.make_map`, unchanged, into a
 private temporary folder and returns the finished files' bytes (a map is 64x smaller than its
 scene: tens of kB, the preview a few hundred). The command's own process writes them into the
 output folder, so workers need no shared disk for outputs (a Dask cluster on Kubernetes has none),
-and a worker that dies mid-scene leaves nothing there. Engines:
+and a worker that dies mid-scene leaves nothing there. Executors (where the scenes run):
 
 - :class:`InProcess`: one scene after another in this process (``--processes 0``; the benchmark's
   sequential loop).
@@ -36,18 +36,16 @@ and on stderr, the other maps are written, and :attr:`RegionResult.failed` makes
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -55,11 +53,11 @@ from eurosat_pipeline.core.errors import PipelineError, first_line
 from eurosat_pipeline.core.exports import EXPORT_NAME
 from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write_csv, write_json, write_text
 from eurosat_pipeline.core.stage import user_error
-from eurosat_pipeline.use.mapping import NODATA, MapError, MapOutputs, class_colours, make_map, write_geotiff
-from eurosat_pipeline.use.scenes import BandFiles, RasterScene
-
-if TYPE_CHECKING:
-    from eurosat_pipeline.use.predict import Predictor
+from eurosat_pipeline.inference.engines import Predictor, load_predictor
+from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.mapping import NODATA, MapError, MapSettings, class_colours, make_map, write_geotiff
+from eurosat_pipeline.maps.scenes import BandFiles, RasterScene
+from eurosat_pipeline.platform.cores import available_cores, core_share
 
 Scene = RasterScene | BandFiles
 SUMMARY = "summary.csv"
@@ -74,44 +72,33 @@ Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class MapSettings:
-    """What every scene is mapped with (``eurosat map``'s options): picklable, sent with each task."""
+class RegionTask:
+    """What every scene is mapped with: the model (its file's sha256 in ``model.sha256``, checked
+    by each worker before it loads the file) and the map settings. Picklable, sent with each task."""
 
-    checkpoint: str = "models/best.ckpt"
-    onnx_file: str | None = None
-    bands: tuple[int, ...] | None = None
-    scale: str = "auto"
-    offset: float | None = None  # None: what the scene's catalogue says (STAC raster:bands), else 0
-    nodata: float | None = None
-    batch_size: int = 256
-    confidence: bool = False
-    scene_preview: bool = True
-    device: str | None = None
-    precision: str = "fp32"
-    engine: str = "auto"
-    threads: int | None = None  # intra-op threads per scene; None: the engine's own default
-    views: int = 1  # test-time augmentation: flips and quarter-turns averaged per tile (core/views.py)
+    model: ModelOptions
+    settings: MapSettings
 
-    def model_file(self) -> Path:
-        return Path(self.onnx_file or self.checkpoint)
+    def settings_for(self, scene: Scene) -> MapSettings:
+        """The settings with the offset made concrete: given, else the scene's catalogue's, else 0."""
+        offset = self.settings.offset if self.settings.offset is not None else (scene.offset or 0.0)
+        return replace(self.settings, offset=offset)
 
-    def offset_for(self, scene: Scene) -> float:
-        return self.offset if self.offset is not None else (scene.offset or 0.0)
-
-    def fingerprint(self, scene: Scene, model_sha256: str) -> dict[str, Any]:
+    def fingerprint(self, scene: Scene) -> dict[str, Any]:
         """What makes a scene's map what it is: a finished map with another fingerprint is re-made.
         (Not the engine, device or batch size: they give the same classes.)"""
+        settings = self.settings_for(scene)
         return {
-            "model_sha256": model_sha256,
+            "model_sha256": self.model.sha256,
             "inputs": list(scene.inputs()),
-            "bands": list(self.bands) if self.bands else None,
-            "scale": self.scale,
-            "offset": self.offset_for(scene),
-            "nodata": self.nodata,
-            "precision": self.precision,
-            "views": self.views,
-            "confidence": self.confidence,
-            "scene_preview": self.scene_preview,
+            "bands": list(settings.bands) if settings.bands else None,
+            "scale": settings.scale,
+            "offset": settings.offset,
+            "nodata": settings.nodata,
+            "precision": self.model.precision,
+            "views": self.model.views,
+            "confidence": settings.confidence,
+            "scene_preview": settings.scene_preview,
         }
 
 
@@ -154,17 +141,15 @@ _PREDICTOR_LOCK = threading.Lock()  # a Dask worker with several threads runs ta
 _LOADS = [0]
 
 
-def worker_predictor(settings: MapSettings, model_sha256: str) -> Predictor:
-    """This process's model: loaded by its first scene, kept for the next (one model at a time)."""
-    key = json.dumps(
-        [model_sha256, settings.onnx_file, settings.device, settings.precision, settings.engine, settings.views]
-    )
+def worker_predictor(model: ModelOptions) -> Predictor:
+    """This process's model: loaded (and its hash checked) by its first scene, kept for the next
+    (one model at a time)."""
     with _PREDICTOR_LOCK:
-        if key not in _PREDICTORS:
+        if model not in _PREDICTORS:
             _PREDICTORS.clear()
-            _PREDICTORS[key] = _load_predictor(settings, model_sha256)
+            _PREDICTORS[model] = load_predictor(_for_this_worker(model))
             _LOADS[0] += 1
-        return _PREDICTORS[key]
+        return _PREDICTORS[model]
 
 
 def model_loads() -> int:
@@ -172,31 +157,11 @@ def model_loads() -> int:
     return _LOADS[0]
 
 
-def _load_predictor(settings: MapSettings, model_sha256: str) -> Predictor:
-    from eurosat_pipeline.use.predict import OnnxPredictor, load_predictor
-
-    settings = model_here(settings, model_sha256)
-    model = (settings.checkpoint, settings.onnx_file, settings.device, settings.precision, settings.engine)
-    predictor = load_predictor(*model, views=settings.views)
-    threads = settings.threads or _dask_worker_share()
-    if threads:
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
-        if isinstance(predictor, OnnxPredictor):
-            _limit_onnx_threads(predictor, settings, threads)
-    return predictor
-
-
-def _limit_onnx_threads(predictor: Predictor, settings: MapSettings, threads: int) -> None:
-    """ONNX Runtime's session with ``threads`` intra-op threads: by default each session takes every
-    core, so two processes on two cores would run four threads. (The predictor takes no thread
-    count, so its session is made again from the same file.)"""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    model = settings.onnx_file or str(Path(settings.checkpoint).with_name(EXPORT_NAME))
-    predictor.session = onnxruntime.InferenceSession(model, options, providers=predictor.session.get_providers())
+def _for_this_worker(model: ModelOptions) -> ModelOptions:
+    """The options as this worker loads them: its share of the cores (inside a Dask worker) and the
+    model file where it is on this machine (:func:`model_here`)."""
+    threads = model.threads or _dask_worker_share()
+    return model_here(replace(model, threads=threads))
 
 
 def _dask_worker_share() -> int | None:
@@ -210,23 +175,24 @@ def _dask_worker_share() -> int | None:
     return core_share(worker.state.nthreads)
 
 
-def model_here(settings: MapSettings, model_sha256: str) -> MapSettings:
+def model_here(model: ModelOptions) -> ModelOptions:
     """Where the model is not at its path on this machine (a remote Dask worker), the copy the
-    command sent to the worker's folder (:meth:`DaskCluster.ship_model`), checked by hash."""
-    if settings.model_file().is_file():
-        return settings
+    command sent to the worker's folder (:meth:`DaskCluster.ship_model`); its hash is checked when
+    it is loaded."""
+    if model.model_file.is_file():
+        return model
     try:
         from distributed import get_worker
 
         folder = Path(get_worker().local_directory)
     except (ImportError, ValueError):
-        return settings  # load_predictor names the missing file
-    sent = folder / settings.model_file().name
-    if not sent.is_file() or sha256_of(sent) != model_sha256:
-        raise MapError(f"{settings.model_file()}: not on worker {socket.gethostname()}, nor sent to it")
-    if settings.onnx_file:
-        return replace(settings, onnx_file=str(sent))
-    return replace(settings, checkpoint=str(sent))
+        return model  # load_predictor names the missing file
+    sent = folder / model.model_file.name
+    if not sent.is_file():
+        raise MapError(f"{model.model_file}: not on worker {socket.gethostname()}, nor sent to it")
+    if model.onnx_file:
+        return replace(model, onnx_file=str(sent))
+    return replace(model, checkpoint=str(sent))
 
 
 def _scratch_folder() -> str | None:
@@ -240,19 +206,21 @@ def _scratch_folder() -> str | None:
         return None
 
 
-def map_scene(scene: Scene, settings: MapSettings, model_sha256: str) -> SceneResult:
+def map_scene(scene: Scene, task: RegionTask) -> SceneResult:
     """Map one scene into a private temporary folder; its files come back as bytes. The scene's own
     problems (unreadable, wrong bands, a bad block) are its failure; a bug raises."""
     started = time.perf_counter()
     worker = f"{socket.gethostname()}:{os.getpid()}"
     try:
-        predictor = worker_predictor(settings, model_sha256)
+        predictor = worker_predictor(task.model)
     except (PipelineError, OSError) as err:
         message = f"the model cannot be loaded: {user_error(err) or first_line(err)}"
         return SceneResult(scene.name, "failed", message, worker=worker, fatal=True)
     try:
         with tempfile.TemporaryDirectory(prefix="eurosat-map-", dir=_scratch_folder()) as folder:
-            result, outputs = map_one(scene, Path(folder) / f"{scene.name}.tif", settings, predictor)
+            result, outputs = make_map(
+                scene.target(), Path(folder) / f"{scene.name}.tif", predictor, task.settings_for(scene)
+            )
             files = {path.name: path.read_bytes() for path in outputs.all()}
     except (PipelineError, OSError) as err:
         message = user_error(err) or f"{type(err).__name__}: {first_line(err)}"
@@ -272,15 +240,16 @@ def map_scene(scene: Scene, settings: MapSettings, model_sha256: str) -> SceneRe
 
 
 # ---------------------------------------------------------------------------------------------
-# Engines
+# Executors: where scenes run
 
 
-class Engine(Protocol):
-    """Runs :func:`map_scene` over scenes, yielding each result as it finishes (any order)."""
+class Executor(Protocol):
+    """Runs :func:`map_scene` over scenes, yielding each result as it finishes (any order). (Not an
+    inference engine: that is the model's runtime, :mod:`eurosat_pipeline.inference.engines`.)"""
 
     description: str
 
-    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]: ...
+    def run(self, scenes: Sequence[Scene], task: RegionTask) -> Iterator[SceneResult]: ...
 
 
 class InProcess:
@@ -288,9 +257,9 @@ class InProcess:
 
     description = "in this process, one scene at a time"
 
-    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+    def run(self, scenes: Sequence[Scene], task: RegionTask) -> Iterator[SceneResult]:
         for scene in scenes:
-            yield _guarded(scene, lambda scene=scene: map_scene(scene, settings, model_sha256))
+            yield _guarded(scene, lambda scene=scene: map_scene(scene, task))
 
 
 class LocalProcesses:
@@ -301,18 +270,20 @@ class LocalProcesses:
         if processes < 1:
             raise MapError(f"--processes must be at least 1 (0: in this process), got {processes}")
         self.processes = processes
-        self.description = f"up to {processes} local process(es), each with its share of the {cores()} core(s)"
+        self.description = (
+            f"up to {processes} local process(es), each with its share of the {available_cores()} core(s)"
+        )
 
-    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+    def run(self, scenes: Sequence[Scene], task: RegionTask) -> Iterator[SceneResult]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
 
         workers = min(self.processes, len(scenes))
-        settings = replace(settings, threads=settings.threads or core_share(workers))
+        task = replace(task, model=replace(task.model, threads=task.model.threads or core_share(workers)))
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         try:
-            futures = {pool.submit(map_scene, scene, settings, model_sha256): scene for scene in scenes}
+            futures = {pool.submit(map_scene, scene, task): scene for scene in scenes}
             for future in as_completed(futures):
                 scene = futures[future]
                 if isinstance(future.exception(), BrokenProcessPool):
@@ -371,20 +342,20 @@ class DaskCluster:
         """The dashboard's address; None for a local cluster without bokeh, which draws it."""
         return self.client.dashboard_link if self.has_dashboard else None
 
-    def ship_model(self, settings: MapSettings) -> None:
+    def ship_model(self, model: ModelOptions) -> None:
         """Send the model (and a checkpoint's ONNX export beside it) to every worker, present and
         future, for workers that do not share this machine's disk."""
-        files = [settings.model_file()]
-        export = Path(settings.checkpoint).with_name(EXPORT_NAME)
-        if not settings.onnx_file and export.is_file():
+        files = [model.model_file]
+        export = Path(model.checkpoint).with_name(EXPORT_NAME)
+        if not model.onnx_file and export.is_file():
             files.append(export)
         for path in files:
             self.client.upload_file(str(path), load=False)
 
-    def run(self, scenes: Sequence[Scene], settings: MapSettings, model_sha256: str) -> Iterator[SceneResult]:
+    def run(self, scenes: Sequence[Scene], task: RegionTask) -> Iterator[SceneResult]:
         (as_completed,) = _dask("as_completed")
-        settings = replace(settings, threads=settings.threads or self.threads)
-        futures = self.client.map(map_scene, list(scenes), settings=settings, model_sha256=model_sha256, pure=False)
+        task = replace(task, model=replace(task.model, threads=task.model.threads or self.threads))
+        futures = self.client.map(map_scene, list(scenes), task=task, pure=False)
         by_key = {future.key: scene for future, scene in zip(futures, scenes, strict=True)}
         try:
             for future in as_completed(futures):
@@ -444,33 +415,26 @@ def _has_bokeh() -> bool:
     return importlib.util.find_spec("bokeh") is not None
 
 
-def cores() -> int:
-    """The cores this process may run on (its affinity: a container's or a batch job's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """Where the scenes run, as the command line says: ``dask_local`` workers or the Dask scheduler at
+    ``scheduler``; else ``processes`` local processes (0: this process; None: as many as fit)."""
 
-
-def core_share(processes: int) -> int:
-    """An equal share of the cores per process or task thread, as platform/accelerators.py's
-    threads_per_process (not imported: it imports torch, which the ONNX Runtime path never needs)."""
-    return max(1, cores() // max(1, processes))
+    processes: int | None = None
+    dask_local: int | None = None
+    scheduler: str | None = None
 
 
 @contextlib.contextmanager
-def open_engine(
-    scenes: int,
-    settings: MapSettings,
-    processes: int | None = None,
-    dask_local: int | None = None,
-    scheduler: str | None = None,
-    echo: Echo = print,
-) -> Iterator[Engine]:
-    """The engine the command line asks for: a Dask cluster (``dask_local`` workers, or the one at
-    ``scheduler``, which is sent the model), this process (``processes=0``), or local processes."""
+def open_executor(scenes: int, model: ModelOptions, choice: ExecutorChoice, echo: Echo = print) -> Iterator[Executor]:
+    """The executor ``choice`` names: a Dask cluster (a local one, or the running scheduler, which
+    is sent the model), this process, or local processes."""
+    processes, dask_local, scheduler = choice.processes, choice.dask_local, choice.scheduler
     if dask_local is not None or scheduler is not None:
         opened = DaskCluster.local(dask_local) if scheduler is None else DaskCluster.connect(scheduler)
         with opened as cluster:
             if scheduler is not None:
-                cluster.ship_model(settings)
+                cluster.ship_model(model)
             link = cluster.dashboard()
             echo(f"Dask dashboard: {link}" if link else "Dask's dashboard needs bokeh (pip install bokeh)")
             yield cluster
@@ -483,8 +447,8 @@ def open_engine(
 def default_processes(scenes: int) -> int:
     """Local processes when none are asked for: one per core, as many as RAM holds, at most one per scene."""
     memory = available_memory()
-    by_memory = int(memory // PROCESS_MEMORY) if memory else cores()
-    return max(1, min(cores(), by_memory, scenes))
+    by_memory = int(memory // PROCESS_MEMORY) if memory else available_cores()
+    return max(1, min(available_cores(), by_memory, scenes))
 
 
 def available_memory() -> int | None:
@@ -505,23 +469,24 @@ def available_memory() -> int | None:
 def map_region(
     scenes: Sequence[Scene],
     out_dir: str | Path,
-    settings: MapSettings,
-    engine: Engine,
+    task: RegionTask,
+    executor: Executor,
     echo: Echo = print,
 ) -> RegionResult:
     """Map every scene not already mapped with this model and settings, writing each scene's files as
-    it finishes, then the summary and the mosaic (see the module's docstring)."""
+    it finishes, then the summary and the mosaic (see the module's docstring). The model file is
+    hashed here; every worker checks that hash before it loads the file."""
     out_dir = Path(out_dir)
     check_names(scenes)
-    model = settings.model_file()
-    if not model.is_file():
-        raise MapError(f"{model}: model not found")
+    model_file = task.model.model_file
+    if not model_file.is_file():
+        raise MapError(f"{model_file}: model not found")
     _check_folder(out_dir, scenes)
-    sha = sha256_of(model)
+    task = replace(task, model=replace(task.model, sha256=sha256_of(model_file)))
     results: dict[str, SceneResult] = {}
     pending = []
     for scene in scenes:
-        done = finished(out_dir, scene, settings.fingerprint(scene, sha))
+        done = finished(out_dir, scene, task.fingerprint(scene))
         if done is not None:
             results[scene.name] = done
         else:
@@ -529,15 +494,15 @@ def map_region(
     if results:
         echo(f"{len(results)} of {len(scenes)} scene(s) already mapped with this model and settings: skipped")
     if pending:
-        echo(f"mapping {len(pending)} scene(s): {engine.description}")
+        echo(f"mapping {len(pending)} scene(s): {executor.description}")
     started = time.perf_counter()
     by_name = {scene.name: scene for scene in pending}
-    for count, result in enumerate(engine.run(pending, settings, sha) if pending else [], start=1):
+    for count, result in enumerate(executor.run(pending, task) if pending else [], start=1):
         if result.fatal:
             raise MapError(f"{result.error} (on {result.worker}); stopped: no scene can be mapped with it")
         scene = by_name[result.name]
         if result.status == "mapped":
-            _write_scene(out_dir, scene, result, settings.fingerprint(scene, sha))
+            _write_scene(out_dir, scene, result, task.fingerprint(scene))
         results[result.name] = result
         echo(_progress(result, count, len(pending), time.perf_counter() - started))
     ordered = [results[scene.name] for scene in scenes]
@@ -759,28 +724,3 @@ def merge_maps(maps: Sequence[Path], out: Path, names: tuple[str, ...]) -> dict[
     tile_m2 = abs(transform.determinant) * crs.linear_units_factor[1] ** 2
     counts = np.bincount(mosaic[0][mosaic[0] != NODATA], minlength=len(names))
     return {name: round(float(counts[i]) * tile_m2 / 10_000, 4) for i, name in enumerate(names)}
-
-
-def map_one(
-    scene: Scene, out: str | Path, settings: MapSettings, predictor: Predictor | None = None
-) -> tuple[Any, MapOutputs]:
-    """One scene of any kind to ``out`` in this process, as ``eurosat map SCENE --out MAP.tif`` does
-    (with ``predictor``: that engine, already loaded, instead of the settings' model options)."""
-    return make_map(
-        scene.target(),
-        out,
-        settings.checkpoint,
-        settings.onnx_file,
-        bands=settings.bands,
-        scale=settings.scale,
-        offset=settings.offset_for(scene),
-        nodata=settings.nodata,
-        batch_size=settings.batch_size,
-        confidence=settings.confidence,
-        scene_preview=settings.scene_preview,
-        device=settings.device,
-        precision=settings.precision,
-        engine=settings.engine,
-        views=settings.views,
-        predictor=predictor,
-    )

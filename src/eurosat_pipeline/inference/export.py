@@ -125,7 +125,7 @@ def agreement_on_test_split(model: torch.nn.Module, onnx_file: str | Path, test:
     test-split image, fed exactly as ``eurosat map`` feeds tiles."""
     import onnxruntime
 
-    from eurosat_pipeline.use.predict import OnnxPredictor
+    from eurosat_pipeline.inference.engines import OnnxPredictor
 
     expected = predict_logits(model, test, torch.device("cpu"), precision="fp32").argmax(dim=1).numpy()
     predictor = OnnxPredictor(onnx_file)

@@ -42,7 +42,7 @@ import numpy as np
 
 from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
 from eurosat_pipeline.core.dataspec import DataSpec
-from eurosat_pipeline.use.mapping import MapError, open_scene
+from eurosat_pipeline.maps.mapping import MapError, open_scene
 
 #: Sentinel-2's bands and the names STAC gives them (``name`` or ``common_name`` of ``eo:bands``:
 #: the eo extension's common names, Earth Search's and Planetary Computer's asset names).
@@ -281,7 +281,7 @@ def _on_one_grid(name: str, datasets: list[object], stack: contextlib.ExitStack)
 
 class BandStack:
     """Single-band rasters on one grid, read as one multi-band raster: the part of a rasterio dataset
-    that :func:`eurosat_pipeline.use.mapping.make_map` uses (reads of bands in a window, their masks,
+    that :func:`eurosat_pipeline.maps.mapping.make_map` uses (reads of bands in a window, their masks,
     the grid, the types and block shapes), so that the map is made exactly as from a stacked file."""
 
     def __init__(self, name: str, datasets: list[object], descriptions: Sequence[str]) -> None:
