@@ -6,8 +6,7 @@ __version__ = "0.1.0"
 
 # PyTorch's CPU allocator asks the kernel for transparent huge pages on large tensors when this is
 # set (c10's alloc_cpu). A 224 px batch of 64 is 38.5 MB, above glibc's 32 MB mmap cap, so every
-# batch is fresh memory: with 4 kB pages it is page-faulted in 9.4k pieces. `make bench` (loader
-# suite) on a 2-core Intel Xeon with AMX, alone: the batched transform in a fresh process 3,333 ->
-# 5,501 images/s. Read once, at torch's first large allocation, so it is set here, before any
-# module of the package imports torch. "0" turns it off.
+# batch is fresh memory: with 4 kB pages it is page-faulted in 9.4k pieces (what huge pages gain:
+# benchmarks/README.md, "Huge pages for the batched transform"). Read once, at torch's first large
+# allocation, so it is set here, before any module of the package imports torch. "0" turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

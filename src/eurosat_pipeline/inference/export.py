@@ -25,10 +25,10 @@ from eurosat_pipeline.model.inference import predict_logits
 from eurosat_pipeline.model.preprocessing import Preprocessing
 
 # Parity is judged relative to the logits' scale: float32 rounding grows with the size of the
-# activations, and a barely trained network can have logits in the thousands. Measured (ONNX
-# Runtime vs PyTorch, both against a float64 PyTorch reference): up to ~3e-5 of the largest logit,
-# with PyTorch's own float32 error as large as ONNX Runtime's. Real export bugs (a missing layer,
-# train-mode BatchNorm or dropout, other preprocessing in the graph) differ by 1e-1 and more.
+# activations, and a barely trained network can have logits in the thousands. The tolerance sits
+# between float32 rounding and what real export bugs (a missing layer, train-mode BatchNorm or
+# dropout, other preprocessing in the graph) cause: both measured in benchmarks/README.md, "ONNX
+# export parity".
 PARITY_TOLERANCE = 1e-3  # of max(1, largest |logit|)
 PARITY_IMAGES = 64
 OPSET = 18

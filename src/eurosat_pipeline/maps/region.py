@@ -64,8 +64,9 @@ SUMMARY = "summary.csv"
 MOSAIC = "mosaic"
 RECORD = ".done.json"
 RECORDED = ("areas", "classified", "skipped", "seconds", "worker", "engine", "notes")  # a result's fields kept
-#: Peak memory of one `eurosat map` process on a granule (docs/maps.md: 643 MB with ONNX Runtime,
-#: ~1.25 GB with PyTorch), with room for GDAL's block cache: the default process count fits in RAM.
+#: Peak memory budgeted per `eurosat map` process on a granule (the measured peaks with each
+#: engine: benchmarks/README.md, "Land-use maps"), with room for GDAL's block cache: the default
+#: process count fits in RAM.
 PROCESS_MEMORY = 1.5e9
 DASK_HINT = "pip install 'eurosat-pipeline[region]' (make install has it)"
 Echo = Callable[[str], None]

@@ -1,12 +1,12 @@
 """Batched inference with the validation preprocessing the model carries (resize + normalise).
 
-**Number format.** Predictions are made in fp32. bf16 (autocast, channels_last) is ~2.5x faster on
-a CPU with AVX512-BF16 or AMX, but on the real EuroSAT test split the CPU recipe's model in bf16
-agreed with fp32 on 99.44 % of the top-1 classes (15 of 2,700 flipped; the evaluate stage
-measures it with every run): below the 99.5 % we ask of a default, so bf16 is only used when asked
-for (``--precision bf16``). The fast CPU engine for predictions is ONNX Runtime, in fp32
-(:mod:`eurosat_pipeline.inference.engines`). The phase-1 feature pass, which trains the head and predicts
-nothing, does use bf16 where it is native (:func:`feature_format`).
+**Number format.** Predictions are made in fp32. bf16 (autocast, channels_last) is faster on a CPU
+with AVX512-BF16 or AMX, but its top-1 agreement with fp32 on the real test split was below the
+99.5 % we ask of a default (the evaluate stage measures it with every run; figures in
+docs/results.md), so bf16 is only used when asked for (``--precision bf16``). The fast CPU engine
+for predictions is ONNX Runtime, in fp32 (:mod:`eurosat_pipeline.inference.engines`). The phase-1
+feature pass, which trains the head and predicts nothing, does use bf16 where it is native
+(:func:`feature_format`).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def inference_format(requested: str = "fp32") -> InferenceFormat:
 
 
 def feature_format(device: torch.device) -> InferenceFormat:
-    """The phase-1 feature pass on a CPU: bf16 where the CPU computes it natively (3x faster here;
-    the head trains on the features, it does not predict from them), else fp32."""
+    """The phase-1 feature pass on a CPU: bf16 where the CPU computes it natively (faster, and the
+    head trains on the features, it does not predict from them), else fp32."""
     if device.type == "cpu" and cpu_has_native_bf16():
         return InferenceFormat("bf16", "CPU with native bf16 (AVX512-BF16/AMX)")
     return InferenceFormat("fp32", "no native bf16 here")

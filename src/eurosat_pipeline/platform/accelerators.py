@@ -258,7 +258,7 @@ def flush_denormals() -> None:
 
     x86 CPUs compute on denormals (below ~1e-38) in microcode, 10-100x slower per operation; decayed
     weights and small gradients can produce them. On the 2-core machine the gain was within
-    run-to-run noise (257 against 266 images/s per training step, benchmarks/README.md), so this is
-    insurance, not a measured speed-up. Values that small change no prediction.
+    run-to-run noise (benchmarks/README.md), so this is insurance, not a measured speed-up. Values
+    that small change no prediction.
     """
     torch.set_flush_denormal(True)

@@ -20,9 +20,8 @@ from eurosat_pipeline.core.config import Config
 
 HEAD, BACKBONE, STEM = "head", "backbone", "stem"
 # An adapted stem (bands without pretrained filters) learns at this multiple of the head's rate, in
-# both phases. Measured on real EuroSAT with a near-infrared-only class difference
-# (benchmarks/extra_bands.py, docs/your-own-data.md): 1x reached 96.4 %, 10x 98.3-98.9 %, 30x
-# 98.9 % there but 97.0 % on a 5-band set where 10x gave 99.0-99.5 %.
+# both phases: the rate that did best across the extra-band sets measured with
+# benchmarks/extra_bands.py (figures in docs/your-own-data.md).
 STEM_RATE_SCALE = 10.0
 
 

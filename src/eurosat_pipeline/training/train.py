@@ -231,8 +231,8 @@ def _trainer(
         default_root_dir=str(work.root),
     )
     # Deterministic mode also fills every new tensor with NaN (a debugging aid that catches reads of
-    # uninitialised memory; results do not depend on it): 17 % of a CPU training step's time, in
-    # 1,700 fills per step (benchmarks/phase2_profile.py). Determinism itself stays on.
+    # uninitialised memory; results do not depend on it), a large share of a CPU training step
+    # (benchmarks/README.md, "Where a phase-2 step's time goes"). Determinism itself stays on.
     torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer
 
