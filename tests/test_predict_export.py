@@ -17,6 +17,7 @@ from PIL import Image
 from eurosat_pipeline.cli.main import main as cli
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.errors import CheckpointError, PipelineError
+from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.data.dataset import prepare_dataset, read_archive
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.inference.engines import OnnxPredictor, TorchPredictor, load_predictor, softmax
@@ -208,6 +209,19 @@ def test_auto_takes_the_checkpoints_own_export_on_a_cpu_machine(
     assert isinstance(load_predictor(ModelOptions(beside["checkpoint"], engine="pytorch")), TorchPredictor)
     monkeypatch.setattr(nvidia, "gpu_present", lambda: True)
     assert isinstance(load_predictor(ModelOptions(beside["checkpoint"])), TorchPredictor)
+
+
+def test_a_model_whose_file_changed_after_it_was_hashed_is_refused(beside: dict[str, Path]) -> None:
+    """What a region worker does: the command hashed the file, the worker loads only those bytes."""
+    sha256 = sha256_of(beside["checkpoint"])
+    assert load_predictor(ModelOptions(beside["checkpoint"], engine="pytorch", sha256=sha256)).data.classes
+    checkpoint = torch.load(beside["checkpoint"], weights_only=True)
+    checkpoint["state_dict"]["model.head.5.bias"] += 1.0  # replaced while the region ran
+    torch.save(checkpoint, beside["checkpoint"])
+    with pytest.raises(PipelineError, match=rf"best\.ckpt: sha256 [0-9a-f]{{64}} is not the model's {sha256}"):
+        load_predictor(ModelOptions(beside["checkpoint"], engine="pytorch", sha256=sha256))
+    with pytest.raises(PipelineError, match="not a sha256"):
+        ModelOptions(beside["checkpoint"], sha256="abc")
 
 
 def test_a_stale_export_is_never_used_for_a_changed_checkpoint(
