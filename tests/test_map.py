@@ -192,6 +192,37 @@ def test_sentinel2_stack_with_bands_and_s2_scaling(
     assert stretched.classified == 39 and share_right(stretched.classes, labels) >= MIN_RIGHT - 0.2
 
 
+def described(path: Path, names: tuple[str, ...]) -> Path:
+    """``path`` with these GeoTIFF band descriptions."""
+    with rasterio.open(path, "r+") as dst:
+        for index, name in enumerate(names, start=1):
+            dst.set_band_description(index, name)
+    return path
+
+
+def test_bands_are_found_by_description_in_any_order_refused_when_unmatched_and_noted_by_position(
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """Sentinel-2's own order (B02, B03, B04: blue first) is reordered, never read as red, green, blue."""
+    rgb = mosaic(tiles, grid_of_labels(2, 4, seed=5))
+    red_first = described(write_raster(tmp_path / "rgb.tif", rgb), ("B04", "B03", "B02"))
+    blue_first = described(write_raster(tmp_path / "bgr.tif", rgb[::-1].copy()), ("B02", "B03", "B04"))
+    expected, _ = make_map(red_first, tmp_path / "a.tif", model)
+    reordered, _ = make_map(blue_first, tmp_path / "b.tif", model)
+    assert len(np.unique(expected.classes)) >= 2  # the map depends on which band is which
+    np.testing.assert_array_equal(reordered.classes, expected.classes)
+    assert not any("position" in note for note in expected.notes + reordered.notes)
+
+    unmatched = described(write_raster(tmp_path / "swir.tif", rgb), ("B08", "B11", "B12"))
+    with pytest.raises(PipelineError, match=r"swir.tif: the file's bands \(B08, B11, B12\).*B04.*B03.*B02"):
+        make_map(unmatched, tmp_path / "out" / "c.tif", model)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+    unnamed, _ = make_map(write_raster(tmp_path / "plain.tif", rgb), tmp_path / "d.tif", model)
+    np.testing.assert_array_equal(unnamed.classes, expected.classes)
+    assert any("by position" in note for note in unnamed.notes), unnamed.notes
+
+
 def test_geographic_crs_gets_tile_counts_and_no_hectares(
     model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
 ) -> None:

@@ -3,7 +3,7 @@
 One path for every user of a model (``eurosat predict`` on files, ``eurosat serve`` on uploads):
 8-bit RGB models read JPEG and PNG with PIL (only the formats named in :data:`PIL_FORMATS`);
 TIFF, and every other model's files, go through :mod:`eurosat_pipeline.data.imagefile` (GDAL),
-whose band names find the model's bands (:meth:`~eurosat_pipeline.core.dataspec.DataSpec.positions_in`).
+whose band names find the model's bands (:meth:`~eurosat_pipeline.core.dataspec.DataSpec.match_bands`).
 An image over the pixel limit is refused from its header, before a pixel is decoded.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from eurosat_pipeline.core.dataspec import DataSpec
-from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.errors import DatasetError, PipelineError
 from eurosat_pipeline.core.limits import MAX_IMAGE_PIXELS, pixel_problem
 
 PIXELS_SETTING = "--max-pixels"
@@ -67,13 +67,16 @@ def read_raster(raw: bytes, name: str, data: DataSpec, max_pixels: int = MAX_IMA
 
 
 def model_bands(names: Sequence[str] | None, count: int, data: DataSpec, where: str) -> list[int]:
-    """0-based positions of the model's bands in a file (:meth:`DataSpec.positions_in`), or an error
-    that names what the model takes."""
-    found = data.positions_in(names, count)
+    """0-based positions of the model's bands in a file (:meth:`DataSpec.match_bands`: by name in any
+    order; by position only in a file without band names), or an error that names what the model takes."""
+    try:
+        found = data.match_bands(names, count)
+    except DatasetError as err:  # names that lack a model band: refused, never read by position
+        raise PipelineError(f"{where}: {err}") from err
     if found is not None:
-        return found
+        return found.positions
     raise PipelineError(
-        f"{where}: has {count} band(s){' (' + ', '.join(names) + ')' if names else ''}; the model takes "
+        f"{where}: has {count} band(s); the model takes "
         f"{data.in_chans} ({', '.join(data.shown_bands())}) of the training data's {data.data_bands}: give it "
         f"patches with those {data.data_bands} bands, or with exactly the model's {data.in_chans} in that order"
     )

@@ -12,11 +12,14 @@ batches through :func:`eurosat_pipeline.inference.engines.load_predictor`, which
 resize and normalisation.
 
 **Bands.** The model's bands (stored with it) are found in the scene by name when the scene's
-GeoTIFF band descriptions name them (``B04``, ``B08``, ...); else by position when the scene has
-as many bands as the training data had, or exactly as many as the model takes; else ``bands``
-gives them (1-based, in the model's order, e.g. ``4,3,2`` for an RGB model on Sentinel-2's 13
-bands). An RGB model also takes any 3-band file (or a 4-band 8-bit one whose 4th band is alpha).
-A scene with fewer bands than the model takes is refused, naming the bands the model needs.
+GeoTIFF band descriptions name bands (``B04``, ``B4``, ``red``: one canonical Sentinel-2 name each,
+:mod:`eurosat_pipeline.core.bands`), in any order: a stack described B02, B03, B04 is read as
+3, 2, 1 for an RGB model. Names that lack a model band are refused, naming both lists, never read
+by position. Only a scene that names no band is read by position (as many bands as the training
+data had, or exactly as many as the model takes; an RGB model also takes a 4-band 8-bit file whose
+4th band is alpha), and the map's notes say so. Else ``bands`` gives them (1-based, in the model's
+order, e.g. ``4,3,2`` for an RGB model on Sentinel-2's 13 bands). A scene with fewer bands than
+the model takes is refused, naming the bands the model needs.
 
 **Scaling.** A model trained on 8-bit RGB takes 8-bit values; ``scale`` maps the scene's values
 to them:
@@ -67,8 +70,8 @@ from typing import Protocol
 import numpy as np
 
 from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
-from eurosat_pipeline.core.dataspec import RGB_ROLES, DataSpec
-from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.dataspec import RGB_ROLES, BandMatch, DataSpec
+from eurosat_pipeline.core.errors import DatasetError, PipelineError
 from eurosat_pipeline.core.files import atomic_path, csv_text, writing
 from eurosat_pipeline.inference.engines import Predictor
 from eurosat_pipeline.inference.options import ModelOptions
@@ -247,7 +250,7 @@ def make_map(
             with watch("opening the bands"):
                 src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
-        chosen = choose_bands(src, settings.bands, data)
+        chosen, band_note = choose_bands(src, settings.bands, data)
         nodata, offset = settings.nodata, settings.offset or 0.0
         if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, settings.scale) == "s2"):
             nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
@@ -265,6 +268,7 @@ def make_map(
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{_label(scene)}: reading failed ({err}); nothing was written") from err
         result.seconds = time.perf_counter() - started
+        result.notes += [band_note] if band_note else []
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
         # Each writer names its own output when the storage refuses it (a temporary is what it writes).
@@ -342,8 +346,9 @@ def check_band_numbers(src: object, bands: tuple[int, ...] | None) -> None:
         raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{src.count}")
 
 
-def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec) -> tuple[int, ...]:
-    """The 1-based scene bands that feed the model's bands, in its order (see the module's docstring)."""
+def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec) -> tuple[tuple[int, ...], str | None]:
+    """The 1-based scene bands that feed the model's bands, in its order (see the module's docstring),
+    and a note for the user when only their position placed them (the scene names no bands)."""
     count, needed = src.count, data.in_chans
     shown = ", ".join(data.shown_bands())
     if bands is not None:
@@ -354,22 +359,31 @@ def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec) -> 
         wrong = [b for b in bands if not 1 <= b <= count]
         if wrong:
             raise MapError(f"{src.name}: band {wrong[0]} out of range: the file has bands 1..{count}")
-        return tuple(bands)
+        return tuple(bands), None
     if count < needed:
         raise MapError(
             f"{src.name}: has {count} band(s); the model needs {needed}: {shown} "
             f"(of the training data's {data.data_bands})"
         )
-    found = data.positions_in(src.descriptions, count)
-    if found is not None:
-        return tuple(i + 1 for i in found)
-    if data.rgb_roles == RGB_ROLES and count == 4 and _fourth_is_alpha(src):
-        return (1, 2, 3)
-    example = " (e.g. --bands 4,3,2 for Sentinel-2's 13 bands in order B1..B12 with B8A last)" if needed == 3 else ""
-    raise MapError(
-        f"{src.name}: has {count} bands without names the model knows; say which are the model's {shown} "
-        f"with --bands{example}"
+    try:  # by name in any order; names that miss a model band are refused, never taken by place
+        match = data.match_bands(src.descriptions, count)
+    except DatasetError as err:
+        raise MapError(f"{src.name}: {err}") from err
+    if match is None and data.rgb_roles == RGB_ROLES and count == 4 and _fourth_is_alpha(src):
+        match = BandMatch([0, 1, 2], by_position=True)
+    if match is None:
+        example = " (e.g. --bands 4,3,2 for Sentinel-2's 13 bands, B1..B12 with B8A last)" if needed == 3 else ""
+        raise MapError(
+            f"{src.name}: has {count} bands without names; say which are the model's {shown} with --bands{example}"
+        )
+    chosen = tuple(i + 1 for i in match.positions)
+    if not match.by_position:
+        return chosen, None
+    note = (
+        f"the scene names no bands: bands {', '.join(map(str, chosen))} were taken as the model's {shown} "
+        "by position; name them (GeoTIFF band descriptions) or give --bands to be sure"
     )
+    return chosen, note
 
 
 def _fourth_is_alpha(src: object) -> bool:

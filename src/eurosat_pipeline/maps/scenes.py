@@ -40,31 +40,11 @@ from urllib.request import url2pathname
 
 import numpy as np
 
-from eurosat_pipeline.core.bands import EUROSAT_MS_BANDS
+# One table of Sentinel-2's names (core.bands); its file-name word pattern finds bands in file names.
+from eurosat_pipeline.core.bands import _BAND_WORD, _canonical, sentinel2_band
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.maps.mapping import MapError, open_scene
 
-#: Sentinel-2's bands and the names STAC gives them (``name`` or ``common_name`` of ``eo:bands``:
-#: the eo extension's common names, Earth Search's and Planetary Computer's asset names).
-S2_BAND_NAMES: dict[str, tuple[str, ...]] = {
-    "B01": ("coastal",),
-    "B02": ("blue",),
-    "B03": ("green",),
-    "B04": ("red",),
-    "B05": ("rededge1", "rededge071"),
-    "B06": ("rededge2", "rededge075"),
-    "B07": ("rededge3", "rededge078"),
-    "B08": ("nir",),
-    "B8A": ("nir08", "nir narrow"),
-    "B09": ("nir09",),
-    "B10": ("cirrus",),
-    "B11": ("swir16",),
-    "B12": ("swir22",),
-}
-_ALIASES = {alias: band for band, aliases in S2_BAND_NAMES.items() for alias in aliases}
-_RGB_BANDS = ("B04", "B03", "B02")  # red, green, blue
-# A band as a word of a file name: B04, B4, B8A (after a start, _, -, . or space; before an end or one of them).
-_BAND_WORD = re.compile(r"(?:^|[_\-. ])(B(?:0?[1-9]|1[0-2]|8A))(?=$|[_\-. ])", re.IGNORECASE)
 _RESOLUTION_WORD = re.compile(r"(?:^|[_\-. ])(\d+)m(?=$|[_\-. ])", re.IGNORECASE)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 # GDAL's recommendations for reading cloud-optimised GeoTIFFs over HTTP (gdal.org, "COG" and
@@ -79,39 +59,10 @@ REMOTE_GDAL_OPTIONS = {
 STAC_HINT = "pip install 'eurosat-pipeline[region]' (make install has it)"
 
 
-def sentinel2_band(name: str | None) -> str | None:
-    """``B04`` for ``B04``, ``b4``, ``red`` or ``B04_10m``; None for anything that is not one band of Sentinel-2."""
-    if not name:
-        return None
-    text = name.strip().casefold()
-    if text in _ALIASES:
-        return _ALIASES[text]
-    words = {_canonical(m) for m in _BAND_WORD.findall(name)}
-    return words.pop() if len(words) == 1 else None
-
-
-def _canonical(word: str) -> str:
-    word = word.upper()
-    return word if word == "B8A" or len(word) == 3 else f"B0{word[1]}"
-
-
 def model_band_names(data: DataSpec) -> list[tuple[str, str | None]]:
-    """Per model band, in its order: how it is shown, and its Sentinel-2 band (None when unknown).
-
-    A named band is taken by its name (``B04``, ``red``); unnamed bands of a 13-band model by their
-    place in EuroSAT's layout; an RGB model's red, green, blue are B04, B03, B02.
-    """
-    shown = data.shown_bands()
-    found = []
-    for index, label in enumerate(shown):
-        name = data.band_names[index] if data.band_names else None
-        band = sentinel2_band(name)
-        if band is None and data.band_names is None and data.data_bands == len(EUROSAT_MS_BANDS):
-            band = EUROSAT_MS_BANDS[data.bands[index] - 1]
-        if band is None and data.rgb_roles[index] is not None:
-            band = _RGB_BANDS[data.rgb_roles[index]]
-        found.append((label, band))
-    return found
+    """Per model band, in its order: how it is shown, and its Sentinel-2 band (None when unknown;
+    :meth:`DataSpec.sentinel2_bands`: by name, by place in EuroSAT's layout, or as red, green, blue)."""
+    return list(zip(data.shown_bands(), data.sentinel2_bands(), strict=True))
 
 
 def _matches(given: str, label: str, band: str | None) -> bool:
@@ -210,7 +161,9 @@ class BandFiles:
                 stack.enter_context(rasterio.Env(**REMOTE_GDAL_OPTIONS))
             datasets = [stack.enter_context(_open_band(path)) for _, path in picked]
             self._check_shapes(picked, datasets)
-            yield BandStack(self.name, _on_one_grid(self.name, datasets, stack), [label for label, _ in picked])
+            # Each band by its Sentinel-2 name where it has one: the map finds the model's bands by name.
+            names = [band or label for label, band in model_band_names(data)]
+            yield BandStack(self.name, _on_one_grid(self.name, datasets, stack), names)
 
     def _check_shapes(self, picked: list[tuple[str, str]], datasets: list[object]) -> None:
         expected = dict(self.shapes)
