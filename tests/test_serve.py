@@ -276,7 +276,7 @@ def test_map_refusals_name_the_upload(client: TestClient, scene: Path) -> None:
     bad_bands = client.post("/map", files={"scene": ("fields.tif", scene.read_bytes())}, data={"bands": "7,8,9"})
     empty = client.post("/map", files={"scene": ("none.tif", b"")})
     assert not_raster.status_code == 422 and not_raster.json()["errors"][0]["file"] == "notes.tif"
-    assert "notes.tif: not a raster GDAL can read" in not_raster.json()["detail"]
+    assert "notes.tif: not a GeoTIFF" in not_raster.json()["detail"]
     assert bad_bands.status_code == 422
     assert bad_bands.json()["detail"] == "fields.tif: band 7 out of range: the file has bands 1..3", bad_bands.json()
     assert empty.status_code == 400 and "none.tif: is empty" in empty.json()["detail"]
@@ -364,3 +364,49 @@ def test_the_page_ships_in_the_package() -> None:
     manifest = (REPO_ROOT / "MANIFEST.in").read_text().splitlines()
     assert "src/eurosat_pipeline/serving/page.html" in data
     assert [path for path in data if f"include {path}" not in manifest] == []
+
+
+# ----- hostile clients ----------------------------------------------------------------------------------------
+
+
+def vrt_of(source: Path) -> bytes:
+    """A GDAL VRT (XML) whose 3 bands are read from ``source``, a file on the server's disk."""
+    with rasterio.open(source) as src:
+        width, height = src.width, src.height
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{band}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>{band}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for band in (1, 2, 3)
+    )
+    return f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{bands}</VRTDataset>'.encode()
+
+
+def test_a_vrt_naming_a_file_on_the_server_is_refused_and_never_mapped(client: TestClient, scene: Path) -> None:
+    vrt = vrt_of(scene)
+    maps_before = len(client.app.state.service.maps._ids)
+    mapped = client.post("/map", files={"scene": ("scene.tif", vrt)})
+    predicted = client.post("/predict", files=upload({"patch.tif": vrt}))
+    for response, name in ((mapped, "scene.tif"), (predicted, "patch.tif")):
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["errors"][0]["file"] == name and name in response.json()["detail"]
+    assert "TIFF" in mapped.json()["detail"]
+    assert len(client.app.state.service.maps._ids) == maps_before  # nothing was mapped
+
+
+def test_imagefile_refuses_a_vrt_before_gdal_opens_it(scene: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rasterio.io import MemoryFile
+
+    from eurosat_pipeline.data.imagefile import ImageProblem, read_header
+
+    opened: list[str] = []
+    real_open = MemoryFile.open
+
+    def watched_open(self: MemoryFile, *args: object, **kwargs: object) -> object:
+        opened.append(self.name)
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryFile, "open", watched_open)
+    with pytest.raises(ImageProblem, match="its first bytes are not a JPEG"):
+        read_header(vrt_of(scene))
+    assert opened == []

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("uint8", "uint16")
+#: The first bytes of each format read here. GDAL opens dozens more, and some name other files or
+#: URLs (VRT, for one): a file is opened only once its first bytes say it is one of these.
+MAGIC = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),  # TIFF and BigTIFF, either byte order
+}
+#: The GDAL drivers that may open a file of each format (a COG is read by the GTiff driver).
+GDAL_DRIVERS = {"PNG": ["PNG"], "TIFF": ["GTiff"]}
 _COLOUR_NAMES = {"red", "green", "blue", "gray"}
 
 
@@ -56,11 +65,16 @@ class PixelLimit:
             raise ImageProblem(problem)
 
 
+def sniff(data: bytes) -> str | None:
+    """The format the file's first bytes announce (a key of :data:`MAGIC`), or None."""
+    return next((kind for kind, starts in MAGIC.items() if data.startswith(starts)), None)
+
+
 def read_header(data: bytes, limit: PixelLimit | None = None) -> Header:
     """What the file holds, read before any pixel is decoded; an image over ``limit`` is refused
     from its header alone, so a decompression bomb costs no memory."""
     limit = limit or PixelLimit()
-    if data[:3] == b"\xff\xd8\xff":
+    if sniff(data) == "JPEG":
         return _jpeg_header(data, limit)
     return _raster_header(data, limit)
 
@@ -151,11 +165,14 @@ class _OpenRaster:
         from rasterio.errors import NotGeoreferencedWarning, RasterioError
         from rasterio.io import MemoryFile
 
+        kind = sniff(self.data)
+        if kind not in GDAL_DRIVERS:  # checked before GDAL sees a byte: its drivers may read other files
+            raise ImageProblem("cannot be decoded as an image: its first bytes are not a JPEG's, PNG's or TIFF's")
         self.memory = MemoryFile(self.data)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                self.src = self.memory.open()
+                self.src = self.memory.open(driver=GDAL_DRIVERS[kind])
         except RasterioError as err:
             self.memory.close()
             raise ImageProblem(f"cannot be decoded as an image ({first_line(err)})") from err

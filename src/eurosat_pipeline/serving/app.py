@@ -44,9 +44,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from eurosat_pipeline.core.classes import class_colours_of
-from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.core.errors import PipelineError, first_line
 from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.core.limits import SERVE_IMAGE_PIXELS, SERVE_SCENE_PIXELS, SERVE_UPLOAD_BYTES
+from eurosat_pipeline.data.imagefile import sniff
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.images import read_image_bytes
 from eurosat_pipeline.inference.options import ModelOptions
@@ -339,7 +340,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/map", summary="a land-use map of a scene (GeoTIFF in)", dependencies=[Depends(authorised)])
     async def land_use_map(
-        scene: Annotated[UploadFile, File(description="the scene: a GeoTIFF (or any raster GDAL reads)")],
+        scene: Annotated[UploadFile, File(description="the scene: a GeoTIFF (TIFF or BigTIFF)")],
         output: Annotated[
             str, Query(alias="format", pattern="^(json|geotiff)$", description="json: areas, links; geotiff: the map")
         ] = "json",
@@ -503,13 +504,19 @@ def _check_scene_size(scene: Path, name: str, limit: int) -> None:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
+    with scene.open("rb") as file:
+        start = file.read(16)
+    # Before GDAL reads a byte: other formats it opens (VRT, ...) may name files on this server or URLs.
+    if sniff(start) != "TIFF":
+        detail = f"{name}: not a GeoTIFF (its first bytes are not TIFF's); /map reads TIFF and BigTIFF scenes only"
+        raise file_refusal([(name, detail)], 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(scene) as src:  # the header only
+            with rasterio.open(scene, driver="GTiff") as src:  # the header only
                 width, height = src.width, src.height
     except RasterioIOError as err:
-        raise file_refusal([(name, f"{name}: not a raster GDAL can read (send a GeoTIFF)")], 1) from err
+        raise file_refusal([(name, f"{name}: not a GeoTIFF GDAL can read ({first_line(err)})")], 1) from err
     if width * height > limit:
         detail = (
             f"{name}: {width:,} x {height:,} pixels is over this server's limit of {limit:,} pixels per scene "
