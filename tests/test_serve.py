@@ -410,3 +410,26 @@ def test_imagefile_refuses_a_vrt_before_gdal_opens_it(scene: Path, monkeypatch: 
     with pytest.raises(ImageProblem, match="its first bytes are not a JPEG"):
         read_header(vrt_of(scene))
     assert opened == []
+
+
+def test_too_many_files_or_pixels_in_one_request_get_413_before_any_is_decoded(
+    client: TestClient, patches: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was decoded: the request's limits are checked on the headers first")
+
+    monkeypatch.setattr("eurosat_pipeline.serving.app.read_image_bytes", no_decoding)
+    limits = Limits()
+    many = {f"p{n}.png": patches["Forest.png"] for n in range(limits.files_per_request + 1)}
+    # Each under the per-image limit (2,000 x 2,000 in under 300 bytes), together over the request's.
+    side = 2000
+    count = limits.request_pixels // side**2 + 1
+    assert count <= limits.files_per_request and side**2 <= limits.image_pixels
+    bombs = {f"b{n}.png": png_bomb(side) for n in range(count)}
+    too_many = client.post("/predict", files=upload(many))
+    too_big = client.post("/predict", files=upload(bombs))
+    assert too_many.status_code == 413, too_many.text
+    assert f"{len(many)} files" in too_many.json()["detail"] and "--max-files" in too_many.json()["detail"]
+    assert too_big.status_code == 413, too_big.text
+    assert f"{count * side**2:,} pixels" in too_big.json()["detail"]
+    assert "--max-request-pixels" in too_big.json()["detail"]

@@ -13,7 +13,9 @@ from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.limits import (
     MAX_IMAGE_PIXELS,
+    SERVE_FILES_PER_REQUEST,
     SERVE_IMAGE_PIXELS,
+    SERVE_REQUEST_PIXELS,
     SERVE_SCENE_PIXELS,
     SERVE_UPLOAD_BYTES,
 )
@@ -270,6 +272,19 @@ def _add_serve(commands: Commands) -> None:
         help=f"largest /map scene; larger ones: eurosat map (default: {SERVE_SCENE_PIXELS:,})",
     )
     serve.add_argument(
+        "--max-files",
+        type=int,
+        default=SERVE_FILES_PER_REQUEST,
+        help=f"most files in one /predict request (default: {SERVE_FILES_PER_REQUEST})",
+    )
+    serve.add_argument(
+        "--max-request-pixels",
+        type=int,
+        default=SERVE_REQUEST_PIXELS,
+        help="most pixels in one /predict request, its images' headers summed before any is decoded "
+        f"(default: {SERVE_REQUEST_PIXELS:,})",
+    )
+    serve.add_argument(
         "--batch-wait-ms",
         type=float,
         default=0.0,
@@ -404,7 +419,13 @@ def _serve(args: argparse.Namespace) -> int:
         ) from err
 
     token = resolve_token(args.token)
-    limits = Limits(int(args.max_upload_mb * MB), args.max_pixels, args.max_scene_pixels)
+    limits = Limits(
+        int(args.max_upload_mb * MB),
+        args.max_pixels,
+        args.max_scene_pixels,
+        files_per_request=args.max_files,
+        request_pixels=args.max_request_pixels,
+    )
     with tempfile.TemporaryDirectory(prefix="eurosat-serve-") as work:
         model = _served_model(args, args.fetch_to or f"{work}/model")
         app = create_app(model, limits, token, args.batch_wait_ms / 1000, f"{work}/runs")

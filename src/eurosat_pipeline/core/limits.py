@@ -26,3 +26,8 @@ SERVE_UPLOAD_BYTES = 64 * 2**20
 SERVE_IMAGE_PIXELS = 4096 * 4096
 # One scene for /map (16,384 tiles of 64 px); larger scenes are `eurosat map`'s.
 SERVE_SCENE_PIXELS = 8192 * 8192
+# Files in one /predict request: each costs a header read and a place in the batcher.
+SERVE_FILES_PER_REQUEST = 64
+# Pixels of one /predict request, its files' headers summed before any is decoded: 100 small PNGs of
+# 4,096 x 4,096 pass the per-image limit one by one and decode to 5 GB together. Four such images.
+SERVE_REQUEST_PIXELS = 4 * SERVE_IMAGE_PIXELS

@@ -47,6 +47,23 @@ def read_image_bytes(raw: bytes, name: str, data: DataSpec, max_pixels: int = MA
     return read_raster(raw, name, data, max_pixels)
 
 
+def declared_pixels(raw: bytes) -> int:
+    """The pixels a file's header declares (width x height), read without decoding any; 0 for a file
+    whose header cannot be read (reading it refuses it, naming why)."""
+    from eurosat_pipeline.data.imagefile import ImageProblem, PixelLimit, read_header
+
+    try:
+        with Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as image:  # the header only
+            return image.width * image.height
+    except Exception:  # noqa: BLE001 - not for PIL (a bomb past its limit, a 16-bit TIFF): GDAL's header
+        pass
+    try:
+        header = read_header(raw, PixelLimit(2**62))  # the size is all that is asked for here
+    except (ImageProblem, OSError):
+        return 0
+    return header.width * header.height
+
+
 def _read_by_pil(name: str, data: DataSpec) -> bool:
     """8-bit RGB models read JPEG and PNG with PIL; TIFF and other models' files go through GDAL."""
     return data.is_rgb8 and Path(name).suffix.lower() not in (".tif", ".tiff")

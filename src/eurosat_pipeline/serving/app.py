@@ -46,10 +46,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.errors import PipelineError, first_line
 from eurosat_pipeline.core.files import sha256_of
-from eurosat_pipeline.core.limits import SERVE_IMAGE_PIXELS, SERVE_SCENE_PIXELS, SERVE_UPLOAD_BYTES
+from eurosat_pipeline.core.limits import (
+    SERVE_FILES_PER_REQUEST,
+    SERVE_IMAGE_PIXELS,
+    SERVE_REQUEST_PIXELS,
+    SERVE_SCENE_PIXELS,
+    SERVE_UPLOAD_BYTES,
+)
 from eurosat_pipeline.data.imagefile import sniff
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
-from eurosat_pipeline.inference.images import read_image_bytes
+from eurosat_pipeline.inference.images import declared_pixels, read_image_bytes
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.inference.predict import top_classes
 from eurosat_pipeline.maps.mapping import MapSettings, make_map
@@ -81,6 +87,10 @@ class Limits:
     scene_pixels: int = SERVE_SCENE_PIXELS
     #: Maps kept for their links (/maps/ID/...); the oldest goes when another is made.
     maps_kept: int = 16
+    #: Files in one /predict request.
+    files_per_request: int = SERVE_FILES_PER_REQUEST
+    #: Pixels of one /predict request, all its images' headers summed, checked before any is decoded.
+    request_pixels: int = SERVE_REQUEST_PIXELS
 
 
 @dataclass(frozen=True)
@@ -393,6 +403,8 @@ def health_report(service: Service) -> dict[str, Any]:
             "image_pixels": limits.image_pixels,
             "scene_pixels": limits.scene_pixels,
             "maps_kept": limits.maps_kept,
+            "files_per_request": limits.files_per_request,
+            "request_pixels": limits.request_pixels,
         },
         "batching": {
             "max_batch": batcher.max_batch,
@@ -409,7 +421,9 @@ def health_report(service: Service) -> dict[str, Any]:
 async def classify_uploads(service: Service, files: list[UploadFile], top_k: int) -> list[dict[str, Any]]:
     """Every file read (as ``eurosat predict`` reads it) or the request refused naming each bad one;
     then the images classified, each beside other requests' images in the micro-batcher."""
+    _check_file_count(len(files), service.limits.files_per_request)
     named = [(_name_of(upload, n), await upload.read()) for n, upload in enumerate(files, start=1)]
+    await asyncio.to_thread(_check_request_pixels, [raw for _, raw in named], service.limits)
     read = await asyncio.to_thread(lambda: [_read_one(raw, name, service) for name, raw in named])
     problems = [(name, outcome) for (name, _), outcome in zip(named, read, strict=True) if isinstance(outcome, str)]
     if problems:
@@ -424,6 +438,29 @@ async def classify_uploads(service: Service, files: list[UploadFile], top_k: int
         {"file": name, "predictions": [{"class": c, "probability": round(p, 6)} for c, p in zip(*top, strict=True)]}
         for (name, _), top in zip(named, top_classes(probabilities, classes, top_k), strict=True)
     ]
+
+
+def _check_file_count(count: int, limit: int) -> None:
+    if count > limit:
+        raise Refusal(
+            413,
+            f"{count} files in one request is over this server's limit of {limit} files per request "
+            "(eurosat serve --max-files); send fewer per request, or use `eurosat predict`",
+        )
+
+
+def _check_request_pixels(raws: list[bytes], limits: Limits) -> None:
+    """The request's pixels, summed from its files' headers before any is decoded: each file may
+    pass the per-image limit and the lot still fill the server's memory. (A file over the per-image
+    limit is not counted: it is refused on its own, naming it, and never decoded.)"""
+    sizes = [declared_pixels(raw) for raw in raws]
+    total, limit = sum(size for size in sizes if size <= limits.image_pixels), limits.request_pixels
+    if total > limit:
+        raise Refusal(
+            413,
+            f"the request's images hold {total:,} pixels together, over this server's limit of {limit:,} "
+            "pixels per request (eurosat serve --max-request-pixels); send fewer or smaller images per request",
+        )
 
 
 def _name_of(upload: UploadFile, number: int) -> str:
