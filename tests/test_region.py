@@ -345,6 +345,34 @@ def test_a_stac_item_collection_maps_each_scene_with_a_summary_and_a_mosaic(
         assert (picture == side_by_side).all(), mosaic_file
 
 
+def test_a_stac_items_per_band_offsets_are_applied_band_by_band_and_unequal_scales_refused(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """Each asset's raster:bands offset is taken off its own band: green published without the
+    +1000, blue with +500, red with +1000 give the map of the plain DNs, not one offset or none."""
+    _, bands = scene_bands(tiles, seed=21)
+    bands.pop("B08")
+    item = earth_search_item(tmp_path, "mixed", bands, 500_000)
+    transform = from_origin(500_000, 5_300_000, 10, 10)
+    for band, common, added in (("B03", "green", 0), ("B02", "blue", 500)):
+        write_band(tmp_path / "mixed" / f"{band}.tif", np.where(bands[band] > 0, bands[band] + added, 0), transform)
+        item["assets"][common]["raster:bands"][0]["offset"] = -added / 10_000
+    (tmp_path / "mixed.json").write_text(json.dumps(item))
+    (scene,) = find_scenes([str(tmp_path / "mixed.json")])
+    stack = write_raster(tmp_path / "stack.tif", np.stack([bands["B04"], bands["B03"], bands["B02"]]), nodata=0)
+    plain, _ = make_map(stack, tmp_path / "plain-map.tif", ModelOptions(model))
+    assert_tells_classes_apart(plain.classes)
+    task = task_of(model)
+    result, _ = make_map(scene.target(), tmp_path / "item-map.tif", task.model, task.settings_for(scene))
+    np.testing.assert_array_equal(result.classes, plain.classes)
+
+    item["assets"]["blue"]["raster:bands"][0]["scale"] = 0.0002  # blue's DNs on another scale than red's
+    (tmp_path / "scaled.json").write_text(json.dumps(item | {"id": "scaled"}))
+    (scaled,) = find_scenes([str(tmp_path / "scaled.json")])
+    with pytest.raises(PipelineError, match=r"scaled: .*red \(B04\): scale 0\.0001.*blue \(B02\): scale 0\.0002"):
+        make_map(scaled.target(), tmp_path / "out" / "map.tif", task.model, task.settings_for(scaled))
+
+
 def test_a_two_worker_dask_local_cluster_draws_the_same_maps_loading_the_model_once_per_worker(
     mapped: tuple[Path, int], catalogue: dict[str, Any], model: Path, cluster: DaskCluster, tmp_path: Path
 ) -> None:

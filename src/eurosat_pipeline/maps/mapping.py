@@ -88,6 +88,7 @@ READ_BYTES = 64 * 2**20  # at most this much of the scene is read at a time
 EUROSAT_PIXEL_M = 10.0
 
 Scaler = Callable[[np.ndarray], np.ndarray]
+Number = float | np.ndarray  # one value for every band, or one per band as ``bands x 1 x 1``
 UINT8 = np.dtype(np.uint8)
 
 
@@ -193,7 +194,7 @@ class MapSettings:
     #: 1-based scene bands for the model's bands, in its order; None: found by name (or position).
     bands: tuple[int, ...] | None = None
     scale: str = "auto"
-    #: Subtracted from the scene's values; None: what the scene's catalogue says (STAC), else 0.
+    #: Subtracted from the scene's values; None: what the scene's catalogue says of each band (STAC), else 0.
     offset: float | None = None
     nodata: float | None = None
     confidence: bool = False
@@ -251,9 +252,8 @@ def make_map(
                 src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
         chosen, band_note = choose_bands(src, settings.bands, data)
-        nodata, offset = settings.nodata, settings.offset or 0.0
-        if nodata is None and (not data.is_rgb8 or resolve_scale(src, chosen, settings.scale) == "s2"):
-            nodata = 0  # Sentinel-2's NODATA digital number; files built from its JP2s rarely say so
+        offset = offset_of(src, chosen, settings.offset)
+        nodata = nodata_of(src, chosen, settings, data)
         scaler = make_scaler(src, chosen, settings.scale, data, offset, nodata)
         started = time.perf_counter()
         try:
@@ -386,6 +386,33 @@ def choose_bands(src: object, bands: tuple[int, ...] | None, data: DataSpec) -> 
     return chosen, note
 
 
+def offset_of(src: object, bands: tuple[int, ...], given: float | None) -> Number:
+    """What to subtract from the bands: ``given`` (``--offset``), else what the scene's catalogue says
+    of each band (a STAC item's per-band ``raster:bands``, as ``bands x 1 x 1`` when they differ), else 0."""
+    if given is not None:
+        return given
+    per_band = getattr(src, "offsets", ())
+    if not per_band:
+        return 0.0
+    offsets = np.array([per_band[b - 1] for b in bands], dtype=np.float32)
+    return float(offsets[0]) if (offsets == offsets[0]).all() else offsets[:, None, None]
+
+
+def nodata_of(src: object, bands: tuple[int, ...], settings: MapSettings, data: DataSpec) -> Number | None:
+    """The value marking empty pixels: ``--nodata``, else each band's from the scene's catalogue, else
+    0 (Sentinel-2's NODATA digital number; files built from its JP2s rarely say so) for ``s2``
+    scaling and non-RGB models; NaN (never equal) for a band without one."""
+    if settings.nodata is not None:
+        return settings.nodata
+    default = 0 if not data.is_rgb8 or resolve_scale(src, bands, settings.scale) == "s2" else None
+    per_band = getattr(src, "nodatas", ())
+    said = [per_band[b - 1] for b in bands] if per_band else []
+    if not any(n is not None for n in said):
+        return default
+    fallback = np.nan if default is None else default
+    return np.array([fallback if n is None else n for n in said], dtype=np.float64)[:, None, None]
+
+
 def _fourth_is_alpha(src: object) -> bool:
     from rasterio.enums import ColorInterp
 
@@ -406,8 +433,8 @@ def make_scaler(
     bands: tuple[int, ...],
     scale: str,
     data: DataSpec,
-    offset: float = 0.0,
-    nodata: float | None = None,
+    offset: Number = 0.0,
+    nodata: Number | None = None,
 ) -> Scaler:
     """A function from the file's values (``bands x h x w``) to what the model takes, as documented above."""
     if not data.is_rgb8:
@@ -421,7 +448,7 @@ def make_scaler(
     return lambda x: _to_uint8(x, low, 255 / np.maximum(high - low, 1e-6), 0)
 
 
-def _raw_scaler(scale: str, offset: float, data: DataSpec) -> Scaler:
+def _raw_scaler(scale: str, offset: Number, data: DataSpec) -> Scaler:
     """Values as they are (``offset`` subtracted), in the model's type: it normalises them itself."""
     if scale not in ("auto", "none"):
         raise MapError(
@@ -432,13 +459,10 @@ def _raw_scaler(scale: str, offset: float, data: DataSpec) -> Scaler:
     limit = np.iinfo(np.dtype(data.dtype)).max
 
     def scaler(values: np.ndarray) -> np.ndarray:
-        shifted = values.astype(np.float32) - np.float32(offset) if offset else values
+        shifted = values.astype(np.float32) - np.asarray(offset, dtype=np.float32) if np.any(offset) else values
         return np.clip(shifted, 0, limit).astype(data.dtype)
 
     return scaler
-
-
-Number = float | np.ndarray
 
 
 def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int) -> np.ndarray:
@@ -454,7 +478,7 @@ def _to_uint8(values: np.ndarray, subtract: Number, multiply: Number, floor: int
 
 
 def _percentiles(
-    src: object, bands: tuple[int, ...], nodata: float | None, tile: int = TILE
+    src: object, bands: tuple[int, ...], nodata: Number | None, tile: int = TILE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-band 2nd and 98th percentiles of valid pixels in up to SAMPLE_WINDOWS tiles over the scene."""
     from rasterio.windows import Window
@@ -473,8 +497,9 @@ def _percentiles(
     return low[:, None, None], high[:, None, None]
 
 
-def _read(src: object, bands: tuple[int, ...], window: object, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """The bands' values in ``window`` and where all of them are valid (mask, nodata, alpha, ``nodata``)."""
+def _read(src: object, bands: tuple[int, ...], window: object, nodata: Number | None) -> tuple[np.ndarray, np.ndarray]:
+    """The bands' values in ``window`` and where all of them are valid (mask, nodata, alpha, ``nodata``:
+    one value, or one per band as ``bands x 1 x 1``)."""
     data = src.read(list(bands), window=window)
     valid = (src.read_masks(list(bands), window=window) > 0).all(axis=0)
     if nodata is not None:
@@ -487,7 +512,7 @@ def classify_scene(
     bands: tuple[int, ...],
     scaler: Scaler,
     predictor: Predictor,
-    nodata: float | None = None,
+    nodata: Number | None = None,
     preview_longest: int | None = PREVIEW_LONGEST,
 ) -> LandUseMap:
     """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
@@ -579,7 +604,7 @@ class TileBatches:
 
 
 def _tile_row_bands(
-    src: object, bands: tuple[int, ...], nodata: float | None, watch: Stopwatch, tile: int = TILE
+    src: object, bands: tuple[int, ...], nodata: Number | None, watch: Stopwatch, tile: int = TILE
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
     tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is

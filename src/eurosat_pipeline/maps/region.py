@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,8 +81,11 @@ class RegionTask:
     settings: MapSettings
 
     def settings_for(self, scene: Scene) -> MapSettings:
-        """The settings with the offset made concrete: given, else the scene's catalogue's, else 0."""
-        offset = self.settings.offset if self.settings.offset is not None else (scene.offset or 0.0)
+        """The settings with the offset made concrete: given, else the scene's catalogue's when all its
+        bands share one, else 0; None where the catalogue's bands differ (each then takes its own)."""
+        offset = self.settings.offset if self.settings.offset is not None else scene.offset
+        if offset is None and isinstance(scene, RasterScene):
+            offset = 0.0
         return replace(self.settings, offset=offset)
 
     def fingerprint(self, scene: Scene) -> dict[str, Any]:
@@ -92,6 +95,8 @@ class RegionTask:
         return {
             "model_sha256": self.model.sha256,
             "inputs": list(scene.inputs()),
+            # What the catalogue says of each band's values (scale, offset, nodata): applied band by band.
+            "band_values": [[path, *astuple(v)] for path, v in scene.values] if isinstance(scene, BandFiles) else [],
             "bands": list(settings.bands) if settings.bands else None,
             "scale": settings.scale,
             "offset": settings.offset,

@@ -91,6 +91,21 @@ def _absolute(path: str) -> str:
 
 
 @dataclass(frozen=True)
+class BandValues:
+    """What a catalogue says of one band's values (STAC ``raster:bands``): a value is ``DN x scale +
+    offset``, and ``nodata`` marks empty pixels of that band."""
+
+    scale: float = 1.0
+    offset: float = 0.0
+    nodata: float | None = None
+
+    @property
+    def dn_offset(self) -> float:
+        """Digital numbers to subtract from this band (Earth Search's -0.1 at scale 0.0001: 1000)."""
+        return round(-self.offset / self.scale, 6) + 0.0  # + 0.0: no -0.0 in records
+
+
+@dataclass(frozen=True)
 class RasterScene:
     """One raster holding the model's bands (``eurosat map scene.tif``), mapped as today."""
 
@@ -111,14 +126,24 @@ class BandFiles:
     """A scene published one file per band: ``(band name, GDAL path)`` pairs, in any order.
 
     ``shapes`` holds what the catalogue says each file's ``(rows, columns)`` are (STAC's
-    ``proj:shape``); ``offset`` the digital numbers to subtract (STAC's ``raster:bands`` offset:
-    Earth Search publishes processing baseline 04.00+ with its +1000 as offset -0.1 at scale 0.0001).
+    ``proj:shape``); ``values`` what it says of each file's values (STAC's ``raster:bands``: Earth
+    Search publishes processing baseline 04.00+ with its +1000 as offset -0.1 at scale 0.0001),
+    applied band by band when the map is made.
     """
 
     name: str
     bands: tuple[tuple[str, str], ...]
     shapes: tuple[tuple[str, tuple[int, int]], ...] = ()
-    offset: float | None = None
+    values: tuple[tuple[str, BandValues], ...] = ()
+
+    @property
+    def offset(self) -> float | None:
+        """The digital numbers to subtract from every band when the catalogue gives all one offset
+        (0 without a catalogue); None when the bands' offsets differ (each band then takes its own)."""
+        offsets = {values.dn_offset for _, values in self.values}
+        if not offsets:
+            return 0.0
+        return offsets.pop() if len(offsets) == 1 else None
 
     def inputs(self) -> tuple[str, ...]:
         """Each band and where it is read from (local files as absolute paths)."""
@@ -163,7 +188,26 @@ class BandFiles:
             self._check_shapes(picked, datasets)
             # Each band by its Sentinel-2 name where it has one: the map finds the model's bands by name.
             names = [band or label for label, band in model_band_names(data)]
-            yield BandStack(self.name, _on_one_grid(self.name, datasets, stack), names)
+            values = self._values_of(picked)
+            yield BandStack(self.name, _on_one_grid(self.name, datasets, stack), names, values)
+
+    def _values_of(self, picked: list[tuple[str, str]]) -> list[BandValues]:
+        """The catalogue's values of the picked bands; bands on different scales are refused: their
+        digital numbers do not mean the same reflectance, and the model takes them as one."""
+        known = dict(self.values)
+        values = [known.get(path, BandValues()) for _, path in picked]
+        if len({v.scale for v in values}) > 1:
+            held = {path: band for band, path in self.bands}
+            said = ", ".join(
+                f"{label}{'' if held[path] == label else f' ({held[path]})'}: scale {v.scale:g}"
+                for (label, path), v in zip(picked, values, strict=True)
+            )
+            raise MapError(
+                f"{self.name}: the catalogue's raster:bands put the model's bands on different scales ({said}); "
+                "their digital numbers cannot be read as one, so the scene is refused: fix the item's "
+                "raster:bands or map the bands from files of one scale"
+            )
+        return values
 
     def _check_shapes(self, picked: list[tuple[str, str]], datasets: list[object]) -> None:
         expected = dict(self.shapes)
@@ -237,7 +281,13 @@ class BandStack:
     that :func:`eurosat_pipeline.maps.mapping.make_map` uses (reads of bands in a window, their masks,
     the grid, the types and block shapes), so that the map is made exactly as from a stacked file."""
 
-    def __init__(self, name: str, datasets: list[object], descriptions: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        datasets: list[object],
+        descriptions: Sequence[str],
+        values: Sequence[BandValues] = (),
+    ) -> None:
         from rasterio.enums import ColorInterp
 
         grid = datasets[0]
@@ -250,6 +300,9 @@ class BandStack:
         self.dtypes = tuple(d.dtypes[0] for d in datasets)
         self.block_shapes = [d.block_shapes[0] for d in datasets]
         self.colorinterp = [ColorInterp.gray] * self.count
+        # Per band, what the catalogue says (empty without one): subtracted and masked band by band.
+        self.offsets = tuple(v.dn_offset for v in values)
+        self.nodatas = tuple(v.nodata for v in values)
 
     def read(self, indexes: Sequence[int], window: object = None) -> np.ndarray:
         """``len(indexes) x rows x columns`` of the (1-based) bands, in a window of the grid."""
@@ -445,16 +498,15 @@ def item_scene(item: object, document: str | None = None) -> BandFiles:
         raise MapError(
             f"STAC item {item.id}: no asset names a Sentinel-2 band (eo:bands name or common_name, such as B04 or red)"
         )
-    bands, shapes, offsets = [], [], set()
+    bands, shapes, values = [], [], []
     for band, candidates in sorted(assets.items()):
         _, path, asset = min(candidates, key=lambda c: c[0])
         bands.append((band, path))
         shape = asset.extra_fields.get("proj:shape")
         if shape is not None:
             shapes.append((path, (int(shape[0]), int(shape[1]))))
-        offsets.add(_dn_offset(asset))
-    offset = offsets.pop() if len(offsets) == 1 else None
-    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), offset)
+        values.append((path, band_values(asset, f"STAC item {item.id}: asset {band}")))
+    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), tuple(values))
 
 
 def _asset_band(key: str, asset: object) -> str | None:
@@ -497,10 +549,34 @@ def _href(asset: object, document: str | None) -> str:
     return gdal_path(href)
 
 
-def _dn_offset(asset: object) -> float:
-    """Digital numbers to subtract, from ``raster:bands`` scale and offset (value = DN x scale + offset)."""
-    raster = asset.extra_fields.get("raster:bands") or [{}]
-    scale, offset = raster[0].get("scale"), raster[0].get("offset")
-    if not scale or not offset:
-        return 0.0
-    return round(-offset / scale, 6)
+def band_values(asset: object, where: str) -> BandValues:
+    """What ``raster:bands`` (or STAC 1.1 ``bands``) says of a one-band asset's values: scale (1 when
+    unsaid), offset (0) and nodata; entries that disagree, or a scale of 0, are refused."""
+    entries = asset.extra_fields.get("raster:bands")
+    if not isinstance(entries, list):
+        entries = asset.extra_fields.get("bands") if isinstance(asset.extra_fields.get("bands"), list) else []
+    found = {_entry_values(entry, where) for entry in entries if isinstance(entry, dict)}
+    if len(found) > 1:
+        said = "; ".join(f"scale {v.scale:g}, offset {v.offset:g}, nodata {v.nodata}" for v in found)
+        raise MapError(f"{where}: its raster:bands entries disagree ({said}); give the band one entry")
+    return found.pop() if found else BandValues()
+
+
+def _entry_values(entry: Mapping[str, object], where: str) -> BandValues:
+    """One ``raster:bands`` entry (STAC 1.1: ``raster:scale``, ``raster:offset``) as numbers."""
+    scale = entry.get("scale", entry.get("raster:scale"))
+    offset = entry.get("offset", entry.get("raster:offset"))
+    nodata = entry.get("nodata")
+    try:
+        values = BandValues(
+            1.0 if scale is None else float(scale),
+            0.0 if offset is None else float(offset),
+            None if nodata is None else float(nodata),
+        )
+    except (TypeError, ValueError) as err:
+        raise MapError(
+            f"{where}: raster:bands scale {scale!r}, offset {offset!r}, nodata {nodata!r}: not numbers"
+        ) from err
+    if values.scale == 0 or not np.isfinite([values.scale, values.offset]).all():
+        raise MapError(f"{where}: raster:bands scale {scale!r}, offset {offset!r}: give a finite, non-zero scale")
+    return values
