@@ -433,3 +433,15 @@ def test_too_many_files_or_pixels_in_one_request_get_413_before_any_is_decoded(
     assert too_big.status_code == 413, too_big.text
     assert f"{count * side**2:,} pixels" in too_big.json()["detail"]
     assert "--max-request-pixels" in too_big.json()["detail"]
+
+
+def test_the_token_is_checked_before_the_body_is_read(served: ServedModel) -> None:
+    """A wrong token with a body over the limit: 401 (the body was never read), not 413."""
+    body = upload({"big.png": b"x" * 5_000})
+    with TestClient(create_app(served, Limits(upload_bytes=1_000), token="s3cret")) as guarded:
+        wrong = guarded.post("/predict", files=body, headers={"Authorization": "Bearer guess"})
+        missing = guarded.post("/map", files={"scene": ("s.tif", b"x" * 5_000)})
+        right = guarded.post("/predict", files=body, headers={"Authorization": "Bearer s3cret"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong token", wrong.text
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == 413  # the right token: then the body's size

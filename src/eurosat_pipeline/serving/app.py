@@ -205,6 +205,37 @@ class BodyLimit:
         await response(scope, _no_body, send)
 
 
+class TokenGuard:
+    """ASGI middleware: the token of a guarded path (/predict, /map, /maps/...) is checked from the
+    headers, before a byte of the body is read: a client without the token cannot make the server
+    receive, parse or store its upload. (The routes' ``authorised`` dependency states the scheme in
+    the OpenAPI description.)"""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str | None) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if self.token is not None and scope["type"] == "http" and _is_guarded(scope.get("path", "")):
+            try:
+                check_token(self.token, _bearer_of(scope))
+            except Refusal as err:
+                response = JSONResponse(err.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, _no_body, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _is_guarded(path: str) -> bool:
+    return path in ("/predict", "/map") or path.startswith("/maps/")
+
+
+def _bearer_of(scope: dict[str, Any]) -> str | None:
+    """The token of an ``Authorization: Bearer TOKEN`` header, or None."""
+    header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+    scheme, _, credentials = header.partition(" ")
+    return credentials.strip() or None if scheme.lower() == "bearer" else None
+
+
 def _megabytes(size: int) -> str:
     return f"{size / MB:,.2f} MB" if size < 10 * MB else f"{size / MB:,.0f} MB"
 
@@ -299,6 +330,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app, service)
     app.add_middleware(BodyLimit, limit=limits.upload_bytes)
+    app.add_middleware(TokenGuard, token=service.token)  # added last, so it runs first: before the body
     return app
 
 
