@@ -444,6 +444,18 @@ def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_
     assert result.classified == 0  # all zero: Sentinel-2's nodata value, skipped
 
 
+def test_map_refuses_a_scene_of_another_value_type_than_the_models(nir_model: dict, tmp_path: Path) -> None:
+    """A uint16 model takes values as they are: an 8-bit scene of its bands is refused, naming both types."""
+    from eurosat_pipeline.inference.options import ModelOptions
+    from eurosat_pipeline.maps.mapping import MapError, make_map
+
+    pixels = (scene_of(np.array([[1000, 2500]]), (0, 1, 2, 3)) // 16).astype(np.uint8)
+    scene = write_scene(tmp_path / "eight-bit.tif", pixels, nir_model["names"])
+    with pytest.raises(MapError, match=r"eight-bit.tif: its bands are uint8 but the model was trained on uint16"):
+        make_map(scene, tmp_path / "out" / "map.tif", ModelOptions(nir_model["checkpoint"], device="cpu"))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_the_model_card_describes_the_model_in_the_checkpoint(nir_model: dict) -> None:
     """Four uint16 bands and two classes at 32 px: the card says so, and none of EuroSAT's RGB facts."""
     from eurosat_pipeline.core.files import read_json

@@ -35,7 +35,8 @@ to them:
   windows spread over the scene) map to 0..255: for rasters of unknown radiometry.
 
 A model trained on other data (16-bit reflectance, other bands) was normalised with its training
-split's own per-band statistics, so the scene's values go in as they are (``offset`` subtracted);
+split's own per-band statistics, so the scene's values go in as they are (``offset`` subtracted),
+and a scene whose bands are of another value type than the model's (8-bit for a 16-bit model) is refused;
 ``scale`` must stay ``auto``. For 16-bit models 0 is nodata unless ``nodata`` says otherwise.
 
 **Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
@@ -252,6 +253,7 @@ def make_map(
                 src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
         chosen, band_note = choose_bands(src, settings.bands, data)
+        check_dtype(src, chosen, data)
         offset = offset_of(src, chosen, settings.offset)
         nodata = nodata_of(src, chosen, settings, data)
         scaler = make_scaler(src, chosen, settings.scale, data, offset, nodata)
@@ -411,6 +413,19 @@ def nodata_of(src: object, bands: tuple[int, ...], settings: MapSettings, data: 
         return default
     fallback = np.nan if default is None else default
     return np.array([fallback if n is None else n for n in said], dtype=np.float64)[:, None, None]
+
+
+def check_dtype(src: object, bands: tuple[int, ...], data: DataSpec) -> None:
+    """A non-RGB model takes the scene's values as they are: they must be of the type it was trained
+    on (an 8-bit scene given to a 16-bit model would be mapped, silently wrong). RGB models scale."""
+    if data.is_rgb8:
+        return
+    wrong = sorted({src.dtypes[b - 1] for b in bands} - {data.dtype})
+    if wrong:
+        raise MapError(
+            f"{src.name}: its bands are {', '.join(wrong)} but the model was trained on {data.dtype} values; "
+            f"give it a {data.dtype} scene of the same kind of data (it does not rescale)"
+        )
 
 
 def _fourth_is_alpha(src: object) -> bool:
