@@ -561,6 +561,32 @@ def test_a_rerun_skips_finished_scenes_and_remaps_what_changed(
     assert finished(out, scenes[0], changed.fingerprint(scenes[0])) is None
 
 
+def test_a_rerun_with_other_settings_leaves_nothing_of_the_old_settings_of_a_scene_that_fails(
+    catalogue: dict[str, Any], model: Path, tmp_path: Path
+) -> None:
+    """Settings A, then settings B in which one scene's input is unreadable: that scene has no file
+    left from A, and the summary and mosaic hold only B's maps."""
+    folder = tmp_path / "catalogue"
+    shutil.copytree(catalogue["folder"], folder)
+    names = list(catalogue["labels"])
+    scenes = find_scenes([str(folder / "items.json")])
+    out = tmp_path / "maps"
+    first = map_region(scenes, out, task_of(model), InProcess(), lambda _: None)
+    assert [r.status for r in first.scenes] == ["mapped"] * 3
+    (folder / names[1] / "B04.tif").write_bytes(b"not a raster any more")
+    settings_b = RegionTask(ModelOptions(model), MapSettings(confidence=True))
+    second = map_region(scenes, out, settings_b, InProcess(), lambda _: None)
+    assert [r.status for r in second.scenes] == ["mapped", "failed", "mapped"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(names[1])]
+    rows = {row["scene"]: row for row in read_csv(out / "summary.csv")}
+    assert rows[names[1]]["status"] == "failed" and rows["total"]["status"] == "2 of 3 mapped"
+    with rasterio.open(out / "mosaic.tif") as whole:
+        assert (whole.read(1)[:, COLS : 2 * COLS] == NODATA).all()
+    for name in (names[0], names[2]):
+        assert (out / f"{name}.confidence.tif").is_file()
+        assert json.loads((out / f"{name}.done.json").read_text())["fingerprint"]["confidence"] is True
+
+
 def test_a_model_that_cannot_be_loaded_stops_the_region_at_once(catalogue: dict[str, Any], tmp_path: Path) -> None:
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"not a checkpoint")

@@ -21,7 +21,9 @@ Each worker process loads the model once (:func:`worker_predictor`), not once pe
 **Output folder** (``--out-dir``): ``<scene>.tif``, ``.png``, ``.csv`` (and ``.confidence.tif``)
 as ``eurosat map`` writes them for one scene, then ``<scene>.done.json`` last (the model's sha256,
 the inputs, the settings, the areas): a rerun skips the scenes whose record matches and whose
-files all exist, so a region resumes where it stopped; another model or setting re-maps them.
+files all exist, so a region resumes where it stopped; another model or setting re-maps them, after
+removing the scene's record and then its old files (a scene that fails in the rerun leaves nothing
+of the earlier settings). The summary and the mosaic are made from this run's scenes only.
 ``summary.csv``: per scene its status, error, tiles and hectares per class; a ``total`` row (the
 sum over scenes: overlapping scenes count their overlap once each) and, where the maps share a
 CRS, a ``mosaic`` row (each place once, as in the mosaic). ``mosaic.vrt`` (GDAL's virtual mosaic
@@ -55,7 +57,15 @@ from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write
 from eurosat_pipeline.core.stage import user_error
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.mapping import NODATA, MapError, MapSettings, class_colours, make_map, write_geotiff
+from eurosat_pipeline.maps.mapping import (
+    NODATA,
+    MapError,
+    MapOutputs,
+    MapSettings,
+    class_colours,
+    make_map,
+    write_geotiff,
+)
 from eurosat_pipeline.maps.scenes import BandFiles, RasterScene
 from eurosat_pipeline.platform.cores import available_cores, core_share
 
@@ -496,6 +506,7 @@ def map_region(
         if done is not None:
             results[scene.name] = done
         else:
+            forget(out_dir, scene)  # a scene that fails now must leave nothing of another model or setting
             pending.append(scene)
     if results:
         echo(f"{len(results)} of {len(scenes)} scene(s) already mapped with this model and settings: skipped")
@@ -570,6 +581,22 @@ def finished(out_dir: Path, scene: Scene, fingerprint: dict[str, Any]) -> SceneR
     except KeyError:  # a record of another version: map the scene again
         return None
     return SceneResult(scene.name, "done", **fields)
+
+
+def forget(out_dir: Path, scene: Scene) -> None:
+    """Remove a scene's earlier outputs: its record first (without it no file counts as finished),
+    then the files it lists and the names a map of the scene has, so that a rerun with other
+    settings never mixes maps of two settings, even where the scene fails this time."""
+    record = _record_path(out_dir, scene.name)
+    try:
+        listed = read_json(record).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    record.unlink(missing_ok=True)
+    names = {Path(str(name)).name for name in listed if isinstance(name, str)}
+    names |= {path.name for path in MapOutputs.for_target(out_dir / f"{scene.name}.tif", confidence=True).all()}
+    for name in sorted(names):
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _write_scene(out_dir: Path, scene: Scene, result: SceneResult, fingerprint: dict[str, Any]) -> None:
