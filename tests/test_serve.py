@@ -445,3 +445,45 @@ def test_the_token_is_checked_before_the_body_is_read(served: ServedModel) -> No
     assert wrong.status_code == 401 and wrong.json()["detail"] == "wrong token", wrong.text
     assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
     assert right.status_code == 413  # the right token: then the body's size
+
+
+def test_maps_waiting_are_bounded_and_the_next_gets_429_with_retry_after(served: ServedModel, scene: Path) -> None:
+    """The lock held by the test stands for a map in progress: one request waits, the next is refused."""
+    files = {"scene": ("fields.tif", scene.read_bytes())}
+    with TestClient(create_app(served, Limits(maps_waiting=1))) as small:
+        service = small.app.state.service
+        small.portal.call(service.map_lock.acquire)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(small.post, "/map", files=files)
+            while small.portal.call(lambda: service.maps_waiting) < 1 and not waiting.done():
+                pass  # the first request is queued behind the held lock
+            refused = small.post("/map", files=files)
+            small.portal.call(service.map_lock.release)
+            first = waiting.result(timeout=60)
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["retry-after"]) > 0 and "--max-waiting-maps" in refused.json()["detail"]
+    assert first.status_code == 200, first.text
+
+
+def test_a_map_whose_client_left_while_waiting_is_not_made(
+    served: ServedModel, scene: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[Path] = []
+    monkeypatch.setattr("eurosat_pipeline.serving.app._make_map", lambda *args: made.append(args[1]))
+    app = create_app(served)
+    request = httpx.Request("POST", "http://testserver/map", files={"scene": ("fields.tif", scene.read_bytes())})
+    body = request.read()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    answer: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}  # then the client is gone
+
+    async def send(message: dict) -> None:
+        answer.append(message)
+
+    headers = [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]
+    scope = {"type": "http", "method": "POST", "path": "/map", "headers": headers, "query_string": b""}
+    scope |= {"http_version": "1.1", "scheme": "http", "server": ("testserver", 80), "client": ("127.0.0.1", 1)}
+    asyncio.run(app(scope | {"root_path": "", "raw_path": b"/map"}, receive, send))
+    assert made == [] and app.state.service.maps._ids == {}

@@ -15,6 +15,7 @@ from eurosat_pipeline.core.limits import (
     MAX_IMAGE_PIXELS,
     SERVE_FILES_PER_REQUEST,
     SERVE_IMAGE_PIXELS,
+    SERVE_MAPS_WAITING,
     SERVE_REQUEST_PIXELS,
     SERVE_SCENE_PIXELS,
     SERVE_UPLOAD_BYTES,
@@ -285,6 +286,13 @@ def _add_serve(commands: Commands) -> None:
         f"(default: {SERVE_REQUEST_PIXELS:,})",
     )
     serve.add_argument(
+        "--max-waiting-maps",
+        type=int,
+        default=SERVE_MAPS_WAITING,
+        help="scenes that may wait for /map while one is mapped; more get 429 with Retry-After "
+        f"(default: {SERVE_MAPS_WAITING})",
+    )
+    serve.add_argument(
         "--batch-wait-ms",
         type=float,
         default=0.0,
@@ -425,6 +433,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.max_scene_pixels,
         files_per_request=args.max_files,
         request_pixels=args.max_request_pixels,
+        maps_waiting=args.max_waiting_maps,
     )
     with tempfile.TemporaryDirectory(prefix="eurosat-serve-") as work:
         model = _served_model(args, args.fetch_to or f"{work}/model")

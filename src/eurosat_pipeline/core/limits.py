@@ -31,3 +31,6 @@ SERVE_FILES_PER_REQUEST = 64
 # Pixels of one /predict request, its files' headers summed before any is decoded: 100 small PNGs of
 # 4,096 x 4,096 pass the per-image limit one by one and decode to 5 GB together. Four such images.
 SERVE_REQUEST_PIXELS = 4 * SERVE_IMAGE_PIXELS
+# Scenes waiting for /map while one is mapped (one at a time): each holds its upload on disk and a
+# connection, and a client that waits minutes behind a long queue is better told to come back.
+SERVE_MAPS_WAITING = 2

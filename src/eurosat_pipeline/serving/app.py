@@ -49,6 +49,7 @@ from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.core.limits import (
     SERVE_FILES_PER_REQUEST,
     SERVE_IMAGE_PIXELS,
+    SERVE_MAPS_WAITING,
     SERVE_REQUEST_PIXELS,
     SERVE_SCENE_PIXELS,
     SERVE_UPLOAD_BYTES,
@@ -68,6 +69,8 @@ MB = 2**20
 MAP_FILES = ("map.tif", "map.png", "map.csv")
 MEDIA_TYPES = {".tif": "image/tiff", ".png": "image/png", ".csv": "text/csv"}
 MAP_CLI = "eurosat map SCENE --out MAP.tif"
+#: Seconds a client refused for a full map queue is told to wait (Retry-After): about one small map.
+MAP_RETRY_AFTER_S = 10
 # The page may talk to this server only: an injected or mistaken external request is refused by the browser.
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -91,6 +94,8 @@ class Limits:
     files_per_request: int = SERVE_FILES_PER_REQUEST
     #: Pixels of one /predict request, all its images' headers summed, checked before any is decoded.
     request_pixels: int = SERVE_REQUEST_PIXELS
+    #: Scenes waiting for /map while one is mapped; one more gets 429 with Retry-After.
+    maps_waiting: int = SERVE_MAPS_WAITING
 
 
 @dataclass(frozen=True)
@@ -133,9 +138,16 @@ def load_model(options: ModelOptions, origin: dict[str, str] | None = None) -> S
 class Refusal(Exception):
     """A request the server will not serve, as a JSON answer: ``detail`` says why, ``errors`` name the files."""
 
-    def __init__(self, status: int, detail: str, errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.errors = status, detail, errors or []
+        self.headers = headers or ({"WWW-Authenticate": "Bearer"} if status == 401 else {})
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.detail, "errors": self.errors}
@@ -287,6 +299,8 @@ class Service:
     maps: MapStore
     token: str | None = None
     map_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one scene at a time: memory stays bounded
+    #: Requests waiting for ``map_lock`` (bounded by ``limits.maps_waiting``).
+    maps_waiting: int = 0
 
 
 def create_app(
@@ -337,8 +351,7 @@ def create_app(
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refusal)
     async def refused(_: Any, err: Refusal) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def malformed(_: Any, err: RequestValidationError) -> JSONResponse:
@@ -382,6 +395,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/map", summary="a land-use map of a scene (GeoTIFF in)", dependencies=[Depends(authorised)])
     async def land_use_map(
+        request: Request,
         scene: Annotated[UploadFile, File(description="the scene: a GeoTIFF (TIFF or BigTIFF)")],
         output: Annotated[
             str, Query(alias="format", pattern="^(json|geotiff)$", description="json: areas, links; geotiff: the map")
@@ -391,7 +405,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         offset: Annotated[float, Form(description="subtracted before s2 scaling (1000: baseline >= 04.00)")] = 0.0,
         nodata: Annotated[float | None, Form(description="treat this value as nodata")] = None,
     ) -> Any:
-        map_id, report = await map_upload(service, scene, MapOptions(bands, scale, offset, nodata))
+        map_id, report = await map_upload(service, scene, MapOptions(bands, scale, offset, nodata), request)
         if output == "geotiff":
             path = service.maps.file(map_id, "map.tif")
             return FileResponse(path, media_type="image/tiff", filename=f"{Path(report['scene']).stem}-map.tif")
@@ -437,6 +451,7 @@ def health_report(service: Service) -> dict[str, Any]:
             "maps_kept": limits.maps_kept,
             "files_per_request": limits.files_per_request,
             "request_pixels": limits.request_pixels,
+            "maps_waiting": limits.maps_waiting,
         },
         "batching": {
             "max_batch": batcher.max_batch,
@@ -534,26 +549,78 @@ class MapOptions:
         return tuple(int(part) for part in self.bands.split(","))
 
 
-async def map_upload(service: Service, upload: UploadFile, options: MapOptions) -> tuple[str, dict[str, Any]]:
+async def map_upload(
+    service: Service, upload: UploadFile, options: MapOptions, request: Request
+) -> tuple[str, dict[str, Any]]:
     """The scene written to a folder of its own, checked against the size limit from its header,
-    mapped by ``make_map`` (one scene at a time) and kept for its links."""
+    mapped by ``make_map`` (one scene at a time, a bounded number waiting; not at all when its
+    client has gone) and kept for its links."""
     name = _name_of(upload, 1)
     bands = options.band_numbers()
-    map_id, folder = service.maps.new_folder()
-    try:
-        scene = folder / "upload" / _safe_name(name)  # the map's title names it
-        await asyncio.to_thread(_save, upload.file, scene)
-        if scene.stat().st_size == 0:
-            raise file_refusal([(name, f"{name}: is empty (0 bytes)")], 1, 400)
-        _check_scene_size(scene, name, service.limits.scene_pixels)
-        async with service.map_lock:
+    async with _place_in_queue(service) as place:
+        map_id, folder = service.maps.new_folder()
+        try:
+            scene = folder / "upload" / _safe_name(name)  # the map's title names it
+            await asyncio.to_thread(_save, upload.file, scene)
+            if scene.stat().st_size == 0:
+                raise file_refusal([(name, f"{name}: is empty (0 bytes)")], 1, 400)
+            _check_scene_size(scene, name, service.limits.scene_pixels)
+            await place.turn()
+            if await request.is_disconnected():  # nobody would take the answer: the next map goes first
+                raise Refusal(400, f"{name}: the client went away while the map waited its turn")
             result = await asyncio.to_thread(_make_map, service, scene, folder / "map.tif", name, bands, options)
-        shutil.rmtree(scene.parent)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+            shutil.rmtree(scene.parent)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     service.maps.keep(map_id, folder)
     return map_id, _map_report(map_id, name, result)
+
+
+def _check_map_queue(service: Service) -> None:
+    """A 429 with Retry-After when a map runs (or will) and ``limits.maps_waiting`` others wait already."""
+    limit = service.limits.maps_waiting
+    if service.maps_waiting + service.map_lock.locked() > limit:
+        detail = (
+            f"the server is making a map and {service.maps_waiting} more wait, its limit "
+            f"(eurosat serve --max-waiting-maps {limit}); try again in {MAP_RETRY_AFTER_S} s, "
+            f"or map the scene on the command line: {MAP_CLI}"
+        )
+        raise Refusal(429, detail, headers={"Retry-After": str(MAP_RETRY_AFTER_S)})
+
+
+@dataclass
+class _Place:
+    """One request's place among the maps: counted as waiting from the queue check (its upload being
+    saved included, so a flood of uploads is bounded too) until it holds the map lock."""
+
+    service: Service
+    waiting: bool = True
+    holds_lock: bool = False
+
+    async def turn(self) -> None:
+        await self.service.map_lock.acquire()
+        self.holds_lock = True
+        self.leave_queue()
+
+    def leave_queue(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.service.maps_waiting -= 1
+
+
+@contextlib.asynccontextmanager
+async def _place_in_queue(service: Service) -> AsyncIterator[_Place]:
+    """A place in the map queue (429 when it is full); on leaving, the lock is given back if taken."""
+    _check_map_queue(service)
+    service.maps_waiting += 1
+    place = _Place(service)
+    try:
+        yield place
+    finally:
+        place.leave_queue()
+        if place.holds_lock:
+            service.map_lock.release()
 
 
 def _safe_name(name: str) -> str:
