@@ -444,6 +444,33 @@ def test_maps_in_two_utm_zones_get_a_mosaic_vrt_per_zone_and_no_merged_file(tmp_
         assert zone.crs == "EPSG:32633" and zone.transform == origin and (zone.read(1) == classes).all()
 
 
+def test_mosaic_files_this_run_does_not_write_are_removed(tmp_path: Path) -> None:
+    classes = np.arange(12, dtype=np.uint8).reshape(3, 4) % len(CLASSES)
+    origin = from_origin(500_000, 5_300_000, 640, 640)
+    for name, crs in (("west", "EPSG:32632"), ("east", "EPSG:32633")):
+        write_geotiff(tmp_path / f"{name}.tif", classes, rasterio.crs.CRS.from_string(crs), origin, CLASSES, True)
+    write_mosaics(tmp_path, [SceneResult("west", "mapped"), SceneResult("east", "mapped")])
+    assert (tmp_path / "mosaic-EPSG_32632.vrt").is_file()
+    mosaics, _, _ = write_mosaics(tmp_path, [SceneResult("east", "mapped")])  # one CRS now
+    mosaic_files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mosaic"))
+    assert sorted(p.name for p in mosaics) == mosaic_files == ["mosaic.tif", "mosaic.vrt"]
+    mosaics, _, areas = write_mosaics(tmp_path, [])  # no map left: no mosaic
+    assert mosaics == [] and areas is None and not [p for p in tmp_path.iterdir() if p.name.startswith("mosaic")]
+
+
+def test_maps_on_rotated_grids_are_left_out_of_the_merged_mosaic(tmp_path: Path) -> None:
+    upright = from_origin(500_000, 5_300_000, 640, 640)
+    rotated = Affine(640, 64, 500_000, 64, -640, 5_300_000)
+    utm = rasterio.crs.CRS.from_string(UTM33)
+    write_geotiff(tmp_path / "flat.tif", np.full((3, 4), 1, np.uint8), utm, upright, CLASSES, True)
+    write_geotiff(tmp_path / "tilted.tif", np.full((3, 4), 2, np.uint8), utm, rotated, CLASSES, True)
+    _, notes, areas = write_mosaics(tmp_path, [SceneResult("flat", "mapped"), SceneResult("tilted", "mapped")])
+    assert any("tilted.tif is on a rotated grid" in note for note in notes)
+    with rasterio.open(tmp_path / "mosaic.tif") as whole:
+        assert whole.transform == upright and set(np.unique(whole.read(1))) == {1}
+    assert areas is not None and areas[CLASSES[2]] == 0
+
+
 class RangeFiles(SimpleHTTPRequestHandler):
     """http.server's file handler with byte ranges (``Range: bytes=a-b``), as object storage serves
     them: GDAL's /vsicurl/ reads a COG's header and blocks by range requests."""

@@ -664,10 +664,19 @@ def write_mosaics(
     out_dir: Path, results: Sequence[SceneResult]
 ) -> tuple[list[Path], list[str], dict[str, float] | None]:
     """The maps' mosaics (``mosaic.vrt`` and ``mosaic.tif`` for one CRS; one VRT per CRS otherwise),
-    notes, and the merged mosaic's hectares per class (None without one)."""
+    notes, and the merged mosaic's hectares per class (None without one). Only upright maps are in
+    them; mosaic files of an earlier run that this one does not write are removed, so none is stale."""
+    mosaics, notes, areas = _mosaics_of(out_dir, [out_dir / f"{r.name}.tif" for r in results])
+    kept = {path.name for path in mosaics}
+    for stale in (*out_dir.glob(f"{MOSAIC}.vrt"), *out_dir.glob(f"{MOSAIC}.tif"), *out_dir.glob(f"{MOSAIC}-*.vrt")):
+        if stale.name not in kept:
+            stale.unlink(missing_ok=True)
+    return mosaics, notes, areas
+
+
+def _mosaics_of(out_dir: Path, maps: Sequence[Path]) -> tuple[list[Path], list[str], dict[str, float] | None]:
     import rasterio
 
-    maps = [out_dir / f"{r.name}.tif" for r in results]
     if not maps:
         return [], ["no maps, no mosaic"], None
     grids = []
@@ -676,17 +685,19 @@ def write_mosaics(
             grids.append((path, src.crs, src.transform, src.width, src.height, src.tags().get("classes", "")))
     upright = [g for g in grids if g[2].b == 0 and g[2].d == 0]
     notes = [f"{g[0].name} is on a rotated grid: left out of the mosaic" for g in grids if g not in upright]
+    if not upright:
+        return [], [*notes, "no upright maps, no mosaic"], None
     groups: dict[str, list[tuple[Any, ...]]] = {}
     for grid in upright:
         groups.setdefault(grid[1].to_string() if grid[1] else "no CRS", []).append(grid)
-    names = tuple(upright[0][5].split(",")) if upright and upright[0][5] else ()
-    written = []
+    names = tuple(upright[0][5].split(",")) if upright[0][5] else ()
     if len(groups) == 1:
         vrt = out_dir / f"{MOSAIC}.vrt"
-        write_text(vrt, mosaic_vrt(next(iter(groups.values())), names))
+        write_text(vrt, mosaic_vrt(upright, names))
         merged = out_dir / f"{MOSAIC}.tif"
-        areas = merge_maps(maps, merged, names)
+        areas = merge_maps([g[0] for g in upright], merged, names)  # the VRT's maps, no rotated one
         return [vrt, merged], notes, areas
+    written = []
     for label, members in groups.items():
         vrt = out_dir / f"{MOSAIC}-{_file_label(label)}.vrt"
         write_text(vrt, mosaic_vrt(members, names))
