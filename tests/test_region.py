@@ -691,6 +691,34 @@ def test_a_folder_of_items_gives_the_scenes_of_the_item_collection_and_one_item_
     assert (tmp_path / "one.tif").read_bytes() == (mapped[0] / f"{scene.name}.tif").read_bytes()
 
 
+def test_stac_hrefs_outside_the_items_folder_are_refused_unless_a_stac_root_allows_them(
+    model: Path, tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, bands = scene_bands(tiles, seed=22)
+    item = earth_search_item(tmp_path / "elsewhere", "far", bands, 500_000)  # files beside another folder
+    for asset in item["assets"].values():
+        if not asset["href"].startswith("s3://"):
+            asset["href"] = f"../elsewhere/{asset['href']}"
+    catalogue = tmp_path / "catalogue"
+    catalogue.mkdir()
+    (catalogue / "far.json").write_text(json.dumps(item))
+    with pytest.raises(
+        PipelineError, match=r"far: asset href ../elsewhere/far/B02.tif is outside .*catalogue.*--stac-root"
+    ):
+        find_scenes([str(catalogue / "far.json")])
+    item["assets"]["red"]["href"] = "file:///etc/hostname"
+    (catalogue / "etc.json").write_text(json.dumps(item | {"id": "etc"}))
+    with pytest.raises(PipelineError, match=r"asset href file:///etc/hostname is outside"):
+        find_scenes([str(catalogue / "etc.json")], stac_roots=[tmp_path / "elsewhere"])
+    (scene,) = find_scenes([str(catalogue / "far.json")], stac_roots=[tmp_path / "elsewhere"])
+    assert scene.bands[0][1] == str(tmp_path / "elsewhere" / "far" / "B02.tif")
+    out = tmp_path / "map.tif"
+    root = ["--stac-root", str(tmp_path / "elsewhere")]
+    assert cli(["map", str(catalogue / "far.json"), "--out", str(out), *root, "--checkpoint", str(model)]) == 0
+    assert cli(["map", str(catalogue / "far.json"), "--out", str(out), "--checkpoint", str(model)]) == 2
+    assert "--stac-root" in capsys.readouterr().err
+
+
 def test_an_item_without_band_assets_and_a_stac_catalog_are_refused(tmp_path: Path) -> None:
     import pystac
 

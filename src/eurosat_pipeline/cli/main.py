@@ -211,6 +211,14 @@ def _add_map(commands: Commands) -> None:
         "raster:bands offset",
     )
     land.add_argument("--nodata", type=float, help="treat this value as nodata (besides the file's own nodata or mask)")
+    land.add_argument(
+        "--stac-root",
+        dest="stac_roots",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder a STAC item's local hrefs may point into, besides the item's own folder; repeatable",
+    )
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
     land.add_argument(
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
@@ -362,7 +370,7 @@ def _map(args: argparse.Namespace) -> int:
     names = [name.casefold() for name, _ in args.band_files]
     if len(set(names)) < len(names):
         raise PipelineError("--band: a band is given twice; give each band's file once")
-    scenes = find_scenes(args.scenes, dict(args.band_files))
+    scenes = find_scenes(args.scenes, dict(args.band_files), args.stac_roots)
     if args.bands is not None and any(isinstance(scene, BandFiles) for scene in scenes):
         raise PipelineError(
             "--bands picks bands of one multi-band raster by number; band files and STAC items are found by band name"

@@ -21,7 +21,9 @@ keeps every value a digital number the sensor measured (no new values that a mod
 measured ones never saw). Files that do not cover the same ground in the same CRS (two granules,
 two zones) are refused: they are not one scene.
 
-**Where files are.** Local paths and ``file://`` URLs are read as they are; ``http(s)://`` through
+**Where files are.** Local paths and ``file://`` URLs are read as they are (a STAC document's local
+hrefs only inside its own folder, or a folder given with ``--stac-root``: a catalogue must not make
+the command read any file on the disk); ``http(s)://`` through
 GDAL's ``/vsicurl/`` (range requests: a COG is read block by block, never downloaded whole), and
 ``s3://`` through ``/vsis3/`` (AWS credentials from the environment; ``AWS_NO_SIGN_REQUEST=YES``
 for public buckets), with GDAL's recommended settings for cloud-optimised GeoTIFFs.
@@ -332,8 +334,11 @@ class BandStack:
 # Finding scenes: files, folders, SAFE products, STAC items
 
 
-def find_scenes(inputs: Sequence[str], band_files: Mapping[str, str] | None = None) -> list[RasterScene | BandFiles]:
-    """The scenes named on the command line, in order (see the module's docstring)."""
+def find_scenes(
+    inputs: Sequence[str], band_files: Mapping[str, str] | None = None, stac_roots: Sequence[str | Path] = ()
+) -> list[RasterScene | BandFiles]:
+    """The scenes named on the command line, in order (see the module's docstring). ``stac_roots``:
+    folders besides a STAC document's own that its local hrefs may point into (``--stac-root``)."""
     if band_files:
         if inputs:
             raise MapError(
@@ -343,7 +348,7 @@ def find_scenes(inputs: Sequence[str], band_files: Mapping[str, str] | None = No
         return [band_scene(band_files)]
     scenes: list[RasterScene | BandFiles] = []
     for given in inputs:
-        scenes += _scenes_of(given)
+        scenes += _scenes_of(given, tuple(stac_roots))
     if not scenes:
         raise MapError("no scenes: give a raster, a folder or SAFE product of band files, a STAC item, or --band")
     return scenes
@@ -362,18 +367,18 @@ def band_scene(band_files: Mapping[str, str]) -> BandFiles:
     return BandFiles(scene_name(name), tuple((band, gdal_path(path)) for band, path in band_files.items()))
 
 
-def _scenes_of(given: str) -> list[RasterScene | BandFiles]:
+def _scenes_of(given: str, stac_roots: tuple[str | Path, ...] = ()) -> list[RasterScene | BandFiles]:
     if urlparse(given).scheme in ("http", "https") or given.lower().endswith(".json"):
-        return stac_scenes(given)
+        return stac_scenes(given, stac_roots)
     path = Path(given)
     if path.is_dir():
-        return _folder_scenes(path)
+        return _folder_scenes(path, stac_roots)
     if path.is_file():
         return [RasterScene(scene_name(path.stem), str(path))]
     raise MapError(f"{given}: not found")
 
 
-def _folder_scenes(folder: Path) -> list[RasterScene | BandFiles]:
+def _folder_scenes(folder: Path, stac_roots: tuple[str | Path, ...] = ()) -> list[RasterScene | BandFiles]:
     """A SAFE product (one scene per granule), a folder of SAFE products, a folder of STAC items,
     or a folder of one scene's band files."""
     if folder.suffix.upper() == ".SAFE" or (folder / "GRANULE").is_dir():
@@ -383,7 +388,7 @@ def _folder_scenes(folder: Path) -> list[RasterScene | BandFiles]:
         return [scene for product in products for scene in safe_scenes(product)]
     items = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".json")
     if items:
-        return [scene for item in items for scene in stac_scenes(str(item))]
+        return [scene for item in items for scene in stac_scenes(str(item), stac_roots)]
     files = band_files_in(sorted(p for p in folder.iterdir() if p.is_file()))
     if not files:
         raise MapError(
@@ -444,8 +449,9 @@ def scene_name(text: str) -> str:
 # STAC
 
 
-def stac_scenes(href: str) -> list[BandFiles]:
-    """The scenes of a STAC Item or ItemCollection (a search's result), read with pystac."""
+def stac_scenes(href: str, stac_roots: Sequence[str | Path] = ()) -> list[BandFiles]:
+    """The scenes of a STAC Item or ItemCollection (a search's result), read with pystac; local hrefs
+    must lie in the document's folder or in ``stac_roots`` (:func:`check_href`)."""
     try:
         import pystac
     except ImportError as err:
@@ -465,7 +471,7 @@ def stac_scenes(href: str) -> list[BandFiles]:
         raise MapError(f"{href}: not a STAC Item or ItemCollection pystac can read ({err})") from err
     if not items:
         raise MapError(f"{href}: the ItemCollection has no items")
-    return [item_scene(item, href) for item in items]
+    return [item_scene(item, href, stac_roots) for item in items]
 
 
 def _stac_type(href: str) -> str | None:
@@ -487,7 +493,7 @@ def _stac_type(href: str) -> str | None:
     return document.get("type") if isinstance(document, dict) else None
 
 
-def item_scene(item: object, document: str | None = None) -> BandFiles:
+def item_scene(item: object, document: str | None = None, stac_roots: Sequence[str | Path] = ()) -> BandFiles:
     """A STAC Item's band assets (one Sentinel-2 band each), their shapes and the DN offset."""
     assets: dict[str, list[tuple[tuple[int, float, str], str, object]]] = {}
     for key, asset in item.assets.items():
@@ -501,6 +507,7 @@ def item_scene(item: object, document: str | None = None) -> BandFiles:
     bands, shapes, values = [], [], []
     for band, candidates in sorted(assets.items()):
         _, path, asset = min(candidates, key=lambda c: c[0])
+        check_href(asset, path, document, stac_roots, f"STAC item {item.id}")
         bands.append((band, path))
         shape = asset.extra_fields.get("proj:shape")
         if shape is not None:
@@ -547,6 +554,25 @@ def _href(asset: object, document: str | None) -> str:
         else:
             href = str(Path(document).resolve().parent / href)
     return gdal_path(href)
+
+
+def check_href(asset: object, path: str, document: str | None, roots: Sequence[str | Path], where: str) -> None:
+    """A catalogue may name remote files (http, https, s3) anywhere, but local ones only inside the
+    folder of the document that names them, or a ``--stac-root``: else an item could make the
+    command read any file on this disk (``/etc/...``, ``../../``)."""
+    if urlparse(asset.get_absolute_href() or asset.href).scheme in ("http", "https", "s3"):
+        return
+    folders = [Path(root) for root in roots]
+    if document is not None and urlparse(document).scheme not in ("http", "https"):
+        folders.append(Path(document).parent)
+    target = Path(path).resolve()  # symbolic links and .. followed: where the file really is
+    if any(target.is_relative_to(folder.resolve()) for folder in folders):
+        return
+    allowed = ", ".join(str(folder) for folder in folders) or "none (the document is remote)"
+    raise MapError(
+        f"{where}: asset href {asset.href} is outside the folders local hrefs may point into ({allowed}); "
+        "move the files beside the catalogue, or allow their folder with --stac-root DIR"
+    )
 
 
 def band_values(asset: object, where: str) -> BandValues:
