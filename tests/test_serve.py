@@ -487,3 +487,59 @@ def test_a_map_whose_client_left_while_waiting_is_not_made(
     scope |= {"http_version": "1.1", "scheme": "http", "server": ("testserver", 80), "client": ("127.0.0.1", 1)}
     asyncio.run(app(scope | {"root_path": "", "raw_path": b"/map"}, receive, send))
     assert made == [] and app.state.service.maps._ids == {}
+
+
+def test_an_error_outside_the_engine_call_reaches_the_waiting_request_and_the_batcher_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_take = MicroBatcher._take_batch
+    failures = [RuntimeError("the queue broke")]
+
+    def take_once_broken(self: MicroBatcher) -> list:
+        if failures:
+            raise failures.pop()
+        return real_take(self)
+
+    monkeypatch.setattr(MicroBatcher, "_take_batch", take_once_broken)
+
+    async def main() -> np.ndarray:
+        batcher = MicroBatcher(Engine(), 8, 0.0)
+        await batcher.start()
+        try:
+            with pytest.raises(RuntimeError, match="the queue broke"):
+                await asyncio.wait_for(batcher.classify(images(1)), timeout=10)
+            return await asyncio.wait_for(batcher.classify(images(1, start=7)), timeout=10)
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(main())[0, 0] == 7
+
+
+def test_a_failed_batch_outside_the_engine_is_a_json_error_and_the_next_request_is_served(
+    served: ServedModel, patches: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_take, failures = MicroBatcher._take_batch, [MemoryError("stacking failed")]
+
+    def take_once_broken(self: MicroBatcher) -> list:
+        if failures:
+            raise failures.pop()
+        return real_take(self)
+
+    monkeypatch.setattr(MicroBatcher, "_take_batch", take_once_broken)
+    files = upload({"Forest.png": patches["Forest.png"]})
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        app = create_app(served)
+        await app.state.service.batcher.start()  # what the lifespan does
+        try:
+            transport = httpx.ASGITransport(app, raise_app_exceptions=False)  # a 500 is an answer here
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+                failed = await asyncio.wait_for(http.post("/predict", files=files), timeout=30)
+                return failed, await asyncio.wait_for(http.post("/predict", files=files), timeout=30)
+        finally:
+            await app.state.service.batcher.stop()
+
+    failed, served_next = asyncio.run(main())
+    assert 400 <= failed.status_code < 600 and failed.headers["content-type"] == "application/json"
+    assert "Traceback" not in failed.text
+    assert served_next.status_code == 200, served_next.text

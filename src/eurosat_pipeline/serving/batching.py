@@ -78,13 +78,26 @@ class MicroBatcher:
         assert self._arrived is not None  # set by start(), before this task exists
         while True:
             await self._arrived.wait()
-            if self.max_wait and self._queued_images() < self.max_batch:
-                await asyncio.sleep(self.max_wait)  # a moment for other requests to join
-            batch = self._take_batch()
-            if not self._queue:
+            batch: list[_Pending] = []
+            try:
+                if self.max_wait and self._queued_images() < self.max_batch:
+                    await asyncio.sleep(self.max_wait)  # a moment for other requests to join
+                batch = self._take_batch()
+                if not self._queue:
+                    self._arrived.clear()
+                if batch:
+                    await self._run(batch)
+            except Exception as err:  # noqa: BLE001 - the loop must outlive any failure, or later requests hang
+                # Where it failed, the queue may be half-taken: every request waiting gets the error.
+                self._fail([*batch, *self._queue], err)
+                self._queue.clear()
                 self._arrived.clear()
-            if batch:
-                await self._run(batch)
+
+    @staticmethod
+    def _fail(requests: list[_Pending], err: Exception) -> None:
+        for pending in requests:
+            if not pending.future.done():
+                pending.future.set_exception(err)
 
     def _queued_images(self) -> int:
         return sum(len(p.images) for p in self._queue)
@@ -104,17 +117,15 @@ class MicroBatcher:
         return taken
 
     async def _run(self, batch: list[_Pending]) -> None:
-        images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
         try:
+            images = np.concatenate([p.images for p in batch]) if len(batch) > 1 else batch[0].images
             probabilities = await asyncio.to_thread(self._in_chunks, images)
         except asyncio.CancelledError:  # the server stops: nobody will take these answers
             for pending in batch:
                 pending.future.cancel()
             raise
         except Exception as err:  # noqa: BLE001 - the engine's failure is each waiting request's answer
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(err)
+            self._fail(batch, err)
             return
         start = 0
         for pending in batch:
