@@ -547,20 +547,23 @@ def _preference(asset: object) -> tuple[int, float, str]:
 def _href(asset: object, document: str | None) -> str:
     """A GDAL path for the asset: a relative href is relative to the item's own location, else to the
     document it came in (an ItemCollection's file or URL: its items have no location of their own)."""
+    return gdal_path(_absolute_href(asset, document))
+
+
+def _absolute_href(asset: object, document: str | None) -> str:
     href = asset.get_absolute_href() or asset.href
     if urlparse(href).scheme == "" and not Path(href).is_absolute() and document is not None:
         if urlparse(document).scheme in ("http", "https"):
-            href = urljoin(document, href)
-        else:
-            href = str(Path(document).resolve().parent / href)
-    return gdal_path(href)
+            return urljoin(document, href)
+        return str(Path(document).resolve().parent / href)
+    return href
 
 
 def check_href(asset: object, path: str, document: str | None, roots: Sequence[str | Path], where: str) -> None:
     """A catalogue may name remote files (http, https, s3) anywhere, but local ones only inside the
     folder of the document that names them, or a ``--stac-root``: else an item could make the
     command read any file on this disk (``/etc/...``, ``../../``)."""
-    if urlparse(asset.get_absolute_href() or asset.href).scheme in ("http", "https", "s3"):
+    if urlparse(_absolute_href(asset, document)).scheme in ("http", "https", "s3"):
         return
     folders = [Path(root) for root in roots]
     if document is not None and urlparse(document).scheme not in ("http", "https"):
