@@ -30,6 +30,7 @@ from .serving import encoded, live_server, png_bomb, tiff_bytes
 from .test_map import TILE_HA, grid_of_labels, mosaic, write_raster
 
 VIEWS = 8  # as `eurosat serve` and `eurosat predict` by default
+TEST_HOSTS = ["testserver"]  # the Host that TestClient sends; a server allows this machine's names only
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def served(map_model: Path) -> ServedModel:
 
 @pytest.fixture(scope="module")
 def client(served: ServedModel) -> Iterator[TestClient]:
-    with TestClient(create_app(served)) as test_client:
+    with TestClient(create_app(served, allowed_hosts=TEST_HOSTS)) as test_client:
         yield test_client
 
 
@@ -203,7 +204,7 @@ def test_an_upload_over_the_limit_is_refused_whether_it_declares_its_size_or_not
 
 def test_with_a_token_only_the_right_one_is_served(served: ServedModel, patches: dict[str, bytes]) -> None:
     files = upload({"Forest.png": patches["Forest.png"]})
-    with TestClient(create_app(served, token="s3cret")) as guarded:
+    with TestClient(create_app(served, token="s3cret", allowed_hosts=TEST_HOSTS)) as guarded:
         health = guarded.get("/health")
         missing = guarded.post("/predict", files=files)
         wrong = guarded.post("/predict", files=files, headers={"Authorization": "Bearer guess"})
@@ -261,7 +262,7 @@ def test_map_answers_the_areas_and_links_its_map_preview_and_table(
 
 
 def test_a_scene_over_the_limit_gets_413_naming_the_limit_and_the_command(served: ServedModel, scene: Path) -> None:
-    with TestClient(create_app(served, Limits(scene_pixels=50_000))) as small:
+    with TestClient(create_app(served, Limits(scene_pixels=50_000), allowed_hosts=TEST_HOSTS)) as small:
         response = small.post("/map", files={"scene": ("big.tif", scene.read_bytes())})
         again = small.post("/predict", files=upload({"x.png": encoded(np.zeros((3, 64, 64), np.uint8))}))
     assert response.status_code == 413
@@ -438,7 +439,9 @@ def test_too_many_files_or_pixels_in_one_request_get_413_before_any_is_decoded(
 def test_the_token_is_checked_before_the_body_is_read(served: ServedModel) -> None:
     """A wrong token with a body over the limit: 401 (the body was never read), not 413."""
     body = upload({"big.png": b"x" * 5_000})
-    with TestClient(create_app(served, Limits(upload_bytes=1_000), token="s3cret")) as guarded:
+    with TestClient(
+        create_app(served, Limits(upload_bytes=1_000), token="s3cret", allowed_hosts=TEST_HOSTS)
+    ) as guarded:
         wrong = guarded.post("/predict", files=body, headers={"Authorization": "Bearer guess"})
         missing = guarded.post("/map", files={"scene": ("s.tif", b"x" * 5_000)})
         right = guarded.post("/predict", files=body, headers={"Authorization": "Bearer s3cret"})
@@ -450,7 +453,7 @@ def test_the_token_is_checked_before_the_body_is_read(served: ServedModel) -> No
 def test_maps_waiting_are_bounded_and_the_next_gets_429_with_retry_after(served: ServedModel, scene: Path) -> None:
     """The lock held by the test stands for a map in progress: one request waits, the next is refused."""
     files = {"scene": ("fields.tif", scene.read_bytes())}
-    with TestClient(create_app(served, Limits(maps_waiting=1))) as small:
+    with TestClient(create_app(served, Limits(maps_waiting=1), allowed_hosts=TEST_HOSTS)) as small:
         service = small.app.state.service
         small.portal.call(service.map_lock.acquire)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
@@ -470,7 +473,7 @@ def test_a_map_whose_client_left_while_waiting_is_not_made(
 ) -> None:
     made: list[Path] = []
     monkeypatch.setattr("eurosat_pipeline.serving.app._make_map", lambda *args: made.append(args[1]))
-    app = create_app(served)
+    app = create_app(served, allowed_hosts=TEST_HOSTS)
     request = httpx.Request("POST", "http://testserver/map", files={"scene": ("fields.tif", scene.read_bytes())})
     body = request.read()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -529,7 +532,7 @@ def test_a_failed_batch_outside_the_engine_is_a_json_error_and_the_next_request_
     files = upload({"Forest.png": patches["Forest.png"]})
 
     async def main() -> tuple[httpx.Response, httpx.Response]:
-        app = create_app(served)
+        app = create_app(served, allowed_hosts=TEST_HOSTS)
         await app.state.service.batcher.start()  # what the lifespan does
         try:
             transport = httpx.ASGITransport(app, raise_app_exceptions=False)  # a 500 is an answer here
@@ -543,3 +546,21 @@ def test_a_failed_batch_outside_the_engine_is_a_json_error_and_the_next_request_
     assert 400 <= failed.status_code < 600 and failed.headers["content-type"] == "application/json"
     assert "Traceback" not in failed.text
     assert served_next.status_code == 200, served_next.text
+
+
+def test_only_the_servers_own_host_names_are_served(served: ServedModel) -> None:
+    """A page on evil.example whose name resolves to 127.0.0.1 (DNS rebinding) is refused by Host."""
+    app = create_app(served)  # the default: this machine's names only
+    with TestClient(app, base_url="http://127.0.0.1:8000") as local:
+        evil = local.get("/health", headers={"Host": "evil.example"})
+        assert local.get("/health").status_code == 200
+        assert local.get("/health", headers={"Host": "localhost:8000"}).status_code == 200
+        assert local.get("/health", headers={"Host": "[::1]:8000"}).status_code == 200
+        assert local.get("/health", headers={"Host": "testserver"}).status_code == 400
+    assert evil.status_code == 400
+    with TestClient(
+        create_app(served, allowed_hosts=["maps.example.org"]), base_url="http://maps.example.org"
+    ) as named:
+        assert named.get("/health").status_code == 200
+        assert named.get("/health", headers={"Host": "127.0.0.1"}).status_code == 200  # loopback always
+        assert named.get("/health", headers={"Host": "evil.example"}).status_code == 400

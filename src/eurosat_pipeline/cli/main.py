@@ -258,6 +258,14 @@ def _add_serve(commands: Commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name clients may use besides localhost, 127.0.0.1, [::1] and --host (repeatable): the name "
+        "of this server behind a proxy or on a network; any other Host gets 400 (DNS rebinding)",
+    )
+    serve.add_argument(
         "--token",
         help="require 'Authorization: Bearer TOKEN' for /predict and /map (default: $EUROSAT_SERVE_TOKEN); "
         "set one when --host reaches beyond this machine",
@@ -445,7 +453,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="eurosat-serve-") as work:
         model = _served_model(args, args.fetch_to or f"{work}/model")
-        app = create_app(model, limits, token, args.batch_wait_ms / 1000, f"{work}/runs")
+        hosts = [args.host, *args.allowed_host]
+        app = create_app(model, limits, token, args.batch_wait_ms / 1000, f"{work}/runs", hosts)
         warning = exposure_warning(args.host, token)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

@@ -32,7 +32,7 @@ import tempfile
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,6 +42,7 @@ from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.errors import PipelineError, first_line
@@ -65,6 +66,8 @@ from eurosat_pipeline.serving.batching import MicroBatcher
 log = logging.getLogger(__name__)
 TOKEN_VARIABLE = "EUROSAT_SERVE_TOKEN"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: Host headers always served: this machine's names (IPv6 literals are bracketed in a Host header).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 MB = 2**20
 MAP_FILES = ("map.tif", "map.png", "map.csv")
 MEDIA_TYPES = {".tif": "image/tiff", ".png": "image/png", ".csv": "text/csv"}
@@ -309,11 +312,13 @@ def create_app(
     token: str | None = None,
     batch_wait: float = 0.0,
     work_dir: str | Path | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI application serving ``model``. The engine's batch size in images at most per
     engine call, for which a request waits up to ``batch_wait`` seconds for others; with 0 (the
     default) a call takes the requests that queued while the previous one ran, and a request alone
-    never waits."""
+    never waits. Requests are served only for the Host names ``localhost``, ``127.0.0.1``, ``[::1]``
+    and ``allowed_hosts`` (a page whose own name resolves to this machine, DNS rebinding, gets 400)."""
     limits = limits or Limits()
     folder = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="eurosat-serve-"))
     service = Service(
@@ -344,7 +349,8 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app, service)
     app.add_middleware(BodyLimit, limit=limits.upload_bytes)
-    app.add_middleware(TokenGuard, token=service.token)  # added last, so it runs first: before the body
+    app.add_middleware(TokenGuard, token=service.token)  # added late, so it runs early: before the body
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_names(allowed_hosts))  # first of all
     return app
 
 
@@ -694,6 +700,12 @@ def _map_report(map_id: str, name: str, result: Any) -> dict[str, Any]:
 
 
 # ----- running it --------------------------------------------------------------------------------------------
+
+
+def host_names(extra: Sequence[str]) -> list[str]:
+    """The Host header names served: this machine's, and ``extra`` (an IPv6 address in brackets)."""
+    names = [f"[{name}]" if ":" in name and not name.startswith("[") else name for name in extra]
+    return list(dict.fromkeys([*LOOPBACK_NAMES, *(name.lower() for name in names if name)]))
 
 
 def resolve_token(given: str | None) -> str | None:
