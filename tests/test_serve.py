@@ -7,6 +7,7 @@ import asyncio
 import concurrent.futures
 import io
 import resource
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -564,3 +565,23 @@ def test_only_the_servers_own_host_names_are_served(served: ServedModel) -> None
         assert named.get("/health").status_code == 200
         assert named.get("/health", headers={"Host": "127.0.0.1"}).status_code == 200  # loopback always
         assert named.get("/health", headers={"Host": "evil.example"}).status_code == 400
+
+
+def test_a_map_dropped_between_lookup_and_sending_is_404(client: TestClient, scene: Path) -> None:
+    report = client.post("/map", files={"scene": ("fields.tif", scene.read_bytes())}).json()
+    maps = client.app.state.service.maps
+    real_file = maps.file
+
+    def found_then_dropped(map_id: str, name: str) -> Path | None:
+        path = real_file(map_id, name)
+        if path is not None:
+            shutil.rmtree(path.parent)  # evicted by another map, or deleted, before the answer is sent
+        return path
+
+    maps.file = found_then_dropped
+    try:
+        response = client.get(report["links"]["preview"])
+    finally:
+        del maps.file
+    assert response.status_code == 404, response.text
+    assert response.json()["detail"].startswith(f"no map file {report['id']}/map.png")

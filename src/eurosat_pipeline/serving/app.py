@@ -32,7 +32,7 @@ import tempfile
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,7 +40,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -413,17 +413,35 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     ) -> Any:
         map_id, report = await map_upload(service, scene, MapOptions(bands, scale, offset, nodata), request)
         if output == "geotiff":
-            path = service.maps.file(map_id, "map.tif")
-            return FileResponse(path, media_type="image/tiff", filename=f"{Path(report['scene']).stem}-map.tif")
+            return send_map_file(service, map_id, "map.tif", f"{Path(report['scene']).stem}-map.tif")
         return report
 
     @app.get("/maps/{map_id}/{name}", summary="a map's map.tif, map.png, map.csv", dependencies=[Depends(authorised)])
-    async def map_file(map_id: str, name: str) -> FileResponse:
-        path = service.maps.file(map_id, name)
+    async def map_file(map_id: str, name: str) -> StreamingResponse:
+        return send_map_file(service, map_id, name)
+
+
+def send_map_file(service: Service, map_id: str, name: str, download: str | None = None) -> StreamingResponse:
+    """One of a kept map's files, or a 404. The file is opened here, so a map evicted (or deleted)
+    after this lookup is still sent whole from the open file, or, when already gone, is a 404."""
+    path = service.maps.file(map_id, name)
+    try:
         if path is None:
-            kept = service.limits.maps_kept
-            raise Refusal(404, f"no map file {map_id}/{name}: the server keeps its last {kept} maps")
-        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+            raise FileNotFoundError(name)
+        handle = path.open("rb")
+    except FileNotFoundError:
+        kept = service.limits.maps_kept
+        raise Refusal(404, f"no map file {map_id}/{name}: the server keeps its last {kept} maps") from None
+    headers = {"Content-Length": str(os.fstat(handle.fileno()).st_size)}
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+    return StreamingResponse(_chunks_of(handle), media_type=MEDIA_TYPES[path.suffix], headers=headers)
+
+
+def _chunks_of(handle: Any) -> Iterator[bytes]:
+    with handle:
+        while chunk := handle.read(MB):
+            yield chunk
 
 
 BEARER = HTTPBearer(auto_error=False, description=f"needed when the server has a token ({TOKEN_VARIABLE})")
