@@ -58,8 +58,18 @@ def sentinel2_band(name: str | None) -> str | None:
     text = name.strip().casefold()
     if text in _ALIASES:
         return _ALIASES[text]
-    words = {_canonical(m) for m in _BAND_WORD.findall(name)}
+    return band_word_in(name)
+
+
+def band_word_in(text: str) -> str | None:
+    """The one Sentinel-2 band named as a word in ``text`` (a file name: ``T32TPT_..._B04_10m``), or None."""
+    words = {_canonical(m) for m in _BAND_WORD.findall(text)}
     return words.pop() if len(words) == 1 else None
+
+
+def without_band_words(text: str) -> str:
+    """``text`` with its band words taken out (what sister files of one scene share)."""
+    return _BAND_WORD.sub("", text)
 
 
 def _canonical(word: str) -> str:

@@ -43,7 +43,7 @@ from urllib.request import url2pathname
 import numpy as np
 
 # One table of Sentinel-2's names (core.bands); its file-name word pattern finds bands in file names.
-from eurosat_pipeline.core.bands import _BAND_WORD, _canonical, sentinel2_band
+from eurosat_pipeline.core.bands import band_word_in, sentinel2_band, without_band_words
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.maps.mapping import MapError, open_scene
 
@@ -361,7 +361,7 @@ def band_scene(band_files: Mapping[str, str]) -> BandFiles:
         if not is_remote(gdal_path(path)) and not Path(gdal_path(path)).is_file():
             raise MapError(f"{path}: not found")
     # T32TPT_20230101T101421_B04_10m.jp2 and its sister files: T32TPT_20230101T101421; else the folder's name.
-    rests = {_RESOLUTION_WORD.sub("", _BAND_WORD.sub("", Path(p).stem)).strip("_-. ") for p in paths}
+    rests = {_RESOLUTION_WORD.sub("", without_band_words(Path(p).stem)).strip("_-. ") for p in paths}
     shared = rests.pop() if len(rests) == 1 else ""
     name = shared or Path(gdal_path(paths[0])).resolve().parent.name or "bands"
     return BandFiles(scene_name(name), tuple((band, gdal_path(path)) for band, path in band_files.items()))
@@ -436,8 +436,7 @@ def band_files_in(paths: Sequence[Path]) -> dict[str, Path]:
 def _file_band(path: Path) -> str | None:
     if path.suffix.lower() not in RASTER_SUFFIXES:
         return None
-    words = {_canonical(m) for m in _BAND_WORD.findall(path.stem)}
-    return words.pop() if len(words) == 1 else None
+    return band_word_in(path.stem)
 
 
 def scene_name(text: str) -> str:
