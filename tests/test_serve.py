@@ -585,3 +585,21 @@ def test_a_map_dropped_between_lookup_and_sending_is_404(client: TestClient, sce
         del maps.file
     assert response.status_code == 404, response.text
     assert response.json()["detail"].startswith(f"no map file {report['id']}/map.png")
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "ICO", "PCX"])
+def test_a_format_pil_knows_but_we_do_not_name_is_refused_naming_the_file(
+    fmt: str, client: TestClient, served: ServedModel, tmp_path: Path
+) -> None:
+    from eurosat_pipeline.core.errors import PipelineError
+    from eurosat_pipeline.inference.images import read_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 90, 30)).save(buffer, format=fmt)
+    disguised = tmp_path / "patch.png"  # another format under a name we read
+    disguised.write_bytes(buffer.getvalue())
+    response = client.post("/predict", files=upload({"patch.png": buffer.getvalue()}))
+    assert response.status_code == 422 and response.json()["errors"][0]["file"] == "patch.png", response.text
+    assert "patch.png: cannot be read as an image (not one of the formats read here" in response.json()["detail"]
+    with pytest.raises(PipelineError, match=r"patch\.png: cannot be read as an image \(not one of the formats"):
+        read_image(disguised, served.predictor.data)
