@@ -188,3 +188,21 @@ def test_a_bare_repository_without_its_branch_as_head_gets_a_hint(
     subprocess.run(["git", "-C", str(copy), "symbolic-ref", "HEAD", "refs/heads/master"], check=True)
     with pytest.raises(RegistryError, match=r"HEAD names no branch it has .* symbolic-ref HEAD refs/heads/main"):
         fetch_model(str(copy), tmp_path / "model", stage="prod")
+
+
+def test_a_fetched_file_that_fails_its_hash_check_is_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from eurosat_pipeline.inference import registry
+
+    found = registry.RegistryVersion("repo", "model", "v1.0.0", "abc", None, "0" * 64)
+    fetched = tmp_path / "fetched" / "best.ckpt"
+
+    def fake_fetch(version: registry.RegistryVersion, folder: str | Path) -> Path:
+        fetched.parent.mkdir()
+        fetched.write_bytes(b"not the registered model")
+        return fetched
+
+    monkeypatch.setattr(registry, "resolve", lambda *args: found)
+    monkeypatch.setattr(registry, "fetch", fake_fetch)
+    with pytest.raises(RegistryError, match="nothing is served"):
+        registry.fetch_model("repo", tmp_path / "fetched")
+    assert not fetched.exists(), "a file that failed its hash check was left in the fetch folder"

@@ -180,7 +180,13 @@ def fetch_model(
     stage: str | None = None,
     expected_sha256: str | None = None,
 ) -> FetchedModel:
-    """Resolve, fetch and check: the model file ``eurosat serve --registry`` serves."""
+    """Resolve, fetch and check: the model file ``eurosat serve --registry`` serves. A file that
+    fails its check is deleted: nothing half-trusted stays in the folder for a later run to load."""
     found = resolve(repo, artifact, version, stage)
     path = fetch(found, folder)
-    return FetchedModel(path, found, verify(path, found, expected_sha256))
+    try:
+        sha256 = verify(path, found, expected_sha256)
+    except RegistryError:
+        path.unlink(missing_ok=True)
+        raise
+    return FetchedModel(path, found, sha256)
