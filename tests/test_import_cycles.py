@@ -92,8 +92,8 @@ def _describe(components: Iterable[list[str]], graph: dict[str, set[str]]) -> st
 
 
 # The rooms and the rooms each may import. core and platform are the floor; training, inference and
-# reporting stand on data and model; maps stand on inference, serving on both; the command lines sit
-# on top. reporting reads the t-SNE rows and history that training writes.
+# reporting stand on data and model; maps stand on inference, regions and serving on both; the
+# command lines sit on top. reporting reads the t-SNE rows and history that training writes.
 ALLOWED = {
     "core": set(),
     "platform": {"core"},
@@ -102,9 +102,10 @@ ALLOWED = {
     "training": {"core", "platform", "data", "model"},
     "inference": {"core", "platform", "data", "model"},
     "maps": {"core", "platform", "data", "model", "inference"},
+    "regions": {"core", "platform", "data", "model", "inference", "maps"},
     "serving": {"core", "platform", "data", "model", "inference", "maps"},
     "reporting": {"core", "platform", "data", "model"},
-    "cli": {"core", "platform", "data", "model", "training", "inference", "maps", "serving", "reporting"},
+    "cli": {"core", "platform", "data", "model", "training", "inference", "maps", "regions", "serving", "reporting"},
 }
 # Third-party packages a room must not pull in, even indirectly through a room below it.
 FORBIDDEN = {"core": {"torch", "lightning", "timm"}, "data": {"lightning", "timm"}}

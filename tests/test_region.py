@@ -33,18 +33,6 @@ from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.mapping import NODATA, S2_DN_MAX, TILE, MapSettings, make_map, write_geotiff
-from eurosat_pipeline.maps.region import (
-    DaskCluster,
-    InProcess,
-    RegionTask,
-    SceneResult,
-    finished,
-    map_region,
-    model_here,
-    model_loads,
-    worker_predictor,
-    write_mosaics,
-)
 from eurosat_pipeline.maps.scenes import (
     BandFiles,
     band_files_in,
@@ -53,6 +41,10 @@ from eurosat_pipeline.maps.scenes import (
     model_band_names,
     sentinel2_band,
 )
+from eurosat_pipeline.regions.executors import DaskCluster, InProcess
+from eurosat_pipeline.regions.mosaic import write_mosaics
+from eurosat_pipeline.regions.region import finished, map_region
+from eurosat_pipeline.regions.tasks import RegionTask, SceneResult, model_here, model_loads, worker_predictor
 
 from .test_map import UTM33, grid_of_labels, mosaic, read_csv, write_raster
 

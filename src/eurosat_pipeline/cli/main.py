@@ -25,7 +25,7 @@ from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
 
 if TYPE_CHECKING:
     from eurosat_pipeline.inference.options import ModelOptions
-    from eurosat_pipeline.maps.region import RegionTask
+    from eurosat_pipeline.regions.tasks import RegionTask
     from eurosat_pipeline.serving.app import ServedModel
 
 ONNX_HELP = (
@@ -367,8 +367,8 @@ def _band_file(text: str) -> tuple[str, str]:
 
 def _map(args: argparse.Namespace) -> int:
     from eurosat_pipeline.maps.mapping import MapSettings, make_map, summary
-    from eurosat_pipeline.maps.region import RegionTask
     from eurosat_pipeline.maps.scenes import BandFiles, find_scenes
+    from eurosat_pipeline.regions.tasks import RegionTask
 
     if args.out is None and args.out_dir is None:
         raise PipelineError("say where the map goes: --out MAP.tif for one scene, --out-dir DIR for any number")
@@ -404,7 +404,8 @@ def _map(args: argparse.Namespace) -> int:
 
 def _map_region(args: argparse.Namespace, scenes: list, task: RegionTask) -> int:
     """Many scenes: a map each, the summary and the mosaic; status 1 when any scene failed."""
-    from eurosat_pipeline.maps.region import ExecutorChoice, map_region, open_executor
+    from eurosat_pipeline.regions.executors import ExecutorChoice, open_executor
+    from eurosat_pipeline.regions.region import map_region
 
     echo = functools.partial(print, flush=True)
     choice = ExecutorChoice(args.processes, args.dask_local, args.scheduler)

@@ -2,7 +2,7 @@
 
 A scene is one raster file, or a :class:`SceneSource` that reads like one: Sentinel-2 as it is
 published, one file per band or a STAC item (:mod:`eurosat_pipeline.maps.scenes`). Many scenes at
-once: :mod:`eurosat_pipeline.maps.region`.
+once: :mod:`eurosat_pipeline.regions.region`.
 
 The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
 native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
