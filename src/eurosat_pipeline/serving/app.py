@@ -381,6 +381,15 @@ def _validation_refusal(errors: Any) -> Refusal:
     return Refusal(400, f"malformed request: {text}")
 
 
+#: The refusals /predict and /map answer, stated in the OpenAPI description (a fuzzer reads them there).
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed request (a field missing or of the wrong type)"},
+    401: {"description": "the server has a token and this request did not send it (Authorization: Bearer TOKEN)"},
+    413: {"description": "over a limit (body bytes, files or pixels per request, a scene's pixels): GET /health"},
+    422: {"description": "a file cannot be used: each is named in `errors`"},
+}
+
+
 def _add_routes(app: FastAPI, service: Service) -> None:
     page = importlib.resources.files("eurosat_pipeline.serving").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -392,14 +401,27 @@ def _add_routes(app: FastAPI, service: Service) -> None:
     async def health() -> dict[str, Any]:
         return health_report(service)
 
-    @app.post("/predict", summary="the top classes of each image (JPEG, PNG, TIFF)", dependencies=[Depends(authorised)])
+    @app.post(
+        "/predict",
+        summary="the top classes of each image (JPEG, PNG, TIFF)",
+        dependencies=[Depends(authorised)],
+        responses=REFUSALS,
+    )
     async def predict(
-        files: Annotated[list[UploadFile], File(description="image files: patches with the model's bands")],
+        files: Annotated[
+            list[UploadFile],
+            File(description="image files (at most the server's files_per_request: GET /health), in the model's bands"),
+        ],
         top_k: Annotated[int, Query(ge=1, le=100, description="classes per image")] = 3,
     ) -> dict[str, Any]:
         return {"results": await classify_uploads(service, files, top_k)}
 
-    @app.post("/map", summary="a land-use map of a scene (GeoTIFF in)", dependencies=[Depends(authorised)])
+    @app.post(
+        "/map",
+        summary="a land-use map of a scene (GeoTIFF in)",
+        dependencies=[Depends(authorised)],
+        responses=REFUSALS | {429: {"description": "too many maps waiting: try again after Retry-After seconds"}},
+    )
     async def land_use_map(
         request: Request,
         scene: Annotated[UploadFile, File(description="the scene: a GeoTIFF (TIFF or BigTIFF)")],
