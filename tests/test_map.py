@@ -24,7 +24,8 @@ from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.inference.export import export_onnx
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.mapping import NODATA, S2_DN_MAX, TILE, MapSettings, make_map
+from eurosat_pipeline.maps.mapping import S2_DN_MAX, MapSettings, make_map
+from eurosat_pipeline.maps.result import NODATA, TILE
 
 from .conftest import REAL_EUROSAT, REPO_ROOT
 

@@ -430,7 +430,8 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_model: dict, tmp_path: Path) -> None:
     from eurosat_pipeline.inference.options import ModelOptions
-    from eurosat_pipeline.maps.mapping import MapError, MapSettings, make_map
+    from eurosat_pipeline.maps.mapping import MapSettings, make_map
+    from eurosat_pipeline.maps.result import MapError
 
     model = ModelOptions(nir_model["checkpoint"], device="cpu")
     scene = write_scene(tmp_path / "rgb.tif", scene_of(np.array([[1000]]), (0, 1, 2))[:3], None)
@@ -447,7 +448,8 @@ def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_
 def test_map_refuses_a_scene_of_another_value_type_than_the_models(nir_model: dict, tmp_path: Path) -> None:
     """A uint16 model takes values as they are: an 8-bit scene of its bands is refused, naming both types."""
     from eurosat_pipeline.inference.options import ModelOptions
-    from eurosat_pipeline.maps.mapping import MapError, make_map
+    from eurosat_pipeline.maps.mapping import make_map
+    from eurosat_pipeline.maps.result import MapError
 
     pixels = (scene_of(np.array([[1000, 2500]]), (0, 1, 2, 3)) // 16).astype(np.uint8)
     scene = write_scene(tmp_path / "eight-bit.tif", pixels, nir_model["names"])

@@ -32,7 +32,9 @@ from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.mapping import NODATA, S2_DN_MAX, TILE, MapSettings, make_map, write_geotiff
+from eurosat_pipeline.maps.mapping import S2_DN_MAX, MapSettings, make_map
+from eurosat_pipeline.maps.outputs import write_geotiff
+from eurosat_pipeline.maps.result import NODATA, TILE
 from eurosat_pipeline.maps.scenes import (
     BandFiles,
     band_files_in,

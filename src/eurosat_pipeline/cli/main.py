@@ -366,7 +366,8 @@ def _band_file(text: str) -> tuple[str, str]:
 
 
 def _map(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.maps.mapping import MapSettings, make_map, summary
+    from eurosat_pipeline.maps.mapping import MapSettings, make_map
+    from eurosat_pipeline.maps.outputs import summary
     from eurosat_pipeline.maps.scenes import BandFiles, find_scenes
     from eurosat_pipeline.regions.tasks import RegionTask
 

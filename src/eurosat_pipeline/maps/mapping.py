@@ -57,29 +57,25 @@ says why (a note printed by the command), while the tile counts are still writte
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from eurosat_pipeline.core.classes import CLASSES, IMAGE_SIZE, class_colours_of
+from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.dataspec import RGB_ROLES, BandMatch, DataSpec
-from eurosat_pipeline.core.errors import DatasetError, PipelineError
-from eurosat_pipeline.core.files import atomic_path, csv_text, writing
+from eurosat_pipeline.core.errors import DatasetError
+from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.inference.engines import Predictor
 from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.outputs import MapOutputs, write_map_files
+from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap, MapError, Stopwatch
 
-TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
-NODATA = 255
-AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent")  # MAP.csv
 SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
 PERCENTILES = (2.0, 98.0)
@@ -91,87 +87,6 @@ EUROSAT_PIXEL_M = 10.0
 Scaler = Callable[[np.ndarray], np.ndarray]
 Number = float | np.ndarray  # one value for every band, or one per band as ``bands x 1 x 1``
 UINT8 = np.dtype(np.uint8)
-
-
-class MapError(PipelineError):
-    """The scene, the band choice or the output path cannot be used."""
-
-
-@dataclass(frozen=True)
-class MapOutputs:
-    tif: Path
-    png: Path
-    csv: Path
-    confidence: Path | None
-
-    @classmethod
-    def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
-        out = Path(out)
-        if out.suffix.lower() not in (".tif", ".tiff"):
-            raise MapError(f"{out}: the map is a GeoTIFF; give an output name ending in .tif")
-        if out.is_dir():
-            raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
-        sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
-        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar)
-
-    def all(self) -> list[Path]:
-        return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
-
-
-class Stopwatch:
-    """Seconds spent per phase (reading, scaling, classifying, ...), added up over a run."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
-
-
-@dataclass
-class LandUseMap:
-    """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
-
-    classes: np.ndarray
-    confidence: np.ndarray
-    crs: object
-    transform: object
-    tile_area_m2: float | None
-    notes: list[str] = field(default_factory=list)
-    class_names: tuple[str, ...] = ()  # the model's classes, index order
-    tile: int = TILE  # pixels per tile side: the model's patch size
-    seconds: float = 0.0
-    engine: str = ""
-    preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
-    watch: Stopwatch = field(default_factory=Stopwatch)
-
-    @property
-    def classified(self) -> int:
-        return int((self.classes != NODATA).sum())
-
-    @property
-    def skipped(self) -> int:
-        return int(self.classes.size - self.classified)
-
-    def areas(self) -> list[dict[str, object]]:
-        """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
-        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(self.class_names))
-        total = max(int(counts.sum()), 1)
-        return [
-            {
-                "class": name,
-                "index": index,
-                "tiles": int(counts[index]),
-                "hectares": "" if self.tile_area_m2 is None else round(counts[index] * self.tile_area_m2 / 10_000, 4),
-                "percent": round(100 * counts[index] / total, 2),
-            }
-            for index, name in enumerate(self.class_names)
-        ]
 
 
 class SceneSource(Protocol):
@@ -226,7 +141,6 @@ def make_map(
     used) or the options to load one with. Views > 1 average each tile's flips and quarter-turns
     (test-time augmentation, core/views.py): more accurate, that many times the work.
     """
-    import rasterio
     from rasterio.errors import RasterioError
 
     from eurosat_pipeline.inference.engines import load_predictor
@@ -273,18 +187,7 @@ def make_map(
         result.notes += [band_note] if band_note else []
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
-        # Each writer names its own output when the storage refuses it (a temporary is what it writes).
-        with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
-            names = result.class_names
-            with writing(outputs.tif):
-                write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
-            if outputs.confidence is not None:
-                with writing(outputs.confidence):
-                    write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
-            with writing(outputs.csv):
-                write_areas_csv(temporaries["csv"], result)
-        with result.watch("preview"), writing(outputs.png):
-            write_preview(temporaries["png"], result, scene.name, result.preview, (src.width, src.height))
+        write_map_files(result, outputs, temporaries, scene.name, (src.width, src.height))
     return result, outputs
 
 
@@ -707,125 +610,3 @@ def _tile_area(src: object, tile: int = TILE, eurosat: bool = True) -> tuple[flo
             "instead of 640 m and the model may do worse"
         )
     return pixel_m2 * tile * tile, notes
-
-
-def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
-    """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
-    colours = class_colours_of(names)
-    table = {i: (*_rgb(colours[name]), 255) for i, name in enumerate(names)}
-    table[NODATA] = (0, 0, 0, 0)
-    return table
-
-
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    value = hex_colour.lstrip("#")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
-
-
-def write_geotiff(
-    path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
-) -> None:
-    """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    profile = {
-        "driver": "GTiff",
-        "width": values.shape[1],
-        "height": values.shape[0],
-        "count": 1,
-        "dtype": "uint8",
-        "nodata": NODATA,
-        "crs": crs,
-        "transform": transform,
-        "compress": "deflate",
-    }
-    try:
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(values, 1)
-            dst.update_tags(classes=",".join(names))
-            if colours:
-                dst.write_colormap(1, class_colours(names))
-            else:
-                dst.update_tags(1, meaning="top-1 probability in percent")
-    except RasterioIOError as err:
-        # GDAL says only "Write failed" (libtiff prints the reason): short space is the usual cause.
-        if shutil.disk_usage(path.parent).free < values.nbytes:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
-        raise
-
-
-def write_areas_csv(path: Path, result: LandUseMap) -> None:
-    """Tiles, hectares and share per class, then the NODATA tiles."""
-    nodata = {"class": "nodata", "index": NODATA, "tiles": result.skipped}
-    path.write_text(csv_text(AREA_COLUMNS, [*result.areas(), nodata]), encoding="utf-8")
-
-
-def write_preview(
-    path: Path,
-    result: LandUseMap,
-    title: str,
-    scene: np.ndarray | None = None,
-    scene_size: tuple[int, int] = (0, 0),
-) -> None:
-    """The scene (when given) beside the map in the class colours (nodata white), with a legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-
-    names = result.class_names
-    colours = class_colours_of(names)
-    cmap = ListedColormap([colours[name] for name in names]).with_extremes(bad="white")
-    rows, cols = result.classes.shape
-    panels = 1 if scene is None else 2
-    height = min(8.0, max(3.0, 6.0 * rows / cols))
-    figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
-    axes = np.atleast_1d(axes)
-    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
-    if scene is not None:
-        tile = result.tile
-        axes[0].imshow(scene, extent=(0, scene_size[0] / tile, scene_size[1] / tile, 0), interpolation="nearest")
-        axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
-    axes[-1].imshow(
-        np.ma.masked_equal(result.classes, NODATA),
-        cmap=cmap,
-        vmin=-0.5,
-        vmax=len(names) - 0.5,
-        interpolation="nearest",
-        extent=extent,
-    )
-    for ax in axes:
-        ax.set_xlim(0, cols)
-        ax.set_ylim(rows, 0)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[-1].set_title(f"{result.classified} tiles of {result.tile} px classified, {result.skipped} nodata", fontsize=9)
-    figure.suptitle(title)
-    labels = [
-        f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
-        for row in result.areas()
-    ]
-    handles = [Patch(color=colours[name]) for name in names]
-    axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    figure.savefig(path, format="png", bbox_inches="tight")
-    plt.close(figure)
-
-
-def summary(result: LandUseMap, outputs: MapOutputs) -> str:
-    """What the command prints: throughput, the area table, notes and the files written."""
-    rate = result.classified / result.seconds if result.seconds else 0.0
-    lines = [
-        f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
-        f"{rate:,.0f} tiles/s ({result.engine})",
-        "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
-    ]
-    for row in result.areas():
-        if row["tiles"]:
-            area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
-            lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
-    lines += [f"note: {note}" for note in result.notes]
-    lines.append("wrote " + ", ".join(map(str, outputs.all())))
-    return "\n".join(lines)

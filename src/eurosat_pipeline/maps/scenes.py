@@ -45,7 +45,8 @@ import numpy as np
 # One table of Sentinel-2's names (core.bands); its file-name word pattern finds bands in file names.
 from eurosat_pipeline.core.bands import band_word_in, sentinel2_band, without_band_words
 from eurosat_pipeline.core.dataspec import DataSpec
-from eurosat_pipeline.maps.mapping import MapError, open_scene
+from eurosat_pipeline.maps.mapping import open_scene
+from eurosat_pipeline.maps.result import MapError
 
 _RESOLUTION_WORD = re.compile(r"(?:^|[_\-. ])(\d+)m(?=$|[_\-. ])", re.IGNORECASE)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")

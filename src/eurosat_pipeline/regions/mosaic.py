@@ -13,11 +13,8 @@ from typing import Any
 import numpy as np
 
 from eurosat_pipeline.core.files import atomic_path, write_text
-from eurosat_pipeline.maps.mapping import (
-    NODATA,
-    class_colours,
-    write_geotiff,
-)
+from eurosat_pipeline.maps.outputs import class_colours, write_geotiff
+from eurosat_pipeline.maps.result import NODATA
 from eurosat_pipeline.regions.tasks import SceneResult
 
 MOSAIC = "mosaic"

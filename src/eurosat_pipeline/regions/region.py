@@ -36,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write_csv, write_json
-from eurosat_pipeline.maps.mapping import (
-    MapError,
-    MapOutputs,
-)
+from eurosat_pipeline.maps.outputs import MapOutputs
+from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.regions.executors import Executor
 from eurosat_pipeline.regions.mosaic import MOSAIC, write_mosaics
 from eurosat_pipeline.regions.tasks import Echo, RegionTask, Scene, SceneResult

@@ -19,11 +19,8 @@ from eurosat_pipeline.core.errors import PipelineError, first_line
 from eurosat_pipeline.core.stage import user_error
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.mapping import (
-    MapError,
-    MapSettings,
-    make_map,
-)
+from eurosat_pipeline.maps.mapping import MapSettings, make_map
+from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.maps.scenes import BandFiles, RasterScene
 from eurosat_pipeline.platform.cores import core_share
 

@@ -1,0 +1,183 @@
+"""The files of a land-use map: the GeoTIFF of classes (with its colour table and class names), the
+optional confidence GeoTIFF, the area table (CSV) and the preview (PNG), each written to a
+temporary name and renamed only when all are complete; and the summary the command prints.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eurosat_pipeline.core.classes import class_colours_of
+from eurosat_pipeline.core.files import csv_text, writing
+from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+
+AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent")  # MAP.csv
+
+
+@dataclass(frozen=True)
+class MapOutputs:
+    tif: Path
+    png: Path
+    csv: Path
+    confidence: Path | None
+
+    @classmethod
+    def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
+        out = Path(out)
+        if out.suffix.lower() not in (".tif", ".tiff"):
+            raise MapError(f"{out}: the map is a GeoTIFF; give an output name ending in .tif")
+        if out.is_dir():
+            raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
+        sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
+        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar)
+
+    def all(self) -> list[Path]:
+        return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
+
+
+def write_map_files(
+    result: LandUseMap, outputs: MapOutputs, temporaries: dict[str, Path], title: str, scene_size: tuple[int, int]
+) -> None:
+    """Every output of ``result`` to its temporary (``temporaries``, keyed as :meth:`MapOutputs.named`);
+    each writer names its own output when the storage refuses it (a temporary is what it writes)."""
+    import rasterio
+
+    with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
+        names = result.class_names
+        with writing(outputs.tif):
+            write_geotiff(temporaries["tif"], result.classes, result.crs, result.transform, names, colours=True)
+        if outputs.confidence is not None:
+            with writing(outputs.confidence):
+                write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
+        with writing(outputs.csv):
+            write_areas_csv(temporaries["csv"], result)
+    with result.watch("preview"), writing(outputs.png):
+        write_preview(temporaries["png"], result, title, result.preview, scene_size)
+
+
+def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
+    """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
+    colours = class_colours_of(names)
+    table = {i: (*_rgb(colours[name]), 255) for i, name in enumerate(names)}
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    value = hex_colour.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def write_geotiff(
+    path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
+) -> None:
+    """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    profile = {
+        "driver": "GTiff",
+        "width": values.shape[1],
+        "height": values.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": NODATA,
+        "crs": crs,
+        "transform": transform,
+        "compress": "deflate",
+    }
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(values, 1)
+            dst.update_tags(classes=",".join(names))
+            if colours:
+                dst.write_colormap(1, class_colours(names))
+            else:
+                dst.update_tags(1, meaning="top-1 probability in percent")
+    except RasterioIOError as err:
+        # GDAL says only "Write failed" (libtiff prints the reason): short space is the usual cause.
+        if shutil.disk_usage(path.parent).free < values.nbytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
+        raise
+
+
+def write_areas_csv(path: Path, result: LandUseMap) -> None:
+    """Tiles, hectares and share per class, then the NODATA tiles."""
+    nodata = {"class": "nodata", "index": NODATA, "tiles": result.skipped}
+    path.write_text(csv_text(AREA_COLUMNS, [*result.areas(), nodata]), encoding="utf-8")
+
+
+def write_preview(
+    path: Path,
+    result: LandUseMap,
+    title: str,
+    scene: np.ndarray | None = None,
+    scene_size: tuple[int, int] = (0, 0),
+) -> None:
+    """The scene (when given) beside the map in the class colours (nodata white), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    names = result.class_names
+    colours = class_colours_of(names)
+    cmap = ListedColormap([colours[name] for name in names]).with_extremes(bad="white")
+    rows, cols = result.classes.shape
+    panels = 1 if scene is None else 2
+    height = min(8.0, max(3.0, 6.0 * rows / cols))
+    figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
+    axes = np.atleast_1d(axes)
+    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
+    if scene is not None:
+        tile = result.tile
+        axes[0].imshow(scene, extent=(0, scene_size[0] / tile, scene_size[1] / tile, 0), interpolation="nearest")
+        axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
+    axes[-1].imshow(
+        np.ma.masked_equal(result.classes, NODATA),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(names) - 0.5,
+        interpolation="nearest",
+        extent=extent,
+    )
+    for ax in axes:
+        ax.set_xlim(0, cols)
+        ax.set_ylim(rows, 0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[-1].set_title(f"{result.classified} tiles of {result.tile} px classified, {result.skipped} nodata", fontsize=9)
+    figure.suptitle(title)
+    labels = [
+        f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
+        for row in result.areas()
+    ]
+    handles = [Patch(color=colours[name]) for name in names]
+    axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    figure.savefig(path, format="png", bbox_inches="tight")
+    plt.close(figure)
+
+
+def summary(result: LandUseMap, outputs: MapOutputs) -> str:
+    """What the command prints: throughput, the area table, notes and the files written."""
+    rate = result.classified / result.seconds if result.seconds else 0.0
+    lines = [
+        f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
+        f"{rate:,.0f} tiles/s ({result.engine})",
+        "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
+    ]
+    for row in result.areas():
+        if row["tiles"]:
+            area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
+            lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
+    lines += [f"note: {note}" for note in result.notes]
+    lines.append("wrote " + ", ".join(map(str, outputs.all())))
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The result of mapping one scene: the class and confidence of every map cell, the grid it lies
+on, its areas, and what the run took (:class:`LandUseMap`); the maps' errors (:class:`MapError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eurosat_pipeline.core.classes import IMAGE_SIZE
+from eurosat_pipeline.core.errors import PipelineError
+
+TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
+NODATA = 255
+
+
+class MapError(PipelineError):
+    """The scene, the band choice or the output path cannot be used."""
+
+
+class Stopwatch:
+    """Seconds spent per phase (reading, scaling, classifying, ...), added up over a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class LandUseMap:
+    """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    crs: object
+    transform: object
+    tile_area_m2: float | None
+    notes: list[str] = field(default_factory=list)
+    class_names: tuple[str, ...] = ()  # the model's classes, index order
+    tile: int = TILE  # pixels per tile side: the model's patch size
+    seconds: float = 0.0
+    engine: str = ""
+    preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
+    watch: Stopwatch = field(default_factory=Stopwatch)
+
+    @property
+    def classified(self) -> int:
+        return int((self.classes != NODATA).sum())
+
+    @property
+    def skipped(self) -> int:
+        return int(self.classes.size - self.classified)
+
+    def areas(self) -> list[dict[str, object]]:
+        """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
+        counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(self.class_names))
+        total = max(int(counts.sum()), 1)
+        return [
+            {
+                "class": name,
+                "index": index,
+                "tiles": int(counts[index]),
+                "hectares": "" if self.tile_area_m2 is None else round(counts[index] * self.tile_area_m2 / 10_000, 4),
+                "percent": round(100 * counts[index] / total, 2),
+            }
+            for index, name in enumerate(self.class_names)
+        ]
