@@ -603,3 +603,16 @@ def test_a_format_pil_knows_but_we_do_not_name_is_refused_naming_the_file(
     assert "patch.png: cannot be read as an image (not one of the formats read here" in response.json()["detail"]
     with pytest.raises(PipelineError, match=r"patch\.png: cannot be read as an image \(not one of the formats"):
         read_image(disguised, served.predictor.data)
+
+
+def test_an_image_of_any_aspect_takes_every_view(client: TestClient, map_model: Path, tmp_path: Path) -> None:
+    """A user's 700 x 500 photo: the default 8 views turn it a quarter (500 x 700), and each view is
+    resized by the model's own preprocessing. It was refused: the views needed square images."""
+    photo = Image.fromarray(np.random.default_rng(5).integers(0, 255, (500, 700, 3), dtype=np.uint8))
+    data = _jpeg(photo)
+    response = client.post("/predict", files=upload({"photo.jpg": data}))
+    assert response.status_code == 200, response.text
+    (tmp_path / "photo.jpg").write_bytes(data)
+    (expected,) = predict([tmp_path / "photo.jpg"], ModelOptions(map_model, views=VIEWS), top_k=3)
+    served = response.json()["results"][0]["predictions"]
+    assert [p["class"] for p in served] == expected.classes
