@@ -18,6 +18,9 @@ from eurosat_pipeline.core.files import csv_text, writing
 from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
 
 AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent")  # MAP.csv
+# Cloud-optimised GeoTIFF (GDAL's COG driver): 256 px internal tiles, overviews halving until one
+# tile holds the map; class maps' overviews take each block's most common class, never a mean of indices.
+COG_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,14 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 def write_geotiff(
     path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
 ) -> None:
-    """One uint8 band at tile resolution; with ``colours``, the class colour table and names."""
+    """One uint8 band at tile resolution as a cloud-optimised GeoTIFF (any size: a map smaller than a
+    tile is one tile, without overviews); with ``colours``, the class colour table and names, and
+    overviews by mode (a block's most common class), else by average (the confidence)."""
     import rasterio
     from rasterio.errors import RasterioIOError
 
     profile = {
-        "driver": "GTiff",
+        "driver": "COG",
         "width": values.shape[1],
         "height": values.shape[0],
         "count": 1,
@@ -91,6 +96,8 @@ def write_geotiff(
         "crs": crs,
         "transform": transform,
         "compress": "deflate",
+        "blocksize": COG_BLOCK,
+        "overview_resampling": "mode" if colours else "average",
     }
     try:
         with rasterio.open(path, "w", **profile) as dst:
