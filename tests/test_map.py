@@ -114,7 +114,7 @@ def test_map_labels_the_tiles_and_lies_exactly_on_the_scene(
     hectares = sum(float(by_class[name]["hectares"]) for name in CLASSES)
     assert hectares == pytest.approx(40 * TILE_HA)
     assert Image.open(out.with_suffix(".png")).size[0] > 300
-    assert sorted(p.name for p in out.parent.iterdir()) == ["map.csv", "map.png", "map.tif"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.csv", "map.json", "map.png", "map.tif"]
 
 
 def test_onnx_runtime_draws_the_same_map(

@@ -299,9 +299,18 @@ def test_a_stac_item_collection_maps_each_scene_with_a_summary_and_a_mosaic(
     assert code == 0
     names = list(catalogue["labels"])
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["summary.csv", "mosaic.vrt", "mosaic.tif"]
-        + [f"{n}{suffix}" for n in names for suffix in (".tif", ".png", ".csv", ".done.json")]
+        ["summary.csv", "mosaic.vrt", "mosaic.tif", "collection.json"]
+        + [f"{n}{suffix}" for n in names for suffix in (".tif", ".png", ".csv", ".json", ".done.json")]
     )
+    # The STAC Collection links each map's Item, which takes its source item's id and datetime.
+    collection = json.loads((out / "collection.json").read_text())
+    assert [link["href"] for link in collection["links"] if link["rel"] == "item"] == [f"./{n}.json" for n in names]
+    assert collection["assets"]["mosaic"]["href"] == "./mosaic.tif"
+    for name in names:
+        item = json.loads((out / f"{name}.json").read_text())
+        assert item["properties"]["eurosat:datetime_from"] == "source item"
+        assert item["properties"]["datetime"].startswith("2023-06-28T10:30:00")
+        assert item["properties"]["eurosat:model_sha256"] == sha256_of(model)
     classes = {}
     for k, name in enumerate(names):
         with rasterio.open(out / f"{name}.tif") as result:

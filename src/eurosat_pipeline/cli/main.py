@@ -49,6 +49,10 @@ PRECISION_HELP = (
 )
 
 
+# What the evaluate stage writes (dvc.yaml): the test split's confusion matrix, for `map`'s adjusted areas.
+DEFAULT_ACCURACY = "reports/eval/per_class.csv"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -221,6 +225,18 @@ def _add_map(commands: Commands) -> None:
     )
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
     land.add_argument(
+        "--accuracy",
+        metavar="FILE",
+        help="the evaluate stage's per_class.csv (the test split's confusion matrix): MAP.csv gains error-adjusted "
+        f"hectares with 95%% intervals (Olofsson et al. 2014), a proxy (default: {DEFAULT_ACCURACY} when it exists)",
+    )
+    land.add_argument(
+        "--reference",
+        metavar="POINTS.CSV",
+        help="reference samples of the mapped area (columns x, y in the map's CRS, class by name): the adjusted "
+        "areas come from them instead of --accuracy",
+    )
+    land.add_argument(
         "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
     )
     executors = land.add_argument_group("where many scenes run (--out-dir)").add_mutually_exclusive_group()
@@ -384,6 +400,7 @@ def _map(args: argparse.Namespace) -> int:
         raise PipelineError(
             "--bands picks bands of one multi-band raster by number; band files and STAC items are found by band name"
         )
+    accuracy, reference = _error_matrices(args)
     settings = MapSettings(
         bands=args.bands,
         scale=args.scale,
@@ -391,6 +408,8 @@ def _map(args: argparse.Namespace) -> int:
         nodata=args.nodata,
         confidence=args.confidence,
         scene_preview=not args.map_only_preview,
+        accuracy=accuracy,
+        reference=reference,
     )
     task = RegionTask(_model_options(args), settings)
     if args.out_dir is not None:
@@ -401,6 +420,19 @@ def _map(args: argparse.Namespace) -> int:
     result, outputs = make_map(scene.target(), args.out, task.model, task.settings_for(scene))
     print(summary(result, outputs))
     return 0
+
+
+def _error_matrices(args: argparse.Namespace) -> tuple[object, object]:
+    """The error matrix of ``--accuracy`` (or the evaluate stage's, when there is one) and the
+    samples of ``--reference``, which take its place."""
+    from pathlib import Path
+
+    from eurosat_pipeline.maps.accuracy import read_confusion, read_reference
+
+    if args.reference is not None:
+        return None, read_reference(args.reference)
+    path = args.accuracy or (DEFAULT_ACCURACY if Path(DEFAULT_ACCURACY).is_file() else None)
+    return (read_confusion(path) if path else None), None
 
 
 def _map_region(args: argparse.Namespace, scenes: list, task: RegionTask) -> int:
@@ -414,7 +446,8 @@ def _map_region(args: argparse.Namespace, scenes: list, task: RegionTask) -> int
         result = map_region(scenes, args.out_dir, task, executor, echo)
     for note in result.notes:
         print(f"note: {note}")
-    print("wrote " + ", ".join(map(str, [result.summary, *result.mosaics])))
+    written = [result.summary, *result.mosaics, *([result.collection] if result.collection else [])]
+    print("wrote " + ", ".join(map(str, written)))
     for failed in result.failed:
         print(f"error: {failed.name}: {failed.error}", file=sys.stderr)
     if result.failed:

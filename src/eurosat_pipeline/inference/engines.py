@@ -41,6 +41,7 @@ class Predictor:
     data: DataSpec
     views: int = 1  # test-time augmentation: probabilities averaged over this many views (core/views.py)
     batch_size: int = DEFAULT_BATCH  # images per engine call, for callers that batch (maps, the server)
+    sha256: str | None = None  # the model file's, recorded in the maps' STAC Items (None: not loaded from a file)
 
     @property
     def image_size(self) -> int:
@@ -205,6 +206,7 @@ def load_predictor(options: ModelOptions) -> Predictor:
         torch.set_num_threads(options.threads)
     predictor = choose_engine(options)
     predictor.views, predictor.batch_size = options.views, options.batch_size
+    predictor.sha256 = options.sha256 or sha256_of(options.model_file)
     return predictor
 
 

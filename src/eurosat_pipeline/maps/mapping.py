@@ -73,8 +73,10 @@ from eurosat_pipeline.core.errors import DatasetError
 from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.inference.engines import Predictor
 from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.accuracy import ErrorMatrix, ReferenceSamples
 from eurosat_pipeline.maps.outputs import MapOutputs, write_map_files
 from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap, MapError, Stopwatch
+from eurosat_pipeline.maps.stac import MapRecord
 
 SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
@@ -115,6 +117,10 @@ class MapSettings:
     nodata: float | None = None
     confidence: bool = False
     scene_preview: bool = True
+    #: Error-adjusted areas (maps/accuracy.py) from the test split's confusion matrix (--accuracy), or
+    #: from the user's reference samples of the mapped area (--reference), which take precedence.
+    accuracy: ErrorMatrix | None = None
+    reference: ReferenceSamples | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -162,6 +168,9 @@ def make_map(
         with watch("loading the model"):
             predictor = model if isinstance(model, Predictor) else load_predictor(model)
         data = predictor.data
+        for matrix in (settings.accuracy, settings.reference):  # before the long classification
+            if matrix is not None:
+                matrix.check_classes(tuple(data.classes))
         if src is None:
             with watch("opening the bands"):
                 src = _open_source(scene, data, stack)
@@ -187,7 +196,8 @@ def make_map(
         result.notes += [band_note] if band_note else []
         result.engine = predictor.describe()
         result.watch.seconds = {**watch.seconds, **result.watch.seconds}
-        write_map_files(result, outputs, temporaries, scene.name, (src.width, src.height))
+        record = MapRecord.of(scene, settings, predictor)
+        write_map_files(result, outputs, temporaries, scene.name, (src.width, src.height), record)
     return result, outputs
 
 
@@ -207,9 +217,8 @@ def _open_source(scene: SceneSource, data: DataSpec, stack: contextlib.ExitStack
 
 def _reserve(outputs: MapOutputs, stack: contextlib.ExitStack) -> dict[str, Path]:
     """Temporary siblings of every output, renamed onto them only if the whole block succeeds."""
-    named = {"tif": outputs.tif, "png": outputs.png, "csv": outputs.csv, "confidence": outputs.confidence}
     try:
-        return {key: stack.enter_context(atomic_path(path)) for key, path in named.items() if path is not None}
+        return {key: stack.enter_context(atomic_path(path)) for key, path in outputs.named().items()}
     except OSError as err:
         raise MapError(f"{outputs.tif}: cannot write there ({err.strerror or err})") from err
 

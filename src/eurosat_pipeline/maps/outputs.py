@@ -1,10 +1,12 @@
-"""The files of a land-use map: the GeoTIFF of classes (with its colour table and class names), the
-optional confidence GeoTIFF, the area table (CSV) and the preview (PNG), each written to a
-temporary name and renamed only when all are complete; and the summary the command prints.
+"""The files of a land-use map: the cloud-optimised GeoTIFF of classes (with its colour table and
+class names), the optional confidence GeoTIFF, the area table (CSV, with error-adjusted areas when
+an error matrix is given), the preview (PNG) and the STAC Item (JSON), each written to a temporary
+name and renamed only when all are complete; and the summary the command prints.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import shutil
@@ -15,9 +17,11 @@ import numpy as np
 
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.files import csv_text, writing
+from eurosat_pipeline.maps.accuracy import PROXY_NOTE, adjusted_rows
 from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+from eurosat_pipeline.maps.stac import MapRecord, map_item, write_item
 
-AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent")  # MAP.csv
+AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent", "adjusted_hectares", "ci95_hectares")  # MAP.csv
 # Cloud-optimised GeoTIFF (GDAL's COG driver): 256 px internal tiles, overviews halving until one
 # tile holds the map; class maps' overviews take each block's most common class, never a mean of indices.
 COG_BLOCK = 256
@@ -29,6 +33,7 @@ class MapOutputs:
     png: Path
     csv: Path
     confidence: Path | None
+    item: Path  # MAP.json: the STAC Item
 
     @classmethod
     def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
@@ -38,19 +43,33 @@ class MapOutputs:
         if out.is_dir():
             raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
         sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
-        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar)
+        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar, out.with_suffix(".json"))
+
+    def named(self) -> dict[str, Path]:
+        """Each output by its key (the keys of :func:`write_map_files`'s temporaries)."""
+        named = {"tif": self.tif, "png": self.png, "csv": self.csv, "confidence": self.confidence, "item": self.item}
+        return {key: path for key, path in named.items() if path is not None}
 
     def all(self) -> list[Path]:
-        return [p for p in (self.tif, self.png, self.csv, self.confidence) if p is not None]
+        return list(self.named().values())
 
 
 def write_map_files(
-    result: LandUseMap, outputs: MapOutputs, temporaries: dict[str, Path], title: str, scene_size: tuple[int, int]
+    result: LandUseMap,
+    outputs: MapOutputs,
+    temporaries: dict[str, Path],
+    title: str,
+    scene_size: tuple[int, int],
+    record: MapRecord | None = None,
 ) -> None:
     """Every output of ``result`` to its temporary (``temporaries``, keyed as :meth:`MapOutputs.named`);
-    each writer names its own output when the storage refuses it (a temporary is what it writes)."""
+    each writer names its own output when the storage refuses it (a temporary is what it writes).
+    ``record`` (the model's hash, the settings, the source item, an error matrix) goes into the STAC
+    Item and, with an error matrix, the error-adjusted areas (kept in ``result.adjusted``)."""
     import rasterio
 
+    record = record or MapRecord()
+    add_adjusted_areas(result, record)
     with result.watch("writing"), rasterio.Env(GDAL_PAM_ENABLED="NO"):  # no .aux.xml sidecars
         names = result.class_names
         with writing(outputs.tif):
@@ -60,8 +79,29 @@ def write_map_files(
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
         with writing(outputs.csv):
             write_areas_csv(temporaries["csv"], result)
+        with writing(outputs.item):
+            write_item(temporaries["item"], map_item(result, outputs.named(), record, dt.datetime.now(dt.timezone.utc)))
     with result.watch("preview"), writing(outputs.png):
         write_preview(temporaries["png"], result, title, result.preview, scene_size)
+
+
+def add_adjusted_areas(result: LandUseMap, record: MapRecord) -> None:
+    """Olofsson's error-adjusted areas into ``result.adjusted`` (and their notes), from the reference
+    samples when given, else the test split's confusion matrix; nothing without either."""
+    matrix = record.accuracy
+    if record.reference is not None:
+        matrix, outside = record.reference.matrix(result)
+        if outside:
+            result.notes.append(f"{outside} reference sample(s) of {matrix.source} fall outside the classified cells")
+    if matrix is None:
+        return
+    result.adjusted, notes = adjusted_rows(result, matrix)
+    result.adjusted_source = (
+        f"from the reference samples in {matrix.source}"
+        if matrix.from_reference
+        else PROXY_NOTE.format(source=matrix.source)
+    )
+    result.notes.extend(notes)
 
 
 def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
@@ -115,9 +155,13 @@ def write_geotiff(
 
 
 def write_areas_csv(path: Path, result: LandUseMap) -> None:
-    """Tiles, hectares and share per class, then the NODATA tiles."""
+    """Tiles, hectares and share per class (and the error-adjusted hectares with their 95 % interval
+    when there are some), then the NODATA tiles."""
+    rows = result.areas()
+    for row, adjusted in zip(rows, result.adjusted or [{}] * len(rows), strict=True):
+        row |= adjusted
     nodata = {"class": "nodata", "index": NODATA, "tiles": result.skipped}
-    path.write_text(csv_text(AREA_COLUMNS, [*result.areas(), nodata]), encoding="utf-8")
+    path.write_text(csv_text(AREA_COLUMNS, [*rows, nodata]), encoding="utf-8")
 
 
 def write_preview(
@@ -181,10 +225,15 @@ def summary(result: LandUseMap, outputs: MapOutputs) -> str:
         f"{rate:,.0f} tiles/s ({result.engine})",
         "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
     ]
-    for row in result.areas():
-        if row["tiles"]:
+    adjusted = result.adjusted or []
+    for index, row in enumerate(result.areas()):
+        if row["tiles"] or (adjusted and adjusted[index]["adjusted_hectares"]):
             area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
+            if adjusted:
+                area += " {adjusted_hectares:>12,.1f} ± {ci95_hectares:,.1f} ha adjusted".format(**adjusted[index])
             lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
+    if adjusted:
+        lines.append(f"adjusted areas (95 % interval): {result.adjusted_source}")
     lines += [f"note: {note}" for note in result.notes]
     lines.append("wrote " + ", ".join(map(str, outputs.all())))
     return "\n".join(lines)

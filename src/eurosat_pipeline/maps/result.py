@@ -53,6 +53,10 @@ class LandUseMap:
     engine: str = ""
     preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
     watch: Stopwatch = field(default_factory=Stopwatch)
+    # Error-adjusted hectares and 95 % half-intervals per class (maps/accuracy.py), when an error
+    # matrix was given; and the line that says where it came from.
+    adjusted: list[dict[str, float]] | None = None
+    adjusted_source: str = ""
 
     @property
     def classified(self) -> int:

@@ -138,6 +138,8 @@ class BandFiles:
     bands: tuple[tuple[str, str], ...]
     shapes: tuple[tuple[str, tuple[int, int]], ...] = ()
     values: tuple[tuple[str, BandValues], ...] = ()
+    #: The STAC item the scene came from, as ``(id, ISO datetime)``: the map's STAC Item takes both.
+    item: tuple[str, str] | None = None
 
     @property
     def offset(self) -> float | None:
@@ -513,7 +515,13 @@ def item_scene(item: object, document: str | None = None, stac_roots: Sequence[s
         if shape is not None:
             shapes.append((path, (int(shape[0]), int(shape[1]))))
         values.append((path, band_values(asset, f"STAC item {item.id}: asset {band}")))
-    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), tuple(values))
+    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), tuple(values), _source_item(item))
+
+
+def _source_item(item: object) -> tuple[str, str] | None:
+    """The item's id and datetime (its start for an item that gives a range only)."""
+    when = item.datetime or item.common_metadata.start_datetime
+    return (item.id, when.isoformat()) if when is not None else None
 
 
 def _asset_band(key: str, asset: object) -> str | None:

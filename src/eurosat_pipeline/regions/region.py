@@ -15,6 +15,8 @@ the inputs, the settings, the areas): a rerun skips the scenes whose record matc
 files all exist, so a region resumes where it stopped; another model or setting re-maps them, after
 removing the scene's record and then its old files (a scene that fails in the rerun leaves nothing
 of the earlier settings). The summary and the mosaic are made from this run's scenes only.
+Each map's STAC Item is ``<scene>.json`` (as ``eurosat map`` writes it); ``collection.json``, a STAC
+Collection, links the Items of this run's maps (and the merged mosaic, when there is one).
 ``summary.csv``: per scene its status, error, tiles and hectares per class; a ``total`` row (the
 sum over scenes: overlapping scenes count their overlap once each) and, where the maps share a
 CRS, a ``mosaic`` row (each place once, as in the mosaic). ``mosaic.vrt`` (GDAL's virtual mosaic
@@ -38,11 +40,13 @@ from typing import Any
 from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write_csv, write_json
 from eurosat_pipeline.maps.outputs import MapOutputs
 from eurosat_pipeline.maps.result import MapError
+from eurosat_pipeline.maps.stac import region_collection
 from eurosat_pipeline.regions.executors import Executor
 from eurosat_pipeline.regions.mosaic import MOSAIC, write_mosaics
 from eurosat_pipeline.regions.tasks import Echo, RegionTask, Scene, SceneResult
 
 SUMMARY = "summary.csv"
+COLLECTION = "collection.json"  # the STAC Collection of the region's maps
 RECORD = ".done.json"
 RECORDED = ("areas", "classified", "skipped", "seconds", "worker", "engine", "notes")  # a result's fields kept
 
@@ -53,6 +57,7 @@ class RegionResult:
     summary: Path
     mosaics: list[Path]
     notes: list[str] = field(default_factory=list)
+    collection: Path | None = None  # the STAC Collection (none without a mapped scene)
 
     @property
     def failed(self) -> list[SceneResult]:
@@ -103,7 +108,8 @@ def map_region(
     mosaics, notes, mosaic_areas = write_mosaics(out_dir, [r for r in ordered if r.status != "failed"])
     summary = out_dir / SUMMARY
     write_summary(summary, ordered, mosaic_areas)
-    return RegionResult(ordered, summary, mosaics, notes)
+    collection = write_collection(out_dir, [r for r in ordered if r.status != "failed"], mosaics)
+    return RegionResult(ordered, summary, mosaics, notes, collection)
 
 
 def check_names(scenes: Sequence[Scene]) -> None:
@@ -116,8 +122,10 @@ def check_names(scenes: Sequence[Scene]) -> None:
                 f"{', '.join(scene.inputs()[:1])}): their maps would overwrite each other; map them into "
                 "separate --out-dir folders or rename one"
             )
-        if scene.name == Path(SUMMARY).stem or scene.name.startswith(MOSAIC):
-            raise MapError(f"a scene named {scene.name} would overwrite {SUMMARY} or the mosaic: rename it")
+        if scene.name in (Path(SUMMARY).stem, Path(COLLECTION).stem) or scene.name.startswith(MOSAIC):
+            raise MapError(
+                f"a scene named {scene.name} would overwrite {SUMMARY}, {COLLECTION} or the mosaic: rename it"
+            )
         seen[scene.name] = scene
 
 
@@ -136,6 +144,19 @@ def _check_folder(out_dir: Path, scenes: Sequence[Scene]) -> None:
             path = Path(given.split("=", 1)[-1])
             if path.parent.resolve() == out_dir.resolve() and path.name.startswith(f"{scene.name}."):
                 raise MapError(f"--out-dir {out_dir}: the map of {scene.name} would overwrite its input {path}")
+
+
+def write_collection(out_dir: Path, results: Sequence[SceneResult], mosaics: Sequence[Path]) -> Path | None:
+    """``collection.json`` linking the STAC Items of ``results`` (maps of an older version without
+    one are left out) and the merged mosaic; none, and an older one removed, without any Item."""
+    path = out_dir / COLLECTION
+    items = [out_dir / f"{r.name}.json" for r in results if (out_dir / f"{r.name}.json").is_file()]
+    if not items:
+        path.unlink(missing_ok=True)
+        return None
+    merged = next((p for p in mosaics if p.suffix == ".tif"), None)
+    write_json(path, region_collection(out_dir.resolve().name or "region", items, merged))
+    return path
 
 
 def _record_path(out_dir: Path, name: str) -> Path:

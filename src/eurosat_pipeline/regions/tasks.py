@@ -19,6 +19,7 @@ from eurosat_pipeline.core.errors import PipelineError, first_line
 from eurosat_pipeline.core.stage import user_error
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.options import ModelOptions
+from eurosat_pipeline.maps.accuracy import fingerprint as matrix_fingerprint
 from eurosat_pipeline.maps.mapping import MapSettings, make_map
 from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.maps.scenes import BandFiles, RasterScene
@@ -61,6 +62,9 @@ class RegionTask:
             "views": self.model.views,
             "confidence": settings.confidence,
             "scene_preview": settings.scene_preview,
+            # The counts behind MAP.csv's error-adjusted areas.
+            "accuracy": matrix_fingerprint(settings.accuracy),
+            "reference": matrix_fingerprint(settings.reference),
         }
 
 
