@@ -19,13 +19,26 @@ from rasterio.transform import from_origin
 
 from eurosat_pipeline.cli.main import main as cli
 from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.data.dataset import prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.inference.export import export_onnx
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.mapping import S2_DN_MAX, MapSettings, make_map
-from eurosat_pipeline.maps.result import NODATA, TILE
+from eurosat_pipeline.maps import mapping
+from eurosat_pipeline.maps.mapping import (
+    S2_DN_MAX,
+    CellBlender,
+    MapSettings,
+    WindowGrid,
+    classify_scene,
+    hann_weights,
+    make_map,
+    ring_rows,
+)
+from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap
+from eurosat_pipeline.maps.scenes import RasterScene
+from eurosat_pipeline.regions.tasks import RegionTask
 
 from .conftest import REAL_EUROSAT, REPO_ROOT
 
@@ -306,6 +319,179 @@ def test_a_scene_that_breaks_half_way_leaves_nothing(model: ModelOptions, tmp_pa
     with pytest.raises(PipelineError, match="reading failed"):
         make_map(scene, tmp_path / "out" / "map.tif", model)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ----- overlapping windows (--stride) -------------------------------------------------------------------------
+
+
+def test_the_default_stride_is_todays_map_cell_for_cell(
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """No --stride and --stride 64 both give one cell per 64 px window: the classes, the confidence
+    and the hectare table are today's (the expectations of the first test above)."""
+    labels = grid_of_labels(4, 10)
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, labels, extra=30))
+    default, _ = make_map(scene, tmp_path / "default.tif", model, MapSettings(confidence=True))
+    explicit, _ = make_map(scene, tmp_path / "explicit.tif", model, MapSettings(confidence=True, stride=TILE))
+    np.testing.assert_array_equal(explicit.classes, default.classes)
+    np.testing.assert_array_equal(explicit.confidence, default.confidence)
+    assert explicit.transform == default.transform == SCENE_TRANSFORM @ Affine.scale(TILE)
+    assert explicit.classes.shape == (5, 11) and explicit.classified == 40 and explicit.stride == TILE
+    assert share_right(explicit.classes, labels) >= MIN_RIGHT
+    assert read_csv(tmp_path / "explicit.csv") == read_csv(tmp_path / "default.csv")
+    assert sum(row["hectares"] for row in explicit.areas()) == pytest.approx(40 * TILE_HA)
+
+
+def pixels_right(classes: np.ndarray, stride: int, truth: np.ndarray) -> float:
+    """The share of ``truth``'s pixels (class per pixel) whose map cell has their class."""
+    pixels = np.repeat(np.repeat(classes, stride, axis=0), stride, axis=1)[: truth.shape[0], : truth.shape[1]]
+    return float((pixels == truth).mean())
+
+
+def test_overlapping_windows_are_right_for_more_pixels_of_a_shifted_mosaic(
+    model: ModelOptions, tiles: dict[str, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """Tiles cut half a tile off the grid: every 64 px window straddles four tiles, while windows every
+    32 or 16 px include ones that lie on a tile and blend them into cells smaller than a tile."""
+    labels = grid_of_labels(4, 10, seed=3)
+    half = TILE // 2
+    shifted = mosaic(tiles, labels, extra=TILE)[:, half:, half:]
+    truth = np.repeat(np.repeat(labels, TILE, axis=0), TILE, axis=1)[half:, half:]  # class per pixel
+    scene = write_raster(tmp_path / "shifted.tif", shifted)
+    right = {}
+    for stride in (64, 32, 16):
+        result, _ = make_map(scene, tmp_path / f"map-{stride}.tif", model, MapSettings(stride=stride))
+        assert result.stride == stride and result.transform == SCENE_TRANSFORM @ Affine.scale(stride)
+        assert result.tile_area_m2 == pytest.approx(stride * stride * 100)
+        right[stride] = pixels_right(result.classes, stride, truth)
+    # A model trained in the suite learns a little differently on each CPU kind (see MIN_RIGHT), so
+    # only the gain is checked, with a margin far below the one measured (right[64] is near a quarter).
+    assert right[32] > right[64] + 0.15 and right[16] > right[64] + 0.15, right
+
+
+class StandIn:
+    """A stand-in engine for the blend's bookkeeping: probabilities from each window's mean colour
+    (deterministic, no model), batches of ``batch_size``."""
+
+    data = DataSpec.eurosat_rgb(mean=(90.0, 100.0, 110.0), std=(40.0, 35.0, 30.0))
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def classify(self, windows: np.ndarray) -> np.ndarray:
+        means = windows.reshape(len(windows), 3, -1).astype(np.float64).mean(axis=2)
+        logits = np.stack([np.sin(means[:, 0] * (c + 1) / 7) + means[:, 2] / 90 for c in range(len(CLASSES))], 1)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def blended_by_hand(image: np.ndarray, valid: np.ndarray, stride: int) -> np.ndarray:
+    """The map the blend must give, the slow way: every whole valid window, its Hann weights, the whole map."""
+    cells, (height, width) = TILE // stride, image.shape[1:]
+    weights = hann_weights(cells)[..., None]
+    sums = np.zeros((-(-height // stride), -(-width // stride), len(CLASSES)))
+    totals = np.zeros((*sums.shape[:2], 1))
+    for row in range((height - TILE) // stride + 1):
+        for col in range((width - TILE) // stride + 1):
+            lines, columns = slice(row * stride, row * stride + TILE), slice(col * stride, col * stride + TILE)
+            if valid[lines, columns].all():
+                sums[row : row + cells, col : col + cells] += weights * StandIn(1).classify(
+                    image[None, :, lines, columns]
+                )
+                totals[row : row + cells, col : col + cells] += weights
+    return np.where(totals[..., 0] > 0, sums.argmax(axis=2), NODATA)
+
+
+@pytest.mark.parametrize("stride", [32, 16, 8])
+def test_the_blend_equals_the_whole_map_blended_by_hand_for_any_batch(stride: int, tmp_path: Path) -> None:
+    """Read in block-aligned bands, batched, held in a ring of cell rows: the same classes as blending
+    the whole map at once, nodata rows (which make a batch span many rows) and partial edges included."""
+    image = np.random.default_rng(0).integers(1, 255, (3, 7 * TILE + 30, 5 * TILE + 20), dtype=np.uint8)
+    image[:, 70:75, 100] = 0
+    image[:, 200:330, :] = 0
+    scene = write_raster(tmp_path / "s.tif", image, nodata=0, tiled=True, blockxsize=64, blockysize=64)
+    expected = blended_by_hand(image, (image != 0).all(axis=0), stride)
+    with rasterio.open(scene) as src:
+        for batch in (1, 5, 256):
+            result = classify_scene(src, (1, 2, 3), lambda x: x, StandIn(batch), 0, None, stride)
+            np.testing.assert_array_equal(result.classes, expected)
+    assert (expected[-1] == NODATA).all() and (expected != NODATA).sum() > 0
+
+
+def test_hann_weights_favour_the_window_centre_and_reach_every_cell() -> None:
+    weights = hann_weights(4)
+    assert weights.shape == (4, 4) and (weights > 0).all()
+    assert weights[1, 1] > weights[0, 1] > weights[0, 0]  # centre over edge over corner
+    np.testing.assert_array_equal(weights, weights.T)
+    np.testing.assert_array_equal(hann_weights(1), np.ones((1, 1), np.float32))  # stride = patch: as today
+    # Windows every cell of a 10 x 7 cell scene: every cell inside gets a positive total weight.
+    totals = np.zeros((10, 7))
+    for row in range(10 - 3):
+        for col in range(7 - 3):
+            totals[row : row + 4, col : col + 4] += weights
+    assert (totals > 0).all()
+
+
+def test_the_blend_weighs_hand_made_probabilities_by_their_place_in_the_window() -> None:
+    """Two overlapping windows that disagree: each cell takes the class of the window it is nearer the centre of."""
+    grid = WindowGrid(TILE, 32, 2 * TILE, 3 * TILE // 2)  # 2 x 2 cells per window, two windows side by side
+    result = LandUseMap(np.full((4, 3), NODATA, np.uint8), np.full((4, 3), NODATA, np.uint8), None, None, None)
+    result.class_names = ("left", "right")
+    blender = CellBlender(result, grid, ring_rows(grid, 256))
+    left, right = np.array([[0.9, 0.1]], np.float32), np.array([[0.3, 0.7]], np.float32)
+    blender.add(np.array([0]), np.array([0]), left)
+    blender.add(np.array([0]), np.array([1]), right)
+    blender.finish(grid.covered_rows)
+    # Two cells per window side: equal weights, so the shared middle column averages the two windows.
+    assert result.classes[:2].tolist() == [[0, 0, 1], [0, 0, 1]] and (result.classes[2:] == NODATA).all()
+    assert result.confidence[0].tolist() == [90, 60, 70]
+
+
+def test_a_scene_twice_as_tall_needs_no_more_accumulator_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Memory is bounded: the blend keeps a ring of cell rows sized by the window and the batch, never the scene."""
+    rings: list[tuple[int, ...]] = []
+
+    class Recorded(CellBlender):
+        def finish(self, below: int) -> None:
+            rings.append(self.sums.shape)
+            super().finish(below)
+
+    monkeypatch.setattr(mapping, "CellBlender", Recorded)
+    pixels = np.random.default_rng(1).integers(1, 255, (3, 16 * TILE, 4 * TILE), dtype=np.uint8)
+    for height in (8 * TILE, 16 * TILE):
+        scene = write_raster(tmp_path / f"{height}.tif", pixels[:, :height])
+        with rasterio.open(scene) as src:
+            result = classify_scene(src, (1, 2, 3), lambda x: x, StandIn(7), None, None, 16)
+        assert result.classes.shape == (height // 16, 16) and result.classified == result.classes.size
+    short, tall = {shape for shape in rings[: len(rings) // 2]}, {shape for shape in rings[len(rings) // 2 :]}
+    assert short == tall and len(short) == 1, (short, tall)
+    rows = next(iter(tall))[0]
+    assert rows == ring_rows(WindowGrid(TILE, 16, 16 * TILE, 4 * TILE), 7) < 16 * TILE // 16
+
+
+@pytest.mark.parametrize("stride", ["48", "128", "4", "0"])
+def test_a_bad_stride_gets_a_one_line_error(
+    stride: str,
+    model: ModelOptions,
+    tiles: dict[str, list[np.ndarray]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scene = write_raster(tmp_path / "scene.tif", mosaic(tiles, grid_of_labels(1, 2)))
+    out = tmp_path / "out" / "map.tif"
+    code = cli(["map", str(scene), "--out", str(out), "--checkpoint", model.checkpoint, "--stride", stride])
+    error = capsys.readouterr().err
+    assert code == 2 and error.startswith(f"error: --stride {stride}: give ") and error.count("\n") == 1, error
+    if stride != "0":
+        assert error.endswith("divisor of the model's 64 px patch, at least 8 px: 64, 32, 16, 8\n"), error
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_a_region_rerun_with_another_stride_maps_again(model: ModelOptions, tmp_path: Path) -> None:
+    scene = RasterScene("scene", str(tmp_path / "scene.tif"))
+    default = RegionTask(model, MapSettings()).fingerprint(scene)
+    finer = RegionTask(model, MapSettings(stride=32)).fingerprint(scene)
+    assert finer["stride"] == 32 and finer != default
 
 
 @pytest.mark.realdata

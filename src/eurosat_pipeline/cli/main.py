@@ -223,6 +223,14 @@ def _add_map(commands: Commands) -> None:
         metavar="DIR",
         help="a folder a STAC item's local hrefs may point into, besides the item's own folder; repeatable",
     )
+    land.add_argument(
+        "--stride",
+        type=int,
+        metavar="N",
+        help="pixels between overlapping windows of the model's patch, blended (Hann-weighted) into map cells of "
+        "N px: a divisor of the patch down to 1/8 of it (64, 32, 16, 8 for EuroSAT); (64/N)^2 times the work "
+        "(default: the patch, no overlap)",
+    )
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
     land.add_argument(
         "--accuracy",
@@ -410,6 +418,7 @@ def _map(args: argparse.Namespace) -> int:
         scene_preview=not args.map_only_preview,
         accuracy=accuracy,
         reference=reference,
+        stride=args.stride,
     )
     task = RegionTask(_model_options(args), settings)
     if args.out_dir is not None:

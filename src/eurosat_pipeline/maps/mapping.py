@@ -4,12 +4,14 @@ A scene is one raster file, or a :class:`SceneSource` that reads like one: Senti
 published, one file per band or a STAC item (:mod:`eurosat_pipeline.maps.scenes`). Many scenes at
 once: :mod:`eurosat_pipeline.regions.region`.
 
-The scene is cut into tiles of the model's patch size, the size of its training images (EuroSAT's
-native 64 x 64 pixels; stride = tile: one class per tile, so the map is a raster 64x coarser than
-the scene that lies exactly on it). It is read one
-row of tiles at a time (64 rows x full width), never whole, and the tiles go to the model in
-batches through :func:`eurosat_pipeline.inference.engines.load_predictor`, which applies the model's own
-resize and normalisation.
+The scene is cut into windows of the model's patch size, the size of its training images (EuroSAT's
+native 64 x 64 pixels), one every ``stride`` pixels. By default stride = patch: one class per tile,
+so the map is a raster 64x coarser than the scene that lies exactly on it. A finer stride (a divisor
+of the patch, down to an eighth of it) overlaps the windows and blends their probabilities, weighted
+by a 2D Hann window, into map cells of ``stride`` pixels (:class:`CellBlender`). The scene is read
+in bands of rows (full width), never whole, and the windows go to the model in batches through
+:func:`eurosat_pipeline.inference.engines.load_predictor`, which applies the model's own resize and
+normalisation.
 
 **Bands.** The model's bands (stored with it) are found in the scene by name when the scene's
 GeoTIFF band descriptions name bands (``B04``, ``B4``, ``red``: one canonical Sentinel-2 name each,
@@ -41,14 +43,14 @@ and a scene whose bands are of another value type than the model's (8-bit for a 
 
 **Nodata.** A tile with any pixel that the file's nodata value, internal mask or alpha band marks
 as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with ``s2`` scaling
-when ``nodata`` is not given) is not classified; nor are the partial tiles at the
-right and bottom edges. They get the map's nodata value, 255.
+when ``nodata`` is not given) is not classified; nor are the partial windows at the
+right and bottom edges. A map cell that no classified window covers gets the map's nodata value, 255.
 
 **Outputs**, written to temporary names and renamed only when all are complete (the folder is
 checked to be writable before any classification): ``MAP.tif`` (uint8 class indices, nodata 255,
 a colour table with the t-SNE colours, the class names in a ``classes`` tag, the scene's CRS and
-the scene's transform scaled by 64), ``MAP.png`` (the scene beside the map, with a legend of
-classes and areas), ``MAP.csv`` (tiles and hectares per class) and, when asked,
+the scene's transform scaled by the stride, 64 by default), ``MAP.png`` (the scene beside the map, with a legend of
+classes and areas), ``MAP.csv`` (cells, in a ``tiles`` column, and hectares per class) and, when asked,
 ``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255). Areas need a
 projected CRS: for a geographic CRS (degrees) or none, the hectares are left empty and the result
 says why (a note printed by the command), while the tile counts are still written.
@@ -85,6 +87,11 @@ SAMPLE_WINDOWS = 64
 PREVIEW_LONGEST = 800  # pixels on the preview's longest side
 READ_BYTES = 64 * 2**20  # at most this much of the scene is read at a time
 EUROSAT_PIXEL_M = 10.0
+# The finest stride is the patch / 8 (8 px for EuroSAT's 64): the model's work grows with
+# (patch / stride)², 64 windows per patch area at 8 px, and each cell then already blends 64 windows'
+# votes; finer strides (256x at 4 px) would smooth the same votes further at a cost no granule can pay.
+FINEST_STRIDE_SHARE = 8
+HANN_FLOOR = 0.01  # the smallest weight a cell gets from a window covering it (see hann_weights)
 
 Scaler = Callable[[np.ndarray], np.ndarray]
 Number = float | np.ndarray  # one value for every band, or one per band as ``bands x 1 x 1``
@@ -121,6 +128,9 @@ class MapSettings:
     #: from the user's reference samples of the mapped area (--reference), which take precedence.
     accuracy: ErrorMatrix | None = None
     reference: ReferenceSamples | None = None
+    #: Pixels between overlapping windows, the map cell's side; None: the model's patch size (no
+    #: overlap, one window per cell). Checked against the model's patch when it is loaded (check_stride).
+    stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -132,6 +142,10 @@ class MapSettings:
             object.__setattr__(self, "bands", tuple(self.bands))
             if not self.bands or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.bands):
                 raise MapError(f"--bands {self.bands}: give 1-based band numbers like 4,3,2")
+        if self.stride is not None and (isinstance(self.stride, bool) or not isinstance(self.stride, int)):
+            raise MapError(f"--stride {self.stride!r}: give a whole number of pixels, e.g. 32")
+        if self.stride is not None and self.stride < 1:
+            raise MapError(f"--stride {self.stride}: give a positive number of pixels, e.g. 32")
 
 
 def make_map(
@@ -175,6 +189,7 @@ def make_map(
             with watch("opening the bands"):
                 src = _open_source(scene, data, stack)
         check_scene_size(src, tile_of(data))
+        stride = check_stride(settings.stride, tile_of(data))  # before the long classification
         chosen, band_note = choose_bands(src, settings.bands, data)
         check_dtype(src, chosen, data)
         offset = offset_of(src, chosen, settings.offset)
@@ -189,6 +204,7 @@ def make_map(
                 predictor,
                 nodata,
                 PREVIEW_LONGEST if settings.scene_preview else None,
+                stride,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{_label(scene)}: reading failed ({err}); nothing was written") from err
@@ -441,73 +457,268 @@ def classify_scene(
     predictor: Predictor,
     nodata: Number | None = None,
     preview_longest: int | None = PREVIEW_LONGEST,
+    stride: int | None = None,
 ) -> LandUseMap:
-    """Class and confidence per tile; the map covers the scene, partial edge tiles are NODATA.
+    """Class and confidence per map cell (``stride`` pixels a side; default: the model's patch, one
+    cell per window); cells that no whole valid window covers are NODATA.
 
-    The scene is read once, in bands of whole tile rows aligned with the file's blocks (a block
-    is then decoded once, not once per tile row), each band is scaled in one vectorised step, and
-    the tiles fill batches of the engine's batch size. The preview is decimated from the same reads.
+    Windows of the patch size every ``stride`` pixels go to the model; their probabilities are blended
+    into the cells they cover (:class:`CellBlender`). The scene is read once, in bands of rows
+    aligned with the file's blocks (a block is then decoded once, not once per window row): the lines
+    the next window row still needs are kept from the previous read (:class:`RowCarry`). Each window
+    row is scaled in one vectorised step, and the windows fill batches of the engine's batch size.
+    The preview is decimated from the same reads.
     """
     from affine import Affine
 
     data = predictor.data
     tile = tile_of(data)
-    rows, cols = -(-src.height // tile), -(-src.width // tile)
+    grid = WindowGrid(tile, check_stride(stride, tile), src.height, src.width)
     result = LandUseMap(
-        np.full((rows, cols), NODATA, dtype=np.uint8),
-        np.full((rows, cols), NODATA, dtype=np.uint8),
+        np.full((grid.cell_rows, grid.cell_cols), NODATA, dtype=np.uint8),
+        np.full((grid.cell_rows, grid.cell_cols), NODATA, dtype=np.uint8),
         src.crs,
-        src.transform @ Affine.scale(tile),  # tile (0, 0) starts at the scene's origin
-        *_tile_area(src, tile, tuple(data.classes) == CLASSES),
+        src.transform @ Affine.scale(grid.stride),  # cell (0, 0) starts at the scene's origin
+        *_cell_area(src, grid, tuple(data.classes) == CLASSES),
         class_names=tuple(data.classes),
         tile=tile,
+        stride=grid.stride,
     )
     watch = result.watch
-    batches = TileBatches(predictor.classify, predictor.batch_size, result, len(bands), np.dtype(data.dtype), tile)
+    blender = CellBlender(result, grid, ring_rows(grid, predictor.batch_size))
+    batches = TileBatches(
+        predictor.classify, predictor.batch_size, blender.add, watch, len(bands), np.dtype(data.dtype), tile
+    )
     preview_scaler = scaler if data.is_rgb8 else _preview_scaler(data)
-    preview = Decimator(src, preview_scaler, preview_longest, tile) if preview_longest else None
-    full_cols = src.width // tile
-    width = full_cols * tile
-    for first_row, values, valid in _tile_row_bands(src, bands, nodata, watch, tile):
+    preview = Decimator(src, preview_scaler, preview_longest) if preview_longest else None
+    carry = RowCarry(grid)
+    for first_line, values, valid in _row_bands(src, bands, nodata, watch, grid):
         if preview is not None:
             with watch("preview"):
-                preview.add(first_row * tile, values)
-        for offset in range(values.shape[1] // tile):  # one tile row at a time: small temporaries
+                preview.add(first_line, values)
+        for window_row, lines, lines_valid in carry.windows(first_line, values, valid):
+            _make_room(blender, batches, window_row)
             with watch("tiling and scaling"):
-                lines = slice(offset * tile, (offset + 1) * tile)
-                tiles = values[:, lines, :width].reshape(len(bands), tile, full_cols, tile).transpose(2, 0, 1, 3)
-                complete = valid[lines, :width].reshape(tile, full_cols, tile).all(axis=(0, 2))
-                picked = np.flatnonzero(complete)
-                scaled = scaler(tiles[picked]) if picked.size else None
-            if scaled is not None:
-                batches.add(first_row + offset, picked, scaled)
+                picked, windows = _windows_of(lines, lines_valid, scaler, grid)
+            if picked.size:
+                batches.add(window_row, picked, windows)
     batches.flush()
+    blender.finish(grid.covered_rows)
     if preview is not None:
         with watch("preview"):
-            preview.add_remainder(bands)
+            preview.add_remainder(bands, grid.lines)
             result.preview = preview.picture()
     return result
 
 
+def allowed_strides(tile: int) -> list[int]:
+    """The strides a model with ``tile`` px patches takes, largest first: divisors of the patch (so
+    windows fall on whole cells) down to a patch / :data:`FINEST_STRIDE_SHARE`."""
+    return [d for d in range(tile, 0, -1) if tile % d == 0 and d * FINEST_STRIDE_SHARE >= tile]
+
+
+def check_stride(stride: int | None, tile: int, option: str = "--stride") -> int:
+    """``stride`` (None: the patch, one window per cell as without overlap) if the model takes it,
+    else a one-line error naming the value and the strides allowed."""
+    if stride is None:
+        return tile
+    allowed = allowed_strides(tile)
+    if stride not in allowed:
+        raise MapError(
+            f"{option} {stride}: give a divisor of the model's {tile} px patch, at least {allowed[-1]} px: "
+            + ", ".join(map(str, allowed))
+        )
+    return stride
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """Windows of ``tile`` pixels every ``stride`` pixels over a scene of ``height`` x ``width``
+    pixels, and the map cells (``stride`` pixels a side) they cover. Only whole windows are classified."""
+
+    tile: int
+    stride: int
+    height: int
+    width: int
+
+    @property
+    def per_window(self) -> int:
+        """Cells along a window's side."""
+        return self.tile // self.stride
+
+    @property
+    def window_rows(self) -> int:
+        return (self.height - self.tile) // self.stride + 1
+
+    @property
+    def window_cols(self) -> int:
+        return (self.width - self.tile) // self.stride + 1
+
+    @property
+    def cell_rows(self) -> int:
+        """The map's rows: the whole scene, partial cells included (they stay NODATA)."""
+        return -(-self.height // self.stride)
+
+    @property
+    def cell_cols(self) -> int:
+        return -(-self.width // self.stride)
+
+    @property
+    def covered_rows(self) -> int:
+        """Cell rows that some whole window covers (those below are NODATA)."""
+        return self.window_rows + self.per_window - 1
+
+    @property
+    def covered_cols(self) -> int:
+        return self.window_cols + self.per_window - 1
+
+    @property
+    def lines(self) -> int:
+        """The scene lines that any window reads (from the top)."""
+        return (self.window_rows - 1) * self.stride + self.tile
+
+
+def hann_weights(cells: int) -> np.ndarray:
+    """``cells x cells`` float32 weights of a window's cells: a 2D Hann window sampled at the cells'
+    centres, so a window's centre weighs more than its edges, where a class boundary cut by the window
+    is most likely (torchgeo's and geoai's merges weigh the same way). Never below
+    :data:`HANN_FLOOR`, so a cell at the scene's edge, covered by few windows and only by their edges,
+    still gets a value. One cell (stride = patch): weight exactly 1, the window's own probabilities."""
+    centres = (np.arange(cells) + 0.5) / cells
+    side = np.maximum(np.sin(np.pi * centres) ** 2, HANN_FLOOR)
+    return np.outer(side, side).astype(np.float32)
+
+
+def ring_rows(grid: WindowGrid, batch_size: int) -> int:
+    """Accumulator rows the blend keeps: the cell rows one window covers, plus the window rows a batch
+    of windows waiting to be classified can span when every row is full. Independent of the scene's
+    height; a batch that spans more rows (rows of nodata between) is classified early instead."""
+    return grid.per_window + -(-batch_size // grid.window_cols)
+
+
+class CellBlender:
+    """Blends windows' class probabilities into the map cells they cover, weighted by
+    :func:`hann_weights`, and writes each cell row into the map (class: argmax of the blend;
+    confidence: its top probability in percent) once no window still to come touches it.
+
+    Only a ring of :func:`ring_rows` cell rows is held (float32 sums), so memory grows with the
+    scene's width, never with its height.
+    """
+
+    def __init__(self, result: LandUseMap, grid: WindowGrid, rows: int) -> None:
+        self.result, self.grid, self.rows = result, grid, rows
+        self.weights = hann_weights(grid.per_window)
+        self.sums = np.zeros((rows, grid.covered_cols, len(result.class_names)), dtype=np.float32)
+        self.totals = np.zeros((rows, grid.covered_cols), dtype=np.float32)
+        self.next_row = 0  # the first cell row not yet written into the map
+
+    def room_for(self, window_row: int) -> bool:
+        """Whether the ring holds every cell row from the first unwritten one to ``window_row``'s last."""
+        return window_row + self.grid.per_window - self.next_row <= self.rows
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, probabilities: np.ndarray) -> None:
+        """Windows at window rows ``rows`` and columns ``cols`` with their ``N x classes`` probabilities."""
+        probabilities = probabilities.astype(np.float32, copy=False)
+        for (down, across), weight in np.ndenumerate(self.weights):
+            # For one offset, distinct windows land on distinct cells: no index repeats in one update.
+            slots, cells = (rows + down) % self.rows, cols + across
+            self.sums[slots, cells] += weight * probabilities
+            self.totals[slots, cells] += weight
+
+    def finish(self, below: int) -> None:
+        """Write the cell rows above ``below`` (no window to come touches them) and free their slots."""
+        width = self.grid.covered_cols
+        for row in range(self.next_row, min(below, self.grid.covered_rows)):
+            slot = row % self.rows
+            total = self.totals[slot]
+            done = total > 0  # else every window over the cell had nodata: it stays NODATA
+            if done.any():
+                blended = self.sums[slot][done] / total[done, None]
+                self.result.classes[row, :width][done] = blended.argmax(axis=1)
+                self.result.confidence[row, :width][done] = np.rint(100 * blended.max(axis=1))
+            self.sums[slot] = 0
+            total[:] = 0
+        self.next_row = max(self.next_row, below)
+
+
+def _make_room(blender: CellBlender, batches: TileBatches, window_row: int) -> None:
+    """Write the cell rows that neither the waiting windows nor those to come touch; when the ring
+    still lacks room for ``window_row``, classify the waiting windows now."""
+    blender.finish(batches.first_row(window_row))
+    if not blender.room_for(window_row):
+        batches.flush()
+        blender.finish(window_row)
+
+
+def _windows_of(
+    lines: np.ndarray, valid: np.ndarray, scaler: Scaler, grid: WindowGrid
+) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of the whole, valid windows of one window row (``bands x tile x width`` values)
+    and those windows, scaled (``n x bands x tile x tile``)."""
+    span = (grid.window_cols - 1) * grid.stride + grid.tile
+    gaps = np.concatenate(([0], np.cumsum(~valid[:, :span].all(axis=0))))
+    starts = np.arange(grid.window_cols) * grid.stride
+    picked = np.flatnonzero(gaps[starts + grid.tile] == gaps[starts])
+    if not picked.size:
+        return picked, np.empty((0,), dtype=np.uint8)
+    scaled = scaler(lines[:, :, :span])
+    windows = np.lib.stride_tricks.sliding_window_view(scaled, grid.tile, axis=2)[:, :, :: grid.stride]
+    return picked, windows.transpose(2, 0, 1, 3)[picked]
+
+
+class RowCarry:
+    """Window rows (``tile`` lines every ``stride`` lines) from block-aligned reads of the scene: the
+    lines the next window row still needs (``tile - stride`` of them) are kept from the previous read,
+    so no block is read or decoded twice."""
+
+    def __init__(self, grid: WindowGrid) -> None:
+        self.grid = grid
+        self.next_row = 0
+        self.kept: tuple[np.ndarray, np.ndarray] | None = None
+
+    def windows(
+        self, first_line: int, values: np.ndarray, valid: np.ndarray
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(window row, bands x tile x width values, tile x width valid)`` of every window row that
+        the read (``values`` from scene line ``first_line``) completes."""
+        if self.kept is not None and self.kept[1].shape[0]:
+            values = np.concatenate([self.kept[0], values], axis=1)
+            valid = np.concatenate([self.kept[1], valid], axis=0)
+            first_line -= self.kept[1].shape[0]
+        stride, tile = self.grid.stride, self.grid.tile
+        end = first_line + valid.shape[0]
+        while self.next_row < self.grid.window_rows and self.next_row * stride + tile <= end:
+            top = self.next_row * stride - first_line
+            yield self.next_row, values[:, top : top + tile], valid[top : top + tile]
+            self.next_row += 1
+        keep = self.next_row * stride - first_line
+        self.kept = (values[:, keep:].copy(), valid[keep:].copy())  # a copy frees the read
+
+
 class TileBatches:
-    """Fills fixed-size uint8 batches of tiles and writes each batch's classes into the map."""
+    """Fills fixed-size batches of windows and hands each batch's probabilities to ``sink``."""
 
     def __init__(
         self,
         classify: Callable[[np.ndarray], np.ndarray],
         size: int,
-        result: LandUseMap,
+        sink: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+        watch: Stopwatch,
         bands: int = 3,
         dtype: np.dtype = UINT8,
         tile: int = TILE,
     ) -> None:
-        self.classify, self.size, self.result = classify, size, result
+        self.classify, self.size, self.sink, self.watch = classify, size, sink, watch
         self.buffer = np.empty((size, bands, tile, tile), dtype=dtype)
         self.where = np.empty((size, 2), dtype=np.int64)
         self.filled = 0
 
+    def first_row(self, default: int) -> int:
+        """The first window row of the windows waiting in the batch; ``default`` when none wait."""
+        return int(self.where[0, 0]) if self.filled else default
+
     def add(self, row: int, cols: np.ndarray, tiles: np.ndarray) -> None:
-        """``tiles`` (``n x bands x 64 x 64``) of tile row ``row``, at columns ``cols``."""
+        """``tiles`` (``n x bands x tile x tile``) of window row ``row``, at window columns ``cols``."""
         start = 0
         while start < len(tiles):
             take = min(self.size - self.filled, len(tiles) - start)
@@ -522,28 +733,25 @@ class TileBatches:
     def flush(self) -> None:
         if not self.filled:
             return
-        with self.result.watch("classifying"):
+        with self.watch("classifying"):
             probabilities = self.classify(self.buffer[: self.filled])
-        rows, cols = self.where[: self.filled, 0], self.where[: self.filled, 1]
-        self.result.classes[rows, cols] = probabilities.argmax(axis=1)
-        self.result.confidence[rows, cols] = np.rint(100 * probabilities.max(axis=1))
+        self.sink(self.where[: self.filled, 0], self.where[: self.filled, 1], probabilities)
         self.filled = 0
 
 
-def _tile_row_bands(
-    src: object, bands: tuple[int, ...], nodata: Number | None, watch: Stopwatch, tile: int = TILE
+def _row_bands(
+    src: object, bands: tuple[int, ...], nodata: Number | None, watch: Stopwatch, grid: WindowGrid
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """``(first tile row, values, valid)`` for bands of whole tile rows over the full width: as many
-    tile rows at a time as one row of the file's blocks holds (at most ~64 MB), so no block is
-    decoded twice."""
+    """``(first line, values, valid)`` for bands of lines over the full width, down to the last line
+    any window reads: as many tile rows at a time as one row of the file's blocks holds (at most
+    ~64 MB), so no block is decoded twice."""
     from rasterio.windows import Window
 
-    full_rows = src.height // tile
-    per_read = _tile_rows_per_read(src, bands, tile)
-    for first in range(0, full_rows, per_read):
-        count = min(per_read, full_rows - first)
+    step = _tile_rows_per_read(src, bands, grid.tile) * grid.tile
+    for first in range(0, grid.lines, step):
+        count = min(step, grid.lines - first)
         with watch("reading"):
-            data, valid = _read(src, bands, Window(0, first * tile, src.width, count * tile), nodata)
+            data, valid = _read(src, bands, Window(0, first, src.width, count), nodata)
         yield first, data, valid
 
 
@@ -558,8 +766,8 @@ class Decimator:
     """The scene as 8-bit RGB at most ``longest`` pixels on a side (nearest neighbour), gathered
     from the bands of rows already read, so the preview costs no second pass over the scene."""
 
-    def __init__(self, src: object, scaler: Scaler, longest: int, tile: int = TILE) -> None:
-        self.src, self.scaler, self.tile = src, scaler, tile
+    def __init__(self, src: object, scaler: Scaler, longest: int) -> None:
+        self.src, self.scaler = src, scaler
         self.factor = max(1, -(-max(src.width, src.height) // longest))
         self.rows: list[np.ndarray] = []
         self.next_line = 0  # the next scene line the picture takes
@@ -572,11 +780,11 @@ class Decimator:
         self.rows.append(self.scaler(taken))
         self.next_line += taken.shape[1] * self.factor
 
-    def add_remainder(self, bands: tuple[int, ...]) -> None:
-        """The lines below the last whole tile row, read on their own (less than one tile row)."""
+    def add_remainder(self, bands: tuple[int, ...], start: int) -> None:
+        """The lines from ``start`` down, below the last whole window row, read on their own (less than
+        one window row)."""
         from rasterio.windows import Window
 
-        start = (self.src.height // self.tile) * self.tile
         if start < self.src.height:
             window = Window(0, start, self.src.width, self.src.height - start)
             self.add(start, self.src.read(list(bands), window=window))
@@ -599,8 +807,10 @@ def _preview_scaler(data: DataSpec) -> Scaler:
     return scaler
 
 
-def _tile_area(src: object, tile: int = TILE, eurosat: bool = True) -> tuple[float | None, list[str]]:
-    """A tile's area in m² (None without a projected CRS) and notes for the user."""
+def _cell_area(src: object, grid: WindowGrid, eurosat: bool = True) -> tuple[float | None, list[str]]:
+    """A map cell's area in m² (``stride`` x ``stride`` pixels; None without a projected CRS) and
+    notes for the user."""
+    tile = grid.tile
     crs = src.crs
     if crs is None:
         return None, ["the scene has no CRS: the map has pixel coordinates only and no areas"]
@@ -618,4 +828,4 @@ def _tile_area(src: object, tile: int = TILE, eurosat: bool = True) -> tuple[flo
             f"pixels are {pixel_m:.3g} m; EuroSAT's are 10 m, so a tile covers {pixel_m * tile:.0f} m "
             "instead of 640 m and the model may do worse"
         )
-    return pixel_m2 * tile * tile, notes
+    return pixel_m2 * grid.stride**2, notes

@@ -187,10 +187,10 @@ def write_preview(
     height = min(8.0, max(3.0, 6.0 * rows / cols))
     figure, axes = plt.subplots(1, panels, figsize=(panels * height * cols / rows + 3.5, height + 0.6), dpi=100)
     axes = np.atleast_1d(axes)
-    extent = (0, cols, rows, 0)  # both panels in tile units: the scene's partial edge tiles stay aligned
+    extent = (0, cols, rows, 0)  # both panels in cell units: the scene's partial edge cells stay aligned
     if scene is not None:
-        tile = result.tile
-        axes[0].imshow(scene, extent=(0, scene_size[0] / tile, scene_size[1] / tile, 0), interpolation="nearest")
+        cell = result.stride
+        axes[0].imshow(scene, extent=(0, scene_size[0] / cell, scene_size[1] / cell, 0), interpolation="nearest")
         axes[0].set_title("scene (as the model sees its colours)", fontsize=9)
     axes[-1].imshow(
         np.ma.masked_equal(result.classes, NODATA),
@@ -205,7 +205,7 @@ def write_preview(
         ax.set_ylim(rows, 0)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[-1].set_title(f"{result.classified} tiles of {result.tile} px classified, {result.skipped} nodata", fontsize=9)
+    axes[-1].set_title(f"{result.classified} {_cells(result)} classified, {result.skipped} nodata", fontsize=9)
     figure.suptitle(title)
     labels = [
         f"{row['class']} {row['percent']:.1f}%" + (f" ({row['hectares']:,.0f} ha)" if row["hectares"] != "" else "")
@@ -217,12 +217,20 @@ def write_preview(
     plt.close(figure)
 
 
+def _cells(result: LandUseMap) -> str:
+    """What a map cell is, for titles: a tile (no overlap) or a cell of overlapping windows."""
+    if result.stride == result.tile:
+        return f"tiles of {result.tile} px"
+    return f"cells of {result.stride} px ({result.tile} px windows every {result.stride} px)"
+
+
 def summary(result: LandUseMap, outputs: MapOutputs) -> str:
     """What the command prints: throughput, the area table, notes and the files written."""
     rate = result.classified / result.seconds if result.seconds else 0.0
+    unit = "tile" if result.stride == result.tile else "cell"
     lines = [
-        f"{result.classified} tile(s) classified, {result.skipped} skipped (nodata or partial edge tiles); "
-        f"{rate:,.0f} tiles/s ({result.engine})",
+        f"{result.classified} {unit}(s) classified, {result.skipped} skipped (nodata or partial edge {unit}s); "
+        f"{rate:,.0f} {unit}s/s ({result.engine})",
         "time: " + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in result.watch.seconds.items()),
     ]
     adjusted = result.adjusted or []
@@ -231,7 +239,7 @@ def summary(result: LandUseMap, outputs: MapOutputs) -> str:
             area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
             if adjusted:
                 area += " {adjusted_hectares:>12,.1f} ± {ci95_hectares:,.1f} ha adjusted".format(**adjusted[index])
-            lines.append(f"  {row['class']:<22} {row['tiles']:>7} tiles {row['percent']:>6.2f}% {area}")
+            lines.append(f"  {row['class']:<22} {row['tiles']:>7} {unit}s {row['percent']:>6.2f}% {area}")
     if adjusted:
         lines.append(f"adjusted areas (95 % interval): {result.adjusted_source}")
     lines += [f"note: {note}" for note in result.notes]

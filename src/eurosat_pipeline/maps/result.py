@@ -39,7 +39,9 @@ class Stopwatch:
 
 @dataclass
 class LandUseMap:
-    """The tile-resolution result: class index (or NODATA) and top-1 confidence per tile."""
+    """The map: class index (or NODATA) and top-1 confidence per cell. A cell is ``stride`` pixels a
+    side: one window of the model's patch (``tile``) without overlap, a part of several overlapping
+    windows with a finer stride; ``tile_area_m2`` is a cell's area."""
 
     classes: np.ndarray
     confidence: np.ndarray
@@ -48,7 +50,8 @@ class LandUseMap:
     tile_area_m2: float | None
     notes: list[str] = field(default_factory=list)
     class_names: tuple[str, ...] = ()  # the model's classes, index order
-    tile: int = TILE  # pixels per tile side: the model's patch size
+    tile: int = TILE  # pixels per window side: the model's patch size
+    stride: int = TILE  # pixels per map cell side: the step between windows
     seconds: float = 0.0
     engine: str = ""
     preview: np.ndarray | None = None  # the scene as 8-bit RGB, decimated for the picture
@@ -67,7 +70,7 @@ class LandUseMap:
         return int(self.classes.size - self.classified)
 
     def areas(self) -> list[dict[str, object]]:
-        """One row per class: tiles, hectares (empty without a projected CRS), share of the mapped area."""
+        """One row per class: cells (``tiles``), hectares (empty without a projected CRS), share of the mapped area."""
         counts = np.bincount(self.classes[self.classes != NODATA], minlength=len(self.class_names))
         total = max(int(counts.sum()), 1)
         return [

@@ -65,6 +65,7 @@ class RegionTask:
             # The counts behind MAP.csv's error-adjusted areas.
             "accuracy": matrix_fingerprint(settings.accuracy),
             "reference": matrix_fingerprint(settings.reference),
+            "stride": settings.stride,  # None: the model's patch (the model's hash stands for it)
         }
 
 
