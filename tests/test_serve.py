@@ -240,7 +240,8 @@ def test_map_answers_the_areas_and_links_its_map_preview_and_table(
     response = client.post("/map", files={"scene": ("fields.tif", scene.read_bytes(), "image/tiff")})
     assert response.status_code == 200, response.text
     report = response.json()
-    assert report["scene"] == "fields.tif" and report["tiles"] == {"classified": 12, "skipped": 8, "tile_pixels": 64}
+    tiles = {"classified": 12, "skipped": 8, "tile_pixels": 64, "cell_pixels": 64}
+    assert report["scene"] == "fields.tif" and report["tiles"] == tiles
     assert report["hectares_known"] and sum(row["hectares"] for row in report["areas"]) == pytest.approx(12 * TILE_HA)
     assert [row["class"] for row in report["areas"]] == list(CLASSES) and report["areas"][0]["colour"] == "#1f77b4"
 
@@ -282,6 +283,19 @@ def test_map_refusals_name_the_upload(client: TestClient, scene: Path) -> None:
     assert bad_bands.status_code == 422
     assert bad_bands.json()["detail"] == "fields.tif: band 7 out of range: the file has bands 1..3", bad_bands.json()
     assert empty.status_code == 400 and "none.tif: is empty" in empty.json()["detail"]
+
+
+def test_map_takes_a_stride_and_refuses_one_the_model_cannot_take(client: TestClient, scene: Path) -> None:
+    """The stride form field, as eurosat map --stride: cells of 32 px from windows every 32 px; 48 is
+    not a divisor of the model's 64 px patch: a 422 naming the value and the strides allowed."""
+    finer = client.post("/map", files={"scene": ("fields.tif", scene.read_bytes())}, data={"stride": "32"})
+    refused = client.post("/map", files={"scene": ("fields.tif", scene.read_bytes())}, data={"stride": "48"})
+    assert finer.status_code == 200, finer.text
+    assert finer.json()["tiles"]["cell_pixels"] == 32 and finer.json()["tiles"]["classified"] > 12
+    assert refused.status_code == 422
+    assert (
+        refused.json()["detail"] == "stride 48: give a divisor of the model's 64 px patch, at least 8 px: 64, 32, 16, 8"
+    )
 
 
 # ----- the micro-batcher --------------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.images import declared_pixels, read_image_bytes
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.inference.predict import top_classes
-from eurosat_pipeline.maps.mapping import MapSettings, make_map
+from eurosat_pipeline.maps.mapping import MapSettings, check_stride, make_map, tile_of
+from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -432,8 +433,13 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         scale: Annotated[str, Form(description="auto, s2, minmax or none (as eurosat map --scale)")] = "auto",
         offset: Annotated[float, Form(description="subtracted before s2 scaling (1000: baseline >= 04.00)")] = 0.0,
         nodata: Annotated[float | None, Form(description="treat this value as nodata")] = None,
+        stride: Annotated[
+            int | None,
+            Form(description="pixels between overlapping windows, the map cell (as eurosat map --stride): 64, 32, 16"),
+        ] = None,
     ) -> Any:
-        map_id, report = await map_upload(service, scene, MapOptions(bands, scale, offset, nodata), request)
+        options = MapOptions(bands, scale, offset, nodata, stride)
+        map_id, report = await map_upload(service, scene, options, request)
         if output == "geotiff":
             return send_map_file(service, map_id, "map.tif", f"{Path(report['scene']).stem}-map.tif")
         return report
@@ -586,6 +592,7 @@ class MapOptions:
     scale: str = "auto"
     offset: float = 0.0
     nodata: float | None = None
+    stride: int | None = None
 
     def band_numbers(self) -> tuple[int, ...] | None:
         if not self.bands:
@@ -603,6 +610,10 @@ async def map_upload(
     client has gone) and kept for its links."""
     name = _name_of(upload, 1)
     bands = options.band_numbers()
+    try:  # before the upload is saved: the model's patch says which strides it takes
+        check_stride(options.stride, tile_of(service.model.predictor.data), "stride")
+    except MapError as err:
+        raise Refusal(422, str(err)) from err
     async with _place_in_queue(service) as place:
         map_id, folder = service.maps.new_folder()
         try:
@@ -715,7 +726,9 @@ def _make_map(
     # is loaded per map (ONNX Runtime sessions and PyTorch in inference mode serve threads at once).
     one_view = service.model.predictor.with_views(1)
     try:
-        settings = MapSettings(bands=bands, scale=options.scale, offset=options.offset, nodata=options.nodata)
+        settings = MapSettings(
+            bands=bands, scale=options.scale, offset=options.offset, nodata=options.nodata, stride=options.stride
+        )
         result, _ = make_map(scene, out, one_view, settings)
     except PipelineError as err:
         raise file_refusal([(name, str(err).replace(str(scene), name))], 1) from err
@@ -729,7 +742,12 @@ def _map_report(map_id: str, name: str, result: Any) -> dict[str, Any]:
     return {
         "id": map_id,
         "scene": name,
-        "tiles": {"classified": result.classified, "skipped": result.skipped, "tile_pixels": result.tile},
+        "tiles": {
+            "classified": result.classified,
+            "skipped": result.skipped,
+            "tile_pixels": result.tile,
+            "cell_pixels": result.stride,  # the map cell: the stride between windows
+        },
         "areas": [row | {"colour": colours[row["class"]]} for row in result.areas()],
         "hectares_known": result.tile_area_m2 is not None,
         "notes": list(result.notes),
