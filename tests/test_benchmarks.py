@@ -88,6 +88,17 @@ def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
         assert sum(row["phases_s"].values()) <= row["whole_command_s"] + 0.05 * len(row["phases_s"])
 
 
+def test_stride_benchmark_smoke_run_maps_a_shifted_mosaic_at_each_stride(tmp_path: Path) -> None:
+    out = tmp_path / "stride.json"
+    result = smoke_run("map_stride.py", out)
+    report = json.loads(out.read_text())
+    assert [row["stride"] for row in report["results"]] == [64, 32, 16]
+    for row in report["results"]:
+        assert 0.0 <= row["pixel_accuracy"] <= 1.0 and row["seconds"] > 0
+        assert row["time_vs_64"] == pytest.approx(row["seconds"] / report["results"][0]["seconds"])
+    assert "| stride | per-pixel accuracy |" in result.stdout
+
+
 def test_phase2_profile_smoke_run_compares_the_pipeline_step_with_the_bare_one(tmp_path: Path) -> None:
     out = tmp_path / "phase2.json"
     result = smoke_run("phase2_profile.py", out)
