@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -342,3 +343,25 @@ def test_eurosat_map_takes_accuracy_and_refuses_one_of_other_classes(
     rows = read_rows(out.with_suffix(".csv"))
     adjusted = sum(float(r["adjusted_hectares"]) for r in rows if r["class"] != "nodata")
     assert adjusted == pytest.approx(sum(float(r["hectares"]) for r in rows if r["class"] != "nodata"), abs=0.01)
+
+
+def test_the_evaluate_stages_matrix_adjusts_only_the_pipelines_own_model(
+    map_model: Path, synthetic_tiles: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reports/eval/per_class.csv is the errors of models/best.ckpt: a map made with another
+    checkpoint from the same folder gets no adjusted areas from it, the pipeline's own model does."""
+    from eurosat_pipeline.cli.main import main as cli
+
+    from .test_map import grid_of_labels, mosaic, write_raster
+
+    monkeypatch.chdir(tmp_path)
+    diagonal = [[18 if i == j else 1 for j in range(len(CLASSES))] for i in range(len(CLASSES))]
+    (tmp_path / "reports" / "eval").mkdir(parents=True)
+    per_class_csv(tmp_path / "reports" / "eval" / "per_class.csv", CLASSES, diagonal)
+    scene = write_raster(tmp_path / "scene.tif", mosaic(synthetic_tiles, grid_of_labels(2, 5)))
+    assert cli(["map", str(scene), "--out", "other.tif", "--checkpoint", str(map_model)]) == 0
+    assert {r["adjusted_hectares"] for r in read_rows(tmp_path / "other.csv") if r["class"] != "nodata"} == {""}
+    (tmp_path / "models").mkdir()
+    shutil.copyfile(map_model, tmp_path / "models" / "best.ckpt")
+    assert cli(["map", str(scene), "--out", "own.tif"]) == 0
+    assert all(r["adjusted_hectares"] != "" for r in read_rows(tmp_path / "own.csv") if r["class"] != "nodata")

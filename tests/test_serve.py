@@ -248,7 +248,7 @@ def test_map_answers_the_areas_and_links_its_map_preview_and_table(
     preview = client.get(report["links"]["preview"])
     assert preview.headers["content-type"] == "image/png" and Image.open(io.BytesIO(preview.content)).width > 300
     table = client.get(report["links"]["csv"]).text
-    assert table.startswith("class,index,tiles,hectares,percent\n")
+    assert table.startswith("class,index,tiles,hectares,percent,adjusted_hectares,ci95_hectares\n")
     served_map = client.get(report["links"]["geotiff"]).content
     geotiff = client.post("/map?format=geotiff", files={"scene": ("fields.tif", scene.read_bytes())})
     assert (

@@ -51,6 +51,7 @@ PRECISION_HELP = (
 
 # What the evaluate stage writes (dvc.yaml): the test split's confusion matrix, for `map`'s adjusted areas.
 DEFAULT_ACCURACY = "reports/eval/per_class.csv"
+DEFAULT_CHECKPOINT = "models/best.ckpt"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,7 +237,8 @@ def _add_map(commands: Commands) -> None:
         "--accuracy",
         metavar="FILE",
         help="the evaluate stage's per_class.csv (the test split's confusion matrix): MAP.csv gains error-adjusted "
-        f"hectares with 95%% intervals (Olofsson et al. 2014), a proxy (default: {DEFAULT_ACCURACY} when it exists)",
+        f"hectares with 95%% intervals (Olofsson et al. 2014), a proxy (default: {DEFAULT_ACCURACY} when it "
+        f"exists and the model is {DEFAULT_CHECKPOINT})",
     )
     land.add_argument(
         "--reference",
@@ -432,15 +434,17 @@ def _map(args: argparse.Namespace) -> int:
 
 
 def _error_matrices(args: argparse.Namespace) -> tuple[object, object]:
-    """The error matrix of ``--accuracy`` (or the evaluate stage's, when there is one) and the
-    samples of ``--reference``, which take its place."""
+    """The error matrix of ``--accuracy`` and the samples of ``--reference``, which take its place.
+    Without either, the evaluate stage's matrix is used only for the pipeline's own model (the
+    default checkpoint, no --onnx): another model's areas are never adjusted with this one's errors."""
     from pathlib import Path
 
     from eurosat_pipeline.maps.accuracy import read_confusion, read_reference
 
     if args.reference is not None:
         return None, read_reference(args.reference)
-    path = args.accuracy or (DEFAULT_ACCURACY if Path(DEFAULT_ACCURACY).is_file() else None)
+    own_model = args.onnx is None and Path(args.checkpoint) == Path(DEFAULT_CHECKPOINT)
+    path = args.accuracy or (DEFAULT_ACCURACY if own_model and Path(DEFAULT_ACCURACY).is_file() else None)
     return (read_confusion(path) if path else None), None
 
 
