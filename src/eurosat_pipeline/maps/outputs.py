@@ -21,6 +21,8 @@ from eurosat_pipeline.maps.accuracy import PROXY_NOTE, adjusted_rows
 from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
 from eurosat_pipeline.maps.stac import MapRecord, map_item, write_item
 
+#: Space a map write may need beyond its pixels (TIFF headers, tile index, the COG's temporary copy).
+WRITE_HEADROOM = 2**20
 AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent", "adjusted_hectares", "ci95_hectares")  # MAP.csv
 # Cloud-optimised GeoTIFF (GDAL's COG driver): 256 px internal tiles, overviews halving until one
 # tile holds the map; class maps' overviews take each block's most common class, never a mean of indices.
@@ -124,7 +126,8 @@ def write_geotiff(
     tile is one tile, without overviews); with ``colours``, the class colour table and names, and
     overviews by mode (a block's most common class), else by average (the confidence)."""
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio._err import CPLE_BaseError  # the COG driver's write errors come unwrapped
+    from rasterio.errors import RasterioError
 
     profile = {
         "driver": "COG",
@@ -147,9 +150,11 @@ def write_geotiff(
                 dst.write_colormap(1, class_colours(names))
             else:
                 dst.update_tags(1, meaning="top-1 probability in percent")
-    except RasterioIOError as err:
-        # GDAL says only "Write failed" (libtiff prints the reason): short space is the usual cause.
-        if shutil.disk_usage(path.parent).free < values.nbytes:
+    except (RasterioError, CPLE_BaseError) as err:
+        # GDAL says only "Write failed" or "IO error writing tag data" (libtiff prints the reason):
+        # short space is the usual cause. A COG is written twice (a temporary GTiff, then the copy
+        # with its overviews), so the room it needs is well over the pixels' bytes.
+        if shutil.disk_usage(path.parent).free < 2 * values.nbytes + WRITE_HEADROOM:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
         raise
 
