@@ -13,10 +13,10 @@ import pytest
 from .conftest import REPO_ROOT
 
 
-def smoke_run(script: str, out: Path) -> subprocess.CompletedProcess[str]:
-    """``benchmarks/<script> --smoke --out <out>``, which must succeed."""
+def smoke_run(script: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script> --smoke --out <out> [extra]``, which must succeed."""
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / script), "--smoke", "--out", str(out)],
+        [sys.executable, str(REPO_ROOT / "benchmarks" / script), "--smoke", "--out", str(out), *extra],
         capture_output=True,
         text=True,
         env={**os.environ, "WANDB_MODE": "disabled"},
@@ -88,9 +88,10 @@ def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
         assert sum(row["phases_s"].values()) <= row["whole_command_s"] + 0.05 * len(row["phases_s"])
 
 
-def test_stride_benchmark_smoke_run_maps_a_shifted_mosaic_at_each_stride(tmp_path: Path) -> None:
+def test_stride_benchmark_smoke_run_maps_a_shifted_mosaic_at_each_stride(map_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "stride.json"
-    result = smoke_run("map_stride.py", out)
+    # The suite's tiny map model, not the smoke run's own: training one more took half of this test.
+    result = smoke_run("map_stride.py", out, "--checkpoint", str(map_model))
     report = json.loads(out.read_text())
     assert [row["stride"] for row in report["results"]] == [64, 32, 16]
     for row in report["results"]:
