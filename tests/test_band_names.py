@@ -43,13 +43,11 @@ def test_sentinel2_names_have_one_canonical_form() -> None:
 )
 def test_an_rgb_models_bands_are_found_by_name_in_any_order(names: list[str], positions: list[int]) -> None:
     assert unnamed_rgb().match_bands(names, 3) == BandMatch(positions, by_position=False)
-    assert unnamed_rgb().positions_in(names, 3) == positions
 
 
 def test_names_that_do_not_hold_the_models_bands_are_refused_naming_both_lists() -> None:
     with pytest.raises(DatasetError, match=r"the file's bands \(B08, B11, B12\).*the model's.*B04.*B03.*B02"):
-        unnamed_rgb().match_bands(["B08", "B11", "B12"], 3)
-    assert unnamed_rgb().positions_in(["B08", "B11", "B12"], 3) is None  # no silent fall-back to position
+        unnamed_rgb().match_bands(["B08", "B11", "B12"], 3)  # no silent fall-back to position
 
 
 @pytest.mark.parametrize("names", [None, [], [None, None, None], ["", " ", None]])

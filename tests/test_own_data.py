@@ -252,7 +252,7 @@ def test_band_names_name_unnamed_bands_and_refuse_mistakes() -> None:
     info = {"classes": ["a", "b"], "bands": 4, "band_names": None, "dtype": "uint16", "image_size": 64}
     spec = data_spec(info, flat_stats(4), ["B08", "B04"], ["B04", "B03", "B02", "B08"])
     assert spec.band_names == ("B08", "B04") and spec.bands == (4, 1) and spec.rgb_roles == (None, 0)
-    assert spec.positions_in(None, 4) == [3, 0]  # predict and map: an unnamed 4-band file, by position
+    assert spec.match_bands(None, 4).positions == [3, 0]  # predict and map: an unnamed 4-band file, by position
     with pytest.raises(ConfigError, match=r"key 'band_names': gives 3 name\(s\) \(B04, B03, B02\) but the data has 4"):
         data_spec(info, flat_stats(4), [], ["B04", "B03", "B02"])
     named = {**info, "band_names": ["B02", "B03", "B04", "B08"]}

@@ -96,14 +96,6 @@ class DataSpec:
             )
         return BandMatch([p for p in positions if p is not None], by_position=False)
 
-    def positions_in(self, names: Sequence[str | None] | None, count: int) -> list[int] | None:
-        """:meth:`match_bands`' positions, or None where the file's bands are not the model's."""
-        try:
-            match = self.match_bands(names, count)
-        except DatasetError:
-            return None
-        return None if match is None else match.positions
-
     def _by_position(self, count: int) -> BandMatch | None:
         if count == self.data_bands:
             return BandMatch([b - 1 for b in self.bands], by_position=True)
