@@ -249,6 +249,9 @@ def test_map_answers_the_areas_and_links_its_map_preview_and_table(
     assert preview.headers["content-type"] == "image/png" and Image.open(io.BytesIO(preview.content)).width > 300
     table = client.get(report["links"]["csv"]).text
     assert table.startswith("class,index,tiles,hectares,percent,adjusted_hectares,ci95_hectares\n")
+    item = client.get(report["links"]["stac"])  # the map's STAC Item, its assets beside it
+    assert item.headers["content-type"] == "application/geo+json" and item.json()["type"] == "Feature"
+    assert {asset["href"] for asset in item.json()["assets"].values()} >= {"./map.tif", "./map.png", "./map.csv"}
     served_map = client.get(report["links"]["geotiff"]).content
     geotiff = client.post("/map?format=geotiff", files={"scene": ("fields.tif", scene.read_bytes())})
     assert (

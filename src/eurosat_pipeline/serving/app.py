@@ -70,8 +70,8 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: Host headers always served: this machine's names (IPv6 literals are bracketed in a Host header).
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 MB = 2**20
-MAP_FILES = ("map.tif", "map.png", "map.csv")
-MEDIA_TYPES = {".tif": "image/tiff", ".png": "image/png", ".csv": "text/csv"}
+MAP_FILES = ("map.tif", "map.png", "map.csv", "map.json")
+MEDIA_TYPES = {".tif": "image/tiff", ".png": "image/png", ".csv": "text/csv", ".json": "application/geo+json"}
 MAP_CLI = "eurosat map SCENE --out MAP.tif"
 #: Seconds a client refused for a full map queue is told to wait (Retry-After): about one small map.
 MAP_RETRY_AFTER_S = 10
@@ -444,7 +444,11 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             return send_map_file(service, map_id, "map.tif", f"{Path(report['scene']).stem}-map.tif")
         return report
 
-    @app.get("/maps/{map_id}/{name}", summary="a map's map.tif, map.png, map.csv", dependencies=[Depends(authorised)])
+    @app.get(
+        "/maps/{map_id}/{name}",
+        summary="a map's map.tif, map.png, map.csv, map.json (its STAC Item)",
+        dependencies=[Depends(authorised)],
+    )
     async def map_file(map_id: str, name: str) -> StreamingResponse:
         return send_map_file(service, map_id, name)
 
@@ -737,7 +741,7 @@ def _make_map(
 
 def _map_report(map_id: str, name: str, result: Any) -> dict[str, Any]:
     colours = class_colours_of(list(result.class_names))
-    kinds = ("geotiff", "preview", "csv")
+    kinds = ("geotiff", "preview", "csv", "stac")  # the STAC Item's asset hrefs are its siblings here too
     links = {kind: f"/maps/{map_id}/{file}" for kind, file in zip(kinds, MAP_FILES, strict=True)}
     return {
         "id": map_id,
