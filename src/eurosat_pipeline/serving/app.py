@@ -33,7 +33,7 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,7 +46,6 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.errors import PipelineError, first_line
-from eurosat_pipeline.core.files import sha256_of
 from eurosat_pipeline.core.limits import (
     SERVE_FILES_PER_REQUEST,
     SERVE_IMAGE_PIXELS,
@@ -129,14 +128,13 @@ class ServedModel:
 
 
 def load_model(options: ModelOptions, origin: dict[str, str] | None = None) -> ServedModel:
-    """The model ``eurosat predict`` would run with these options, and its file's sha256 (hashed
-    once; the engine is loaded from the file with that hash)."""
+    """The model ``eurosat predict`` would run with these options, and its file's sha256, which
+    :func:`load_predictor` takes (checking it against ``options.sha256`` when that is given)."""
     served = options.model_file
     if not served.is_file():
         raise PipelineError(f"{served}: model file not found (give --checkpoint, --onnx or --registry)")
-    sha256 = options.sha256 or sha256_of(served)
-    predictor = load_predictor(replace(options, sha256=sha256))
-    return ServedModel(predictor, served, sha256, origin)
+    predictor = load_predictor(options)
+    return ServedModel(predictor, served, predictor.sha256, origin)
 
 
 class Refusal(Exception):
