@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.inference.images import PIL_FORMATS
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.inference.predict import predict
 from eurosat_pipeline.serving.app import create_app, load_model
@@ -62,7 +63,8 @@ def test_the_page_classifies_a_patch_and_maps_a_scene(
     assert log.console_errors == [], log.console_errors
     assert [u for u in log.requests if not (is_local(u) or u.startswith(f"{url}/"))] == [], log.requests
     assert f"{url}/predict?top_k=3" in log.requests and f"{url}/map?format=json" in log.requests
-    assert refusal == "notes.png: cannot be read as an image (not a format PIL recognises)"
+    formats = ", ".join(PIL_FORMATS)
+    assert refusal == f"notes.png: cannot be read as an image (not one of the formats read here: {formats})"
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
