@@ -103,9 +103,22 @@ ALLOWED = {
     "inference": {"core", "platform", "data", "model"},
     "maps": {"core", "platform", "data", "model", "inference"},
     "regions": {"core", "platform", "data", "model", "inference", "maps"},
+    "change": {"core", "platform", "data", "model", "inference", "maps", "regions"},
     "serving": {"core", "platform", "data", "model", "inference", "maps"},
     "reporting": {"core", "platform", "data", "model"},
-    "cli": {"core", "platform", "data", "model", "training", "inference", "maps", "regions", "serving", "reporting"},
+    "cli": {
+        "core",
+        "platform",
+        "data",
+        "model",
+        "training",
+        "inference",
+        "maps",
+        "regions",
+        "change",
+        "serving",
+        "reporting",
+    },
 }
 # Third-party packages a room must not pull in, even indirectly through a room below it.
 FORBIDDEN = {"core": {"torch", "lightning", "timm"}, "data": {"lightning", "timm"}}

@@ -9,7 +9,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from eurosat_pipeline import __version__
-from eurosat_pipeline.core.choices import ENGINES, FORMATS
+from eurosat_pipeline.cli.change import add_change
+from eurosat_pipeline.cli.options import (
+    add_executors,
+    add_map_settings,
+    add_model_options,
+    band_file,
+    map_settings,
+    model_options,
+)
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.limits import (
     MAX_IMAGE_PIXELS,
@@ -21,37 +29,10 @@ from eurosat_pipeline.core.limits import (
     SERVE_UPLOAD_BYTES,
 )
 from eurosat_pipeline.core.stage import configure_logging, user_error
-from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
 
 if TYPE_CHECKING:
-    from eurosat_pipeline.inference.options import ModelOptions
     from eurosat_pipeline.regions.tasks import RegionTask
     from eurosat_pipeline.serving.app import ServedModel
-
-ONNX_HELP = (
-    "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
-    "locked onnxruntime (onnxruntime-gpu in its place for CUDA), while a checkpoint uses the GPU when there is one"
-)
-
-
-DEVICE_HELP = "torch device for a checkpoint: cpu, cuda, cuda:1 (default: the GPU when there is one)"
-ENGINE_HELP = (
-    "auto (default): ONNX Runtime with the checkpoint's own export (model.onnx beside it, checked by hash) "
-    "on machines without an NVIDIA GPU, the fastest CPU engine; else PyTorch"
-)
-VIEWS_HELP = (
-    "test-time augmentation: average the probabilities over this many flips and quarter-turns of each image "
-    "(1 = off; 8 = all of them, the most accurate, 8x the model passes)"
-)
-PRECISION_HELP = (
-    "number format for a checkpoint in PyTorch: fp32 (default) or bf16 (about 2.5x faster on CPUs with "
-    "AVX512-BF16/AMX; the evaluate stage records its top-1 agreement with fp32)"
-)
-
-
-# What the evaluate stage writes (dvc.yaml): the test split's confusion matrix, for `map`'s adjusted areas.
-DEFAULT_ACCURACY = "reports/eval/per_class.csv"
-DEFAULT_CHECKPOINT = "models/best.ckpt"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eurosat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_add_demo, _add_compare, _add_predict, _add_map, _add_export, _add_serve):
+    for add in (_add_demo, _add_compare, _add_predict, _add_map, add_change, _add_export, _add_serve):
         add(commands)
     return parser
 
@@ -119,39 +100,10 @@ def _add_compare(commands: Commands) -> None:
     compare.set_defaults(run=_compare)
 
 
-def _add_model_options(command: argparse.ArgumentParser, views: int = DEFAULT_VIEWS) -> None:
-    """Which model runs, and how: the same for predict, map and serve (read back by :func:`_model_options`)."""
-    command.add_argument("--checkpoint", default="models/best.ckpt", help="checkpoint (default: models/best.ckpt)")
-    command.add_argument("--onnx", help=ONNX_HELP)
-    command.add_argument("--batch-size", type=int, default=256, help="images per engine call (default: 256)")
-    command.add_argument("--device", help=DEVICE_HELP)
-    command.add_argument("--precision", choices=FORMATS, default="fp32", help=PRECISION_HELP)
-    command.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
-    command.add_argument(
-        "--views", type=int, choices=VIEW_COUNTS, default=views, help=f"{VIEWS_HELP} (default: {views})"
-    )
-
-
-def _model_options(args: argparse.Namespace, **changes: object) -> ModelOptions:
-    """The model options of a command line, as one checked value."""
-    from eurosat_pipeline.inference.options import ModelOptions
-
-    given = {
-        "checkpoint": args.checkpoint,
-        "onnx_file": args.onnx,
-        "device": args.device,
-        "precision": args.precision,
-        "engine": args.engine,
-        "views": args.views,
-        "batch_size": args.batch_size,
-    }
-    return ModelOptions(**(given | changes))
-
-
 def _add_predict(commands: Commands) -> None:
     predict = commands.add_parser("predict", help="classify image files or folders (top-k with probabilities)")
     predict.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_options(predict)
+    add_model_options(predict)
     predict.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     predict.add_argument("--format", choices=("table", "csv", "json"), default="table")
     predict.add_argument("--output", help="write here instead of standard output")
@@ -181,7 +133,7 @@ def _add_map(commands: Commands) -> None:
         "--band",
         dest="band_files",
         action="append",
-        type=_band_file,
+        type=band_file,
         default=[],
         metavar="NAME=PATH",
         help="one band's file, instead of SCENE: the model's band by Sentinel-2 name or its own (B04=red.tif); "
@@ -196,73 +148,9 @@ def _add_map(commands: Commands) -> None:
         "a rerun skips the scenes already mapped with the same model",
     )
     # One view by default: a granule is ~30,000 tiles, and 8 views cost 8x (predict's default is 8).
-    _add_model_options(land, views=1)
-    land.add_argument(
-        "--bands",
-        type=_band_list,
-        help="the scene's band numbers for the model's bands, in its order, 1-based (e.g. 4,3,2: Sentinel-2's RGB)",
-    )
-    land.add_argument(
-        "--scale",
-        choices=("auto", "s2", "minmax", "none"),
-        default="auto",
-        help="RGB models: to 8 bits: s2 = EuroSAT's DN 0..2750 -> 1..255, minmax = 2-98%% stretch, none = as is; "
-        "auto (default) = none for 8-bit files, else s2",
-    )
-    land.add_argument(
-        "--offset",
-        type=float,
-        help="subtracted before s2 scaling (1000 for baseline >= 04.00); default: 0, or a STAC item's "
-        "raster:bands offset",
-    )
-    land.add_argument("--nodata", type=float, help="treat this value as nodata (besides the file's own nodata or mask)")
-    land.add_argument(
-        "--stac-root",
-        dest="stac_roots",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder a STAC item's local hrefs may point into, besides the item's own folder; repeatable",
-    )
-    land.add_argument(
-        "--stride",
-        type=int,
-        metavar="N",
-        help="pixels between overlapping windows of the model's patch, blended (Hann-weighted) into map cells of "
-        "N px: a divisor of the patch down to 1/8 of it (64, 32, 16, 8 for EuroSAT); (64/N)^2 times the work "
-        "(default: the patch, no overlap)",
-    )
-    land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
-    land.add_argument(
-        "--accuracy",
-        metavar="FILE",
-        help="the evaluate stage's per_class.csv (the test split's confusion matrix): MAP.csv gains error-adjusted "
-        f"hectares with 95%% intervals (Olofsson et al. 2014), a proxy (default: {DEFAULT_ACCURACY} when it "
-        f"exists and the model is {DEFAULT_CHECKPOINT})",
-    )
-    land.add_argument(
-        "--reference",
-        metavar="POINTS.CSV",
-        help="reference samples of the mapped area (columns x, y in the map's CRS, class by name): the adjusted "
-        "areas come from them instead of --accuracy",
-    )
-    land.add_argument(
-        "--map-only-preview", action="store_true", help="MAP.png without the scene beside the map (shareable pictures)"
-    )
-    executors = land.add_argument_group("where many scenes run (--out-dir)").add_mutually_exclusive_group()
-    executors.add_argument(
-        "--processes",
-        type=int,
-        metavar="N",
-        help="local worker processes, each with its share of the cores (default: one per core, as many as memory "
-        "holds); 0: one scene after another in this process",
-    )
-    executors.add_argument("--dask-local", type=int, metavar="N", help="a Dask LocalCluster of N worker processes")
-    executors.add_argument(
-        "--scheduler",
-        metavar="URL",
-        help="a running Dask scheduler, e.g. tcp://HOST:8786 (SLURM, Kubernetes: docs/maps.md)",
-    )
+    add_model_options(land, views=1)
+    add_map_settings(land)
+    add_executors(land)
     land.set_defaults(run=_map)
 
 
@@ -280,7 +168,7 @@ def _add_serve(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve", help="serve the model over HTTP: /predict, /map, /health, OpenAPI docs at /docs, a page at /"
     )
-    _add_model_options(serve)
+    add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine)")
     serve.add_argument("--port", type=int, default=8000, help="default: 8000")
     serve.add_argument(
@@ -372,27 +260,13 @@ def _compare(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from eurosat_pipeline.inference.predict import emit, failures, predict
 
-    predictions = predict(args.inputs, _model_options(args), args.top_k, args.max_pixels)
+    predictions = predict(args.inputs, model_options(args), args.top_k, args.max_pixels)
     emit(predictions, args.format, args.output)
     return 1 if failures(predictions) else 0
 
 
-def _band_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected band numbers like 4,3,2, got {text!r}") from err
-
-
-def _band_file(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name.strip() or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH like B04=red.tif, got {text!r}")
-    return name.strip(), path
-
-
 def _map(args: argparse.Namespace) -> int:
-    from eurosat_pipeline.maps.mapping import MapSettings, make_map
+    from eurosat_pipeline.maps.mapping import make_map
     from eurosat_pipeline.maps.outputs import summary
     from eurosat_pipeline.maps.scenes import BandFiles, find_scenes
     from eurosat_pipeline.regions.tasks import RegionTask
@@ -410,19 +284,7 @@ def _map(args: argparse.Namespace) -> int:
         raise PipelineError(
             "--bands picks bands of one multi-band raster by number; band files and STAC items are found by band name"
         )
-    accuracy, reference = _error_matrices(args)
-    settings = MapSettings(
-        bands=args.bands,
-        scale=args.scale,
-        offset=args.offset,
-        nodata=args.nodata,
-        confidence=args.confidence,
-        scene_preview=not args.map_only_preview,
-        accuracy=accuracy,
-        reference=reference,
-        stride=args.stride,
-    )
-    task = RegionTask(_model_options(args), settings)
+    task = RegionTask(model_options(args), map_settings(args))
     if args.out_dir is not None:
         return _map_region(args, scenes, task)
     if len(scenes) != 1:
@@ -431,21 +293,6 @@ def _map(args: argparse.Namespace) -> int:
     result, outputs = make_map(scene.target(), args.out, task.model, task.settings_for(scene))
     print(summary(result, outputs))
     return 0
-
-
-def _error_matrices(args: argparse.Namespace) -> tuple[object, object]:
-    """The error matrix of ``--accuracy`` and the samples of ``--reference``, which take its place.
-    Without either, the evaluate stage's matrix is used only for the pipeline's own model (the
-    default checkpoint, no --onnx): another model's areas are never adjusted with this one's errors."""
-    from pathlib import Path
-
-    from eurosat_pipeline.maps.accuracy import read_confusion, read_reference
-
-    if args.reference is not None:
-        return None, read_reference(args.reference)
-    own_model = args.onnx is None and Path(args.checkpoint) == Path(DEFAULT_CHECKPOINT)
-    path = args.accuracy or (DEFAULT_ACCURACY if own_model and Path(DEFAULT_ACCURACY).is_file() else None)
-    return (read_confusion(path) if path else None), None
 
 
 def _map_region(args: argparse.Namespace, scenes: list, task: RegionTask) -> int:
@@ -521,14 +368,14 @@ def _served_model(args: argparse.Namespace, fetch_to: str) -> ServedModel:
     if args.registry and args.onnx:
         raise PipelineError("--registry fetches the model to serve: leave out --onnx (or --registry)")
     if not args.registry:
-        return load_model(_model_options(args))
+        return load_model(model_options(args))
     from eurosat_pipeline.inference.registry import fetch_model
 
     fetched = fetch_model(args.registry, fetch_to, args.artifact, args.model_version, args.stage, args.sha256)
     print(f"fetched {fetched.version.label} from {args.registry}: sha256 {fetched.sha256} checked", file=sys.stderr)
     origin = fetched.version.describe()
     where = {"onnx_file": str(fetched.path)} if fetched.is_onnx else {"checkpoint": str(fetched.path)}
-    return load_model(_model_options(args, sha256=fetched.sha256, **where), origin=origin)
+    return load_model(model_options(args, sha256=fetched.sha256, **where), origin=origin)
 
 
 if __name__ == "__main__":

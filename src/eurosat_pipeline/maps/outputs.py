@@ -36,24 +36,77 @@ class MapOutputs:
     csv: Path
     confidence: Path | None
     item: Path  # MAP.json: the STAC Item
+    clear: Path | None = None  # MAP.clear.tif: percent of each cell clear of the mask
+    probabilities: Path | None = None  # MAP.probabilities.tif: a band per class, 0..255
 
     @classmethod
-    def for_target(cls, out: str | Path, confidence: bool = False) -> MapOutputs:
+    def for_target(
+        cls, out: str | Path, confidence: bool = False, clear: bool = False, probabilities: bool = False
+    ) -> MapOutputs:
         out = Path(out)
         if out.suffix.lower() not in (".tif", ".tiff"):
             raise MapError(f"{out}: the map is a GeoTIFF; give an output name ending in .tif")
         if out.is_dir():
             raise MapError(f"{out}: is a folder; give the map's file name, e.g. {out / 'map.tif'}")
-        sidecar = out.with_name(f"{out.stem}.confidence.tif") if confidence else None
-        return cls(out, out.with_suffix(".png"), out.with_suffix(".csv"), sidecar, out.with_suffix(".json"))
+        return cls(
+            out,
+            out.with_suffix(".png"),
+            out.with_suffix(".csv"),
+            sidecar(out, "confidence") if confidence else None,
+            out.with_suffix(".json"),
+            sidecar(out, "clear") if clear else None,
+            sidecar(out, "probabilities") if probabilities else None,
+        )
 
     def named(self) -> dict[str, Path]:
         """Each output by its key (the keys of :func:`write_map_files`'s temporaries)."""
-        named = {"tif": self.tif, "png": self.png, "csv": self.csv, "confidence": self.confidence, "item": self.item}
+        named = {
+            "tif": self.tif,
+            "png": self.png,
+            "csv": self.csv,
+            "confidence": self.confidence,
+            "clear": self.clear,
+            "probabilities": self.probabilities,
+            "item": self.item,
+        }
         return {key: path for key, path in named.items() if path is not None}
 
     def all(self) -> list[Path]:
         return list(self.named().values())
+
+
+def sidecar(tif: Path, kind: str) -> Path:
+    """``MAP.<kind>.tif`` beside ``MAP.tif`` (confidence, clear, probabilities)."""
+    return tif.with_name(f"{tif.stem}.{kind}.tif")
+
+
+def read_map(tif: str | Path) -> LandUseMap:
+    """A map as ``eurosat map`` wrote it, read back from ``MAP.tif`` and its ``confidence`` and
+    ``clear`` sidecars when they exist (without the confidence sidecar, no cell reads as uncertain):
+    its classes, grid, class names and cell status (:meth:`LandUseMap.status`) as when it was made."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    tif = Path(tif)
+    try:
+        with rasterio.open(tif) as src:
+            classes, crs, transform, tags = src.read(1), src.crs, src.transform, src.tags()
+        layers = {}
+        for kind in ("confidence", "clear"):
+            if sidecar(tif, kind).is_file():
+                with rasterio.open(sidecar(tif, kind)) as src:
+                    layers[kind] = src.read(1)
+    except RasterioIOError as err:
+        raise MapError(f"{tif}: cannot be read as a map ({err})") from err
+    if "classes" not in tags:
+        raise MapError(f"{tif}: not a map made by eurosat map (no 'classes' tag)")
+    for kind, layer in layers.items():
+        if layer.shape != classes.shape:
+            raise MapError(f"{sidecar(tif, kind)}: {layer.shape} cells, but the map has {classes.shape}")
+    names = tuple(tags["classes"].split(","))
+    cell_m2 = abs(transform.determinant) * crs.linear_units_factor[1] ** 2 if crs and crs.is_projected else None
+    confidence = layers.get("confidence", np.where(classes == NODATA, NODATA, 100).astype(np.uint8))
+    return LandUseMap(classes, confidence, crs, transform, cell_m2, class_names=names, clear=layers.get("clear"))
 
 
 def write_map_files(

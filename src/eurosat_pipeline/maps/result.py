@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import numpy as np
 
@@ -16,6 +17,17 @@ from eurosat_pipeline.core.errors import PipelineError
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
+#: A cell with less of its pixels clear of the mask (percent) is masked: not classified at all.
+MIN_CLEAR_PERCENT = 50
+
+
+class CellStatus(IntEnum):
+    """Why a map cell has the class it has, or none (the class map holds NODATA for the last three)."""
+
+    CLASSIFIED = 0
+    MASKED = 1  # mostly cloud, shadow, cirrus (or the mask's other classes): never classified
+    UNCERTAIN = 2  # classified below --min-confidence: its confidence is kept, its class is not
+    NODATA = 3  # the scene's own nodata, partial edge cells, or no whole window over it
 
 
 class MapError(PipelineError):
@@ -60,6 +72,21 @@ class LandUseMap:
     # matrix was given; and the line that says where it came from.
     adjusted: list[dict[str, float]] | None = None
     adjusted_source: str = ""
+    #: Percent of each cell's pixels the mask left clear (uint8, 0..100); None when no mask was used.
+    clear: np.ndarray | None = None
+    #: Blended class probabilities, ``rows x cols x classes`` uint8 (0..255), when asked for.
+    probabilities: np.ndarray | None = None
+
+    def status(self) -> np.ndarray:
+        """Each cell's :class:`CellStatus` (uint8), from the classes, confidence and clear share alone,
+        so a map read back from its files (:func:`eurosat_pipeline.maps.outputs.read_map`) says the same."""
+        unclassified = self.classes == NODATA
+        status = np.full(self.classes.shape, CellStatus.NODATA, dtype=np.uint8)
+        status[~unclassified] = CellStatus.CLASSIFIED
+        status[unclassified & (self.confidence != NODATA)] = CellStatus.UNCERTAIN
+        if self.clear is not None:
+            status[unclassified & (self.confidence == NODATA) & (self.clear < MIN_CLEAR_PERCENT)] = CellStatus.MASKED
+        return status
 
     @property
     def classified(self) -> int:
