@@ -61,9 +61,9 @@ def map_item(result: LandUseMap, files: dict[str, Path], record: MapRecord, made
     ``MapOutputs.named`` keys them."""
     import pystac
 
-    geometry, bbox = _footprint(result)
+    geometry, bbox = footprint(result)
     if record.item is not None:
-        item_id, when, origin = record.item[0], _parse_time(record.item[1]), "source item"
+        item_id, when, origin = record.item[0], parse_time(record.item[1]), "source item"
     else:
         item_id, when, origin = files["tif"].stem, made, "map"
     properties = {
@@ -75,14 +75,14 @@ def map_item(result: LandUseMap, files: dict[str, Path], record: MapRecord, made
     item = pystac.Item(item_id, geometry, bbox, when, properties, stac_extensions=[CLASSIFICATION])
     item.add_asset("data", _class_asset(files["tif"], result.class_names))
     item.add_asset(
-        "overview", pystac.Asset(_relative(files["png"]), "preview", media_type="image/png", roles=["overview"])
+        "overview", pystac.Asset(relative_href(files["png"]), "preview", media_type="image/png", roles=["overview"])
     )
     item.add_asset(
-        "areas", pystac.Asset(_relative(files["csv"]), "areas per class", media_type="text/csv", roles=["metadata"])
+        "areas", pystac.Asset(relative_href(files["csv"]), "areas per class", media_type="text/csv", roles=["metadata"])
     )
     if files.get("confidence") is not None:
         confidence = pystac.Asset(
-            _relative(files["confidence"]), "top-1 probability (%)", media_type=COG, roles=["data"]
+            relative_href(files["confidence"]), "top-1 probability (%)", media_type=COG, roles=["data"]
         )
         confidence.extra_fields["nodata"] = NODATA
         item.add_asset("confidence", confidence)
@@ -96,32 +96,32 @@ def _class_asset(tif: Path, names: tuple[str, ...]) -> pystac.Asset:
     classes = [
         {
             "value": index,
-            "name": _class_name(name),
+            "name": stac_class_name(name),
             "description": name,
             "color_hint": colours[name].lstrip("#").upper(),
         }
         for index, name in enumerate(names)
     ]
     classes.append({"value": NODATA, "name": "nodata", "description": "not classified", "nodata": True})
-    asset = pystac.Asset(_relative(tif), "land-use classes", media_type=COG, roles=["data"])
+    asset = pystac.Asset(relative_href(tif), "land-use classes", media_type=COG, roles=["data"])
     asset.extra_fields |= {"classification:classes": classes, "nodata": NODATA}
     return asset
 
 
-def _class_name(name: str) -> str:
+def stac_class_name(name: str) -> str:
     """The extension's names are letters, digits, ``-`` and ``_``: other characters become ``_``."""
     return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name) or "class"
 
 
-def _relative(path: Path) -> str:
+def relative_href(path: Path) -> str:
     return f"./{path.name}"
 
 
-def _parse_time(text: str) -> dt.datetime:
+def parse_time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _footprint(result: LandUseMap) -> tuple[dict[str, Any] | None, list[float] | None]:
+def footprint(result: LandUseMap) -> tuple[dict[str, Any] | None, list[float] | None]:
     """The map's outline and bounds in WGS84; none without a CRS."""
     if result.crs is None:
         return None, None
@@ -161,16 +161,16 @@ def region_collection(collection_id: str, items: Sequence[Path], mosaic: Path | 
         if boxes
         else [-180.0, -90.0, 180.0, 90.0]
     )
-    times = [_parse_time(d["properties"]["datetime"]) for d in documents if d["properties"].get("datetime")]
+    times = [parse_time(d["properties"]["datetime"]) for d in documents if d["properties"].get("datetime")]
     interval = [min(times), max(times)] if times else [None, None]
     extent = pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval]))
     collection = pystac.Collection(
         collection_id, f"Land-use maps of {len(documents)} scene(s) made by eurosat map", extent, license="other"
     )
     for path, document in zip(items, documents, strict=True):
-        collection.add_link(pystac.Link("item", _relative(path), pystac.MediaType.JSON, document["id"]))
+        collection.add_link(pystac.Link("item", relative_href(path), pystac.MediaType.JSON, document["id"]))
     if mosaic is not None:
         collection.add_asset(
-            "mosaic", pystac.Asset(_relative(mosaic), "the maps merged", media_type=COG, roles=["data"])
+            "mosaic", pystac.Asset(relative_href(mosaic), "the maps merged", media_type=COG, roles=["data"])
         )
     return collection.to_dict(include_self_link=False, transform_hrefs=False)
