@@ -24,6 +24,9 @@ of the maps, no copy) and ``mosaic.tif`` (the maps merged by rasterio, one file 
 maps share a CRS; when they do not (a region across UTM zones), one ``mosaic-<CRS>.vrt`` per CRS and
 no merged file: reprojecting a class map would resample its tiles.
 
+The maps alone, without summary or mosaic (the change command's two dates of one place), with
+the same records and resume: :func:`map_scenes`.
+
 A scene that cannot be mapped (unreadable, wrong bands) fails alone: its error is in the summary
 and on stderr, the other maps are written, and :attr:`RegionResult.failed` makes the exit status 1.
 """
@@ -71,11 +74,33 @@ def map_region(
     executor: Executor,
     echo: Echo = print,
 ) -> RegionResult:
-    """Map every scene not already mapped with this model and settings, writing each scene's files as
-    it finishes, then the summary and the mosaic (see the module's docstring). The model file is
-    hashed here; every worker checks that hash before it loads the file."""
+    """Map every scene not already mapped with this model and settings (:func:`map_scenes`), then the
+    summary and the mosaic (see the module's docstring)."""
     out_dir = Path(out_dir)
     check_names(scenes)
+    ordered = map_scenes(scenes, out_dir, task, executor, echo)
+    mosaics, notes, mosaic_areas = write_mosaics(out_dir, [r for r in ordered if r.status != "failed"])
+    summary = out_dir / SUMMARY
+    write_summary(summary, ordered, mosaic_areas)
+    collection = write_collection(out_dir, [r for r in ordered if r.status != "failed"], mosaics)
+    return RegionResult(ordered, summary, mosaics, notes, collection)
+
+
+def map_scenes(
+    scenes: Sequence[Scene],
+    out_dir: str | Path,
+    task: RegionTask,
+    executor: Executor,
+    echo: Echo = print,
+) -> list[SceneResult]:
+    """Map every scene not already mapped with this model and settings into ``out_dir``, writing each
+    scene's files and then its record (``<scene>.done.json``) as it finishes; a scene whose record
+    matches is ``done`` and not mapped again. The results, in the order of ``scenes``. No summary, no
+    mosaic: the change command maps two dates of one place, which a mosaic would merge. The model
+    file is hashed here; every worker checks that hash before it loads the file (the hash is in each
+    record's fingerprint, ``model_sha256``)."""
+    out_dir = Path(out_dir)
+    check_unique(scenes)
     model_file = task.model.model_file
     if not model_file.is_file():
         raise MapError(f"{model_file}: model not found")
@@ -104,12 +129,16 @@ def map_region(
             _write_scene(out_dir, scene, result, task.fingerprint(scene))
         results[result.name] = result
         echo(_progress(result, count, len(pending), time.perf_counter() - started))
-    ordered = [results[scene.name] for scene in scenes]
-    mosaics, notes, mosaic_areas = write_mosaics(out_dir, [r for r in ordered if r.status != "failed"])
-    summary = out_dir / SUMMARY
-    write_summary(summary, ordered, mosaic_areas)
-    collection = write_collection(out_dir, [r for r in ordered if r.status != "failed"], mosaics)
-    return RegionResult(ordered, summary, mosaics, notes, collection)
+    return [results[scene.name] for scene in scenes]
+
+
+def check_unique(scenes: Sequence[Scene]) -> None:
+    """Scene names are output names: one per scene."""
+    seen: dict[str, Scene] = {}
+    for scene in scenes:
+        if scene.name in seen:
+            raise _same_name(seen[scene.name], scene)
+        seen[scene.name] = scene
 
 
 def check_names(scenes: Sequence[Scene]) -> None:
@@ -117,16 +146,20 @@ def check_names(scenes: Sequence[Scene]) -> None:
     seen: dict[str, Scene] = {}
     for scene in scenes:
         if scene.name in seen:
-            raise MapError(
-                f"two scenes are named {scene.name} ({', '.join(seen[scene.name].inputs()[:1])} and "
-                f"{', '.join(scene.inputs()[:1])}): their maps would overwrite each other; map them into "
-                "separate --out-dir folders or rename one"
-            )
+            raise _same_name(seen[scene.name], scene)
         if scene.name in (Path(SUMMARY).stem, Path(COLLECTION).stem) or scene.name.startswith(MOSAIC):
             raise MapError(
                 f"a scene named {scene.name} would overwrite {SUMMARY}, {COLLECTION} or the mosaic: rename it"
             )
         seen[scene.name] = scene
+
+
+def _same_name(first: Scene, second: Scene) -> MapError:
+    return MapError(
+        f"two scenes are named {second.name} ({', '.join(first.inputs()[:1])} and "
+        f"{', '.join(second.inputs()[:1])}): their maps would overwrite each other; map them into "
+        "separate --out-dir folders or rename one"
+    )
 
 
 def _check_folder(out_dir: Path, scenes: Sequence[Scene]) -> None:
