@@ -276,6 +276,10 @@ def _map(args: argparse.Namespace) -> int:
     engine_given = (args.processes, args.dask_local, args.scheduler) != (None, None, None)
     if args.out is not None and engine_given:
         raise PipelineError("--processes, --dask-local and --scheduler run many scenes: use --out-dir DIR")
+    if args.out_dir is not None and args.mask not in (None, "none"):
+        raise PipelineError(
+            "--mask FILE is one scene's mask: map that scene with --out; a region's STAC items bring their own scl"
+        )
     names = [name.casefold() for name, _ in args.band_files]
     if len(set(names)) < len(names):
         raise PipelineError("--band: a band is given twice; give each band's file once")

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
+from eurosat_pipeline.maps.masks import DEFAULT_MASK_CLASSES
 
 if TYPE_CHECKING:
     from eurosat_pipeline.inference.options import ModelOptions
     from eurosat_pipeline.maps.mapping import MapSettings
+    from eurosat_pipeline.maps.masks import MaskSpec
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -124,6 +126,31 @@ def add_map_settings(land: argparse.ArgumentParser) -> None:
     )
     land.add_argument("--confidence", action="store_true", help="also write MAP.confidence.tif (top-1 probability, %%)")
     land.add_argument(
+        "--mask",
+        metavar="FILE",
+        help="a mask raster of the scene's footprint (e.g. Sentinel-2's SCL); its --mask-classes are not mapped. "
+        "Default: a STAC item's own scl asset when it has one; 'none': no mask",
+    )
+    land.add_argument(
+        "--mask-classes",
+        type=_class_list,
+        default=DEFAULT_MASK_CLASSES,
+        metavar="V,V,...",
+        help="the mask's values to mask (default: 3,8,9,10: SCL's cloud shadow, cloud medium and high, cirrus; "
+        "add 11 for snow). A cell under half clear is not classified; MAP.clear.tif says how clear each is",
+    )
+    land.add_argument(
+        "--min-confidence",
+        type=float,
+        metavar="P",
+        help="leave cells whose top-1 probability is below P (0..1) unclassified, counted as uncertain",
+    )
+    land.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="also write MAP.probabilities.tif: each class's probability, 0..255, a band per class",
+    )
+    land.add_argument(
         "--accuracy",
         metavar="FILE",
         help="the evaluate stage's per_class.csv (the test split's confusion matrix): MAP.csv gains error-adjusted "
@@ -136,6 +163,22 @@ def add_map_settings(land: argparse.ArgumentParser) -> None:
         help="reference samples of the mapped area (columns x, y in the map's CRS, class by name): the adjusted "
         "areas come from them instead of --accuracy",
     )
+
+
+def _class_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected mask values like 3,8,9,10, got {text!r}") from err
+
+
+def mask_spec(args: argparse.Namespace) -> MaskSpec | None:
+    """``--mask`` and ``--mask-classes`` as one value (None for ``--mask none``)."""
+    from eurosat_pipeline.maps.masks import MaskSpec
+
+    if args.mask is not None and args.mask.casefold() == "none":
+        return None
+    return MaskSpec(args.mask, args.mask_classes)
 
 
 def add_executors(land: argparse.ArgumentParser) -> None:
@@ -171,6 +214,9 @@ def map_settings(args: argparse.Namespace, **changes: object) -> MapSettings:
         "accuracy": accuracy,
         "reference": reference,
         "stride": args.stride,
+        "mask": mask_spec(args),
+        "min_confidence": args.min_confidence,
+        "probabilities": args.probabilities,
     }
     return MapSettings(**(values | changes))
 

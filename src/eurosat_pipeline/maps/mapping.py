@@ -76,6 +76,15 @@ from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.inference.engines import Predictor
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.accuracy import ErrorMatrix, ReferenceSamples
+from eurosat_pipeline.maps.masks import (
+    DEFAULT_MASK,
+    MaskSpec,
+    clear_percent,
+    masked_shares,
+    mostly_masked,
+    open_mask,
+    windows_to_skip,
+)
 from eurosat_pipeline.maps.outputs import MapOutputs, write_map_files
 from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap, MapError, Stopwatch
 from eurosat_pipeline.maps.stac import MapRecord
@@ -131,6 +140,13 @@ class MapSettings:
     #: Pixels between overlapping windows, the map cell's side; None: the model's patch size (no
     #: overlap, one window per cell). Checked against the model's patch when it is loaded (check_stride).
     stride: int | None = None
+    #: The cloud mask (maps/masks.py): a file, or the scene's own ``scl`` asset (the default, when it
+    #: has one); None: no mask even where the scene has one.
+    mask: MaskSpec | None = DEFAULT_MASK
+    #: Cells whose top-1 probability is below this (0..1) are left NODATA, counted as uncertain.
+    min_confidence: float | None = None
+    #: Also write MAP.probabilities.tif: each class's blended probability, 0..255.
+    probabilities: bool = False
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
@@ -146,6 +162,10 @@ class MapSettings:
             raise MapError(f"--stride {self.stride!r}: give a whole number of pixels, e.g. 32")
         if self.stride is not None and self.stride < 1:
             raise MapError(f"--stride {self.stride}: give a positive number of pixels, e.g. 32")
+        if self.min_confidence is not None and not 0 < self.min_confidence <= 1:
+            raise MapError(
+                f"--min-confidence {self.min_confidence}: give a probability above 0 and at most 1, e.g. 0.6"
+            )
 
 
 def make_map(
@@ -166,10 +186,12 @@ def make_map(
     from eurosat_pipeline.inference.engines import load_predictor
 
     settings = settings or MapSettings()
-    outputs = MapOutputs.for_target(out, settings.confidence)
     if isinstance(scene, (str, Path)):
         scene = Path(scene)
+    mask_path = mask_of(scene, settings)
+    outputs = MapOutputs.for_target(out, settings.confidence, mask_path is not None, settings.probabilities)
     inputs = [scene] if isinstance(scene, Path) else scene.local_paths()
+    inputs = [*inputs, *([Path(mask_path)] if mask_path and "://" not in mask_path else [])]
     if any(p.resolve() == source.resolve() for p in outputs.all() for source in inputs):
         raise MapError(f"{out}: would overwrite the scene itself; choose another output name")
     with contextlib.ExitStack() as stack:
@@ -197,6 +219,7 @@ def make_map(
         scaler = make_scaler(src, chosen, settings.scale, data, offset, nodata)
         started = time.perf_counter()
         try:
+            layers = CellLayers(_mask_shares(mask_path, settings.mask, src, stride, stack), settings.probabilities)
             result = classify_scene(
                 src,
                 chosen,
@@ -205,9 +228,11 @@ def make_map(
                 nodata,
                 PREVIEW_LONGEST if settings.scene_preview else None,
                 stride,
+                layers,
             )
         except RasterioError as err:  # a corrupt block or a vanished file, found half-way
             raise MapError(f"{_label(scene)}: reading failed ({err}); nothing was written") from err
+        leave_uncertain(result, settings.min_confidence)
         result.seconds = time.perf_counter() - started
         result.notes += [band_note] if band_note else []
         result.engine = predictor.describe()
@@ -215,6 +240,34 @@ def make_map(
         record = MapRecord.of(scene, settings, predictor)
         write_map_files(result, outputs, temporaries, scene.name, (src.width, src.height), record)
     return result, outputs
+
+
+def mask_of(scene: Path | SceneSource, settings: MapSettings) -> str | None:
+    """The mask file the map uses: ``--mask``, else the scene's own ``scl`` asset, else none."""
+    if settings.mask is None:
+        return None
+    return settings.mask.path or getattr(scene, "mask", None)
+
+
+def _mask_shares(
+    path: str | None, spec: MaskSpec | None, src: object, stride: int, stack: contextlib.ExitStack
+) -> np.ndarray | None:
+    """Each map cell's masked share (maps/masks.py), or None without a mask."""
+    if path is None or spec is None:
+        return None
+    mask = stack.enter_context(open_mask(path, src))
+    shape = (-(-src.height // stride), -(-src.width // stride))
+    return masked_shares(mask, spec.classes, src, stride, shape)
+
+
+def leave_uncertain(result: LandUseMap, min_confidence: float | None) -> None:
+    """Cells whose top-1 probability (the confidence raster's whole percent) is below
+    ``min_confidence`` lose their class (NODATA) and keep their confidence: they count as uncertain."""
+    if min_confidence is None:
+        return
+    uncertain = (result.classes != NODATA) & (result.confidence < 100 * min_confidence)
+    result.classes[uncertain] = NODATA
+    result.min_confidence = min_confidence
 
 
 def _label(scene: Path | SceneSource) -> str:
@@ -450,6 +503,18 @@ def _read(src: object, bands: tuple[int, ...], window: object, nodata: Number | 
     return data, valid
 
 
+@dataclass(frozen=True)
+class CellLayers:
+    """What a map keeps per cell beyond its class and confidence: the mask's share of each cell
+    (None: no mask), and whether each class's probability is kept (``--probabilities``)."""
+
+    masked_share: np.ndarray | None = None
+    probabilities: bool = False
+
+
+NO_LAYERS = CellLayers()
+
+
 def classify_scene(
     src: object,
     bands: tuple[int, ...],
@@ -458,6 +523,7 @@ def classify_scene(
     nodata: Number | None = None,
     preview_longest: int | None = PREVIEW_LONGEST,
     stride: int | None = None,
+    layers: CellLayers = NO_LAYERS,
 ) -> LandUseMap:
     """Class and confidence per map cell (``stride`` pixels a side; default: the model's patch, one
     cell per window); cells that no whole valid window covers are NODATA.
@@ -484,6 +550,11 @@ def classify_scene(
         tile=tile,
         stride=grid.stride,
     )
+    if layers.probabilities:
+        result.probabilities = np.zeros((grid.cell_rows, grid.cell_cols, len(data.classes)), dtype=np.uint8)
+    skip = None
+    if layers.masked_share is not None:
+        skip = windows_to_skip(layers.masked_share, grid.per_window, grid.window_rows, grid.window_cols)
     watch = result.watch
     blender = CellBlender(result, grid, ring_rows(grid, predictor.batch_size))
     batches = TileBatches(
@@ -500,15 +571,30 @@ def classify_scene(
             _make_room(blender, batches, window_row)
             with watch("tiling and scaling"):
                 picked, windows = _windows_of(lines, lines_valid, scaler, grid)
+            if skip is not None and picked.size:  # mostly masked: not classified at all
+                keep = ~skip[window_row, picked]
+                picked, windows = picked[keep], windows[keep]
             if picked.size:
                 batches.add(window_row, picked, windows)
     batches.flush()
     blender.finish(grid.covered_rows)
+    if layers.masked_share is not None:
+        _apply_mask(result, clear_percent(layers.masked_share))
     if preview is not None:
         with watch("preview"):
             preview.add_remainder(bands, grid.lines)
             result.preview = preview.picture()
     return result
+
+
+def _apply_mask(result: LandUseMap, clear: np.ndarray) -> None:
+    """Mostly masked cells lose any class a neighbouring window gave them: NODATA, no confidence."""
+    masked = mostly_masked(clear)
+    result.classes[masked] = NODATA
+    result.confidence[masked] = NODATA
+    if result.probabilities is not None:
+        result.probabilities[masked] = 0
+    result.clear = clear
 
 
 def allowed_strides(tile: int) -> list[int]:
@@ -636,6 +722,8 @@ class CellBlender:
                 blended = self.sums[slot][done] / total[done, None]
                 self.result.classes[row, :width][done] = blended.argmax(axis=1)
                 self.result.confidence[row, :width][done] = np.rint(100 * blended.max(axis=1))
+                if self.result.probabilities is not None:
+                    self.result.probabilities[row, :width][done] = np.rint(255 * blended)
             self.sums[slot] = 0
             total[:] = 0
         self.next_row = max(self.next_row, below)

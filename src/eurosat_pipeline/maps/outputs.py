@@ -18,7 +18,7 @@ import numpy as np
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.files import csv_text, writing
 from eurosat_pipeline.maps.accuracy import PROXY_NOTE, adjusted_rows
-from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+from eurosat_pipeline.maps.result import NODATA, CellStatus, LandUseMap, MapError
 from eurosat_pipeline.maps.stac import MapRecord, map_item, write_item
 
 #: Space a map write may need beyond its pixels (TIFF headers, tile index, the COG's temporary copy).
@@ -27,6 +27,10 @@ AREA_COLUMNS = ("class", "index", "tiles", "hectares", "percent", "adjusted_hect
 # Cloud-optimised GeoTIFF (GDAL's COG driver): 256 px internal tiles, overviews halving until one
 # tile holds the map; class maps' overviews take each block's most common class, never a mean of indices.
 COG_BLOCK = 256
+# The preview's colours for cells without a class, beside nodata's white.
+STATUS_COLOURS = {CellStatus.MASKED: "#8c8c8c", CellStatus.UNCERTAIN: "#d4d4d4"}
+CONFIDENCE_MEANING = "top-1 probability in percent"
+CLEAR_MEANING = "percent of the cell's pixels clear of the mask"
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,14 @@ def write_map_files(
         if outputs.confidence is not None:
             with writing(outputs.confidence):
                 write_geotiff(temporaries["confidence"], result.confidence, result.crs, result.transform, names)
+        if outputs.clear is not None and result.clear is not None:
+            with writing(outputs.clear):
+                write_geotiff(
+                    temporaries["clear"], result.clear, result.crs, result.transform, names, meaning=CLEAR_MEANING
+                )
+        if outputs.probabilities is not None and result.probabilities is not None:
+            with writing(outputs.probabilities):
+                write_probabilities(temporaries["probabilities"], result)
         with writing(outputs.csv):
             write_areas_csv(temporaries["csv"], result)
         with writing(outputs.item):
@@ -173,7 +185,13 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 
 
 def write_geotiff(
-    path: Path, values: np.ndarray, crs: object, transform: object, names: tuple[str, ...], colours: bool = False
+    path: Path,
+    values: np.ndarray,
+    crs: object,
+    transform: object,
+    names: tuple[str, ...],
+    colours: bool = False,
+    meaning: str = CONFIDENCE_MEANING,
 ) -> None:
     """One uint8 band at tile resolution as a cloud-optimised GeoTIFF (any size: a map smaller than a
     tile is one tile, without overviews); with ``colours``, the class colour table and names, and
@@ -202,7 +220,7 @@ def write_geotiff(
             if colours:
                 dst.write_colormap(1, class_colours(names))
             else:
-                dst.update_tags(1, meaning="top-1 probability in percent")
+                dst.update_tags(1, meaning=meaning)
     except (RasterioError, CPLE_BaseError) as err:
         # GDAL says only "Write failed" or "IO error writing tag data" (libtiff prints the reason):
         # short space is the usual cause. A COG is written twice (a temporary GTiff, then the copy
@@ -212,14 +230,46 @@ def write_geotiff(
         raise
 
 
+def write_probabilities(path: Path, result: LandUseMap) -> None:
+    """Each class's blended probability (0..255) as a band named by its class, a COG whose internal
+    mask marks the cells not classified."""
+    import rasterio
+
+    values = np.moveaxis(result.probabilities, 2, 0)
+    rows, cols = result.classes.shape
+    profile = {"driver": "COG", "width": cols, "height": rows, "count": values.shape[0], "dtype": "uint8"}
+    profile |= {"crs": result.crs, "transform": result.transform, "compress": "deflate", "blocksize": COG_BLOCK}
+    with rasterio.open(path, "w", **profile, overview_resampling="average") as dst:
+        dst.write(values)
+        dst.write_mask(np.where(result.classes == NODATA, 0, 255).astype(np.uint8))
+        dst.descriptions = result.class_names
+        dst.update_tags(meaning="class probability x 255", classes=",".join(result.class_names))
+
+
+def not_classified_rows(result: LandUseMap) -> list[dict[str, object]]:
+    """The cells without a class, by why: masked (when a mask was used), uncertain (when
+    ``--min-confidence`` was given), in hectares; then the rest as NODATA (cells only, as always)."""
+    status = result.status()
+    rows = []
+    for name, kind, shown in (
+        ("masked", CellStatus.MASKED, result.clear is not None),
+        ("uncertain", CellStatus.UNCERTAIN, result.min_confidence is not None),
+    ):
+        if shown:
+            count = int((status == kind).sum())
+            hectares = "" if result.tile_area_m2 is None else round(count * result.tile_area_m2 / 10_000, 4)
+            rows.append({"class": name, "index": "", "tiles": count, "hectares": hectares})
+    rows.append({"class": "nodata", "index": NODATA, "tiles": int((status == CellStatus.NODATA).sum())})
+    return rows
+
+
 def write_areas_csv(path: Path, result: LandUseMap) -> None:
     """Tiles, hectares and share per class (and the error-adjusted hectares with their 95 % interval
-    when there are some), then the NODATA tiles."""
+    when there are some), then the cells without a class (:func:`not_classified_rows`)."""
     rows = result.areas()
     for row, adjusted in zip(rows, result.adjusted or [{}] * len(rows), strict=True):
         row |= adjusted
-    nodata = {"class": "nodata", "index": NODATA, "tiles": result.skipped}
-    path.write_text(csv_text(AREA_COLUMNS, [*rows, nodata]), encoding="utf-8")
+    path.write_text(csv_text(AREA_COLUMNS, [*rows, *not_classified_rows(result)]), encoding="utf-8")
 
 
 def write_preview(
@@ -270,6 +320,19 @@ def write_preview(
         for row in result.areas()
     ]
     handles = [Patch(color=colours[name]) for name in names]
+    status = result.status()
+    for row in not_classified_rows(result)[:-1]:
+        kind = CellStatus.MASKED if row["class"] == "masked" else CellStatus.UNCERTAIN
+        shown = status == kind
+        colour = STATUS_COLOURS[kind]
+        axes[-1].imshow(
+            np.ma.masked_where(~shown, np.zeros(shown.shape)),
+            cmap=ListedColormap([colour]),
+            interpolation="nearest",
+            extent=extent,
+        )
+        handles.append(Patch(color=colour))
+        labels.append(f"{row['class']} ({row['tiles']} {_cells(result).split(' of ')[0]})")
     axes[-1].legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     figure.savefig(path, format="png", bbox_inches="tight")
     plt.close(figure)
@@ -300,6 +363,9 @@ def summary(result: LandUseMap, outputs: MapOutputs) -> str:
             lines.append(f"  {row['class']:<22} {row['tiles']:>7} {unit}s {row['percent']:>6.2f}% {area}")
     if adjusted:
         lines.append(f"adjusted areas (95 % interval): {result.adjusted_source}")
+    for row in not_classified_rows(result)[:-1]:
+        area = f"{row['hectares']:>12,.1f} ha" if row["hectares"] != "" else ""
+        lines.append(f"  {row['class']:<22} {row['tiles']:>7} {unit}s {'':>7} {area}")
     lines += [f"note: {note}" for note in result.notes]
     lines.append("wrote " + ", ".join(map(str, outputs.all())))
     return "\n".join(lines)

@@ -76,6 +76,8 @@ class LandUseMap:
     clear: np.ndarray | None = None
     #: Blended class probabilities, ``rows x cols x classes`` uint8 (0..255), when asked for.
     probabilities: np.ndarray | None = None
+    #: ``--min-confidence``: cells classified below it are NODATA (uncertain); None: not asked.
+    min_confidence: float | None = None
 
     def status(self) -> np.ndarray:
         """Each cell's :class:`CellStatus` (uint8), from the classes, confidence and clear share alone,

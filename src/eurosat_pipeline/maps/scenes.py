@@ -140,6 +140,8 @@ class BandFiles:
     values: tuple[tuple[str, BandValues], ...] = ()
     #: The STAC item the scene came from, as ``(id, ISO datetime)``: the map's STAC Item takes both.
     item: tuple[str, str] | None = None
+    #: The item's scene classification layer (``scl`` asset, a GDAL path): the map's cloud mask.
+    mask: str | None = None
 
     @property
     def offset(self) -> float | None:
@@ -151,14 +153,16 @@ class BandFiles:
         return offsets.pop() if len(offsets) == 1 else None
 
     def inputs(self) -> tuple[str, ...]:
-        """Each band and where it is read from (local files as absolute paths)."""
-        return tuple(f"{band}={_absolute(path)}" for band, path in self.bands)
+        """Each band and where it is read from (local files as absolute paths), and the mask's file."""
+        mask = (f"scl={_absolute(self.mask)}",) if self.mask else ()
+        return tuple(f"{band}={_absolute(path)}" for band, path in self.bands) + mask
 
     def target(self) -> BandFiles:
         return self
 
     def local_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(path) for _, path in self.bands if not is_remote(path))
+        paths = [path for _, path in self.bands] + ([self.mask] if self.mask else [])
+        return tuple(Path(path) for path in paths if not is_remote(path))
 
     def pick(self, data: DataSpec) -> list[tuple[str, str]]:
         """``(label, path)`` of each model band, in the model's order; a clear error for a missing one."""
@@ -515,7 +519,19 @@ def item_scene(item: object, document: str | None = None, stac_roots: Sequence[s
         if shape is not None:
             shapes.append((path, (int(shape[0]), int(shape[1]))))
         values.append((path, band_values(asset, f"STAC item {item.id}: asset {band}")))
-    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), tuple(values), _source_item(item))
+    mask = _scl_asset(item, document, stac_roots)
+    return BandFiles(scene_name(item.id), tuple(bands), tuple(shapes), tuple(values), _source_item(item), mask)
+
+
+def _scl_asset(item: object, document: str | None, stac_roots: Sequence[str | Path]) -> str | None:
+    """The GDAL path of the item's scene classification layer (asset ``scl``, Earth Search; ``SCL``,
+    Planetary Computer), checked as the band assets are; None when it has none."""
+    for key, asset in item.assets.items():
+        if key.casefold() == "scl":
+            path = _href(asset, document)
+            check_href(asset, path, document, stac_roots, f"STAC item {item.id}")
+            return path
+    return None
 
 
 def _source_item(item: object) -> tuple[str, str] | None:

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 CLASSIFICATION = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
 WGS84 = "EPSG:4326"
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
-SETTINGS = ("scale", "offset", "nodata", "bands", "stride", "views")  # recorded when the map has them
+SETTINGS = (
+    "scale",
+    "offset",
+    "nodata",
+    "bands",
+    "stride",
+    "views",
+    "mask",
+    "min_confidence",
+)  # recorded when the map has them
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class MapRecord:
         values["views"] = getattr(predictor, "views", 1)
         if values.get("bands") is not None:
             values["bands"] = list(values["bands"])
+        if values.get("mask") is not None:  # which file (None: the scene's scl asset) and which classes
+            values["mask"] = {"file": values["mask"].path, "classes": list(values["mask"].classes)}
         return cls(
             values,
             getattr(predictor, "sha256", None),
@@ -86,6 +97,17 @@ def map_item(result: LandUseMap, files: dict[str, Path], record: MapRecord, made
         )
         confidence.extra_fields["nodata"] = NODATA
         item.add_asset("confidence", confidence)
+    if files.get("clear") is not None:
+        clear = pystac.Asset(relative_href(files["clear"]), "clear of the mask (%)", media_type=COG, roles=["data"])
+        clear.extra_fields["nodata"] = NODATA
+        item.add_asset("clear", clear)
+    if files.get("probabilities") is not None:
+        bands = [{"name": stac_class_name(name), "description": f"P({name}) x 255"} for name in result.class_names]
+        probabilities = pystac.Asset(
+            relative_href(files["probabilities"]), "class probabilities (0-255)", media_type=COG, roles=["data"]
+        )
+        probabilities.extra_fields["bands"] = bands
+        item.add_asset("probabilities", probabilities)
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 

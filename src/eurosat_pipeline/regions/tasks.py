@@ -66,6 +66,9 @@ class RegionTask:
             "accuracy": matrix_fingerprint(settings.accuracy),
             "reference": matrix_fingerprint(settings.reference),
             "stride": settings.stride,  # None: the model's patch (the model's hash stands for it)
+            "mask": None if settings.mask is None else [settings.mask.path, list(settings.mask.classes)],
+            "min_confidence": settings.min_confidence,
+            "probabilities": settings.probabilities,
         }
 
 
