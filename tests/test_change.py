@@ -23,6 +23,7 @@ from eurosat_pipeline.change.table import (
     cross_tabulate,
     expected_transitions,
     mapped_given_true,
+    poisson_tail,
     stands_out,
 )
 from eurosat_pipeline.cli.main import main as cli
@@ -319,9 +320,20 @@ def test_the_expected_spurious_change_matches_a_two_class_example_worked_by_hand
     assert by_hand == pytest.approx(12.99495, abs=1e-5)
     expected = expected_transitions(matrix, np.array([60, 40]), np.array([50, 50]))
     np.testing.assert_allclose(expected, [[0.0, by_hand], [by_hand, 0.0]])
-    # Stands out above E + 3 sqrt(E) = 23.81 cells.
-    assert stands_out(24, by_hand) and not stands_out(23, by_hand)
-    assert not stands_out(0, 0.0) and stands_out(1, 0.0)
+    # Stands out where the Poisson tail P(X >= observed | mean E) is below 0.00135 (3 sigma, one-sided).
+    tail = 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(26))  # P(X >= 26)
+    assert 0.00135 > tail > 0.0005  # ... 26 cells stand out from 13 expected, 25 do not:
+    assert 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(25)) > 0.00135
+    assert stands_out(26, by_hand) and not stands_out(25, by_hand)
+    assert poisson_tail(26, by_hand) == pytest.approx(tail, rel=1e-9)
+
+
+def test_a_single_cell_stands_out_only_where_even_one_is_unlikely() -> None:
+    # P(X >= 1) = 1 - e^-E: 8.6 % for E = 0.09 (the normal rule E + 3 sqrt(E) = 0.99 would flag it), 0.1 % for 0.001.
+    assert not stands_out(1, 0.09) and stands_out(1, 0.001)
+    # P(X >= 2) = 1 - e^-E (1 + E): 0.00121 for E = 0.05, 0.00172 for 0.06.
+    assert stands_out(2, 0.05) and not stands_out(2, 0.06)
+    assert not stands_out(0, 0.0) and stands_out(1, 0.0) and not stands_out(3, 5.0)
 
 
 def test_the_table_marks_a_transition_beyond_the_noise_and_says_how_to_get_the_matrix_without_one() -> None:
@@ -329,7 +341,7 @@ def test_the_table_marks_a_transition_beyond_the_noise_and_says_how_to_get_the_m
     matrix = ErrorMatrix(("A", "B"), ((8, 1), (2, 9)), "hand")
     expected = expected_transitions(matrix, counts.sum(axis=1), counts.sum(axis=0))
     table = ChangeTable(("A", "B"), counts, {}, 640.0 * 640.0, expected)
-    assert expected[0, 1] + 3 * math.sqrt(expected[0, 1]) < 30
+    assert poisson_tail(30, expected[0, 1]) < 1e-4
     assert table.stands_out(0, 1) is True and table.stands_out(1, 0) is False and table.stands_out(0, 0) is None
     assert ChangeTable(("A", "B"), counts, {}, None).stands_out(0, 1) is None
 

@@ -20,9 +20,12 @@ reference class t, as :class:`~eurosat_pipeline.maps.accuracy.ErrorMatrix` holds
 - with errors independent between the dates, the expected count of the apparent transition i -> j
   (i != j) over N compared cells is ``E_ij = N sum_t p_t P(i | t) P(j | t)``.
 
-A transition **stands out** when its observed cells exceed ``E + 3 sqrt(E)``: a count of rare,
-independent errors is about Poisson, whose standard deviation is ``sqrt(E)``, so three of them
-leave about one false alarm in a thousand transitions. Assumptions (docs/maps.md): errors
+A transition **stands out** when so many cells are unlikely from error alone: a count of rare,
+independent errors is about Poisson with mean E, and the transition stands out when
+``P(X >= observed | Poisson(E))`` is below 0.00135, the one-sided tail of three standard deviations
+of a normal distribution (about one false alarm per 740 transitions tested; a 10-class table has
+90). For large E this is about ``observed > E + 3 sqrt(E)``; for small E it is stricter than that normal
+rule, which would flag a single cell where E = 0.09 (a Poisson tail of 8.6 %). Assumptions (docs/maps.md): errors
 independent between dates (one model on two similar scenes tends to err alike at both: the maps
 then disagree less than E says, so E over-states the noise and the rule is conservative), and the
 test split stands for the mapped area (its classes' errors; the shares come from the maps).
@@ -49,8 +52,8 @@ EXCLUSIONS = (
     ("uncertain after", "after", CellStatus.UNCERTAIN),
     ("nodata after", "after", CellStatus.NODATA),
 )
-#: Standard deviations above the expected count for a transition to stand out.
-STANDS_OUT_SIGMAS = 3.0
+#: The Poisson tail below which a transition stands out: a normal distribution's beyond 3 sigma, one-sided.
+STANDS_OUT_TAIL = 0.00135
 NO_MATRIX_NOTE = (
     "no expected change from classifier error: give the test split's confusion matrix "
     "(--accuracy reports/eval/per_class.csv, the evaluate stage's)"
@@ -95,8 +98,26 @@ class ChangeTable:
 
 
 def stands_out(observed: int, expected: float) -> bool:
-    """Observed cells above ``expected + 3 sqrt(expected)`` (see the module's docstring)."""
-    return observed > expected + STANDS_OUT_SIGMAS * math.sqrt(max(expected, 0.0))
+    """Whether ``observed`` cells are unlikely from error alone: the Poisson tail ``P(X >= observed)``
+    of mean ``expected`` below :data:`STANDS_OUT_TAIL` (see the module's docstring)."""
+    return observed > expected and poisson_tail(observed, expected) < STANDS_OUT_TAIL
+
+
+def poisson_tail(count: int, mean: float) -> float:
+    """``P(X >= count)`` for X Poisson with ``mean``, for ``count`` above the mean: the terms from
+    ``count`` up (each smaller than the last there), summed in log space until they stop counting."""
+    if count <= 0:
+        return 1.0
+    if mean <= 0:
+        return 0.0
+    log_mean = math.log(mean)
+    total, x = 0.0, count
+    while True:
+        term = math.exp(-mean + x * log_mean - math.lgamma(x + 1))
+        total += term
+        if term <= total * 1e-12:
+            return min(total, 1.0)
+        x += 1
 
 
 def codes_of(pair: AlignedPair) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +155,8 @@ def cross_tabulate(pair: AlignedPair, matrix: ErrorMatrix | None) -> tuple[Chang
         table.expected = expected_transitions(matrix, counts.sum(axis=1), counts.sum(axis=0))
         table.notes.append(
             f"expected change from classifier error: the test split's confusion matrix ({matrix.source}), "
-            "errors taken as independent between the dates; a transition stands out above "
-            "expected + 3 sqrt(expected) cells"
+            "errors taken as independent between the dates; a transition stands out where its cells are "
+            f"less likely than {STANDS_OUT_TAIL} from error alone (a Poisson count of mean expected)"
         )
     return table, codes
 
