@@ -255,3 +255,22 @@ def test_a_stac_items_scl_asset_masks_its_map_unless_mask_none(
     )
     assert unmasked.status()[0, 0] == CellStatus.CLASSIFIED and unmasked.clear is None
     assert outputs.clear is None
+
+
+def test_a_scenes_own_mask_file_masks_its_map_and_is_part_of_its_fingerprint(
+    scene: Path, map_model: Path, tmp_path: Path
+) -> None:
+    """One date's SCL for `eurosat change`: the scene carries its mask; a file given for all wins."""
+    from eurosat_pipeline.maps.scenes import RasterScene
+    from eurosat_pipeline.regions.tasks import RegionTask
+
+    mask = write_mask(tmp_path / "scl.tif", scl(CLOUDS))
+    task = RegionTask(ModelOptions(map_model), MapSettings())
+    plain, masked = RasterScene("s", str(scene)), RasterScene("s", str(scene), mask=str(mask))
+    assert task.settings_for(masked).mask == MaskSpec(str(mask))
+    assert task.settings_for(plain).mask == MaskSpec()
+    assert task.fingerprint(masked) != task.fingerprint(plain)
+    result, _ = make_map(masked.target(), tmp_path / "map.tif", ModelOptions(map_model), task.settings_for(masked))
+    assert result.status()[0, 0] == CellStatus.MASKED
+    unmasked = RegionTask(ModelOptions(map_model), MapSettings(mask=None))
+    assert unmasked.settings_for(masked).mask is None  # --mask none: no mask at all

@@ -115,10 +115,11 @@ class RasterScene:
     name: str
     path: str
     offset: float | None = None  # digital numbers to subtract, where the catalogue says so
+    mask: str | None = None  # this scene's own mask file (e.g. one date's SCL for `eurosat change`)
 
     def inputs(self) -> tuple[str, ...]:
         """What the scene is read from, as absolute paths: the same scene from another folder is the same."""
-        return (_absolute(self.path),)
+        return (_absolute(self.path),) + ((f"mask={_absolute(self.mask)}",) if self.mask else ())
 
     def target(self) -> Path:
         return Path(self.path)

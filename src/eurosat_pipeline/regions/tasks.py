@@ -39,11 +39,15 @@ class RegionTask:
 
     def settings_for(self, scene: Scene) -> MapSettings:
         """The settings with the offset made concrete: given, else the scene's catalogue's when all its
-        bands share one, else 0; None where the catalogue's bands differ (each then takes its own)."""
+        bands share one, else 0; None where the catalogue's bands differ (each then takes its own). The
+        mask: the scene's own (its STAC item's ``scl``, one date's file) unless a file is given for all."""
         offset = self.settings.offset if self.settings.offset is not None else scene.offset
         if offset is None and isinstance(scene, RasterScene):
             offset = 0.0
-        return replace(self.settings, offset=offset)
+        mask = self.settings.mask
+        if mask is not None and mask.path is None and scene.mask is not None:  # the scene's own mask file
+            mask = replace(mask, path=scene.mask)
+        return replace(self.settings, offset=offset, mask=mask)
 
     def fingerprint(self, scene: Scene) -> dict[str, Any]:
         """What makes a scene's map what it is: a finished map with another fingerprint is re-made.
