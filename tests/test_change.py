@@ -306,26 +306,26 @@ def test_overlap_is_the_share_of_befores_footprint_and_below_the_minimum_is_refu
 
 
 def test_the_expected_spurious_change_matches_a_two_class_example_worked_by_hand() -> None:
-    # Test split, map x reference: of 10 true A, 8 mapped A and 2 mapped B; of 10 true B, 1 A and 9 B.
-    matrix = ErrorMatrix(("A", "B"), ((8, 1), (2, 9)), "hand")
-    np.testing.assert_allclose(mapped_given_true(np.array(matrix.counts)), [[0.8, 0.1], [0.2, 0.9]])
+    # Test split, map x reference: of 10 true A, 8 mapped A and 2 mapped B; of 20 true B, 3 A and 17 B.
+    matrix = ErrorMatrix(("A", "B"), ((8, 3), (2, 17)), "hand")
+    np.testing.assert_allclose(mapped_given_true(np.array(matrix.counts)), [[0.8, 0.15], [0.2, 0.85]])
     # 100 cells compared: mapped A 60, B 40 before; 50, 50 after. Olofsson: p_t = sum_i W_i n_it / n_i.
-    # (row A of the matrix: 8, 1 of 9; row B: 2, 9 of 11).
-    before_a = 0.6 * 8 / 9 + 0.4 * 2 / 11
-    after_a = 0.5 * 8 / 9 + 0.5 * 2 / 11
-    true_a = (before_a + after_a) / 2  # 0.5707...
+    # (row A of the matrix: 8, 3 of 11; row B: 2, 17 of 19).
+    before_a = 0.6 * 8 / 11 + 0.4 * 2 / 19  # 0.4785
+    after_a = 0.5 * 8 / 11 + 0.5 * 2 / 19  # 0.4163
+    true_a = (before_a + after_a) / 2  # 0.4474
     true_b = 1 - true_a
     # No real change, errors independent: A -> B where one date errs one way and the other does not.
-    by_hand = 100 * (true_a * 0.8 * 0.2 + true_b * 0.1 * 0.9)
-    assert by_hand == pytest.approx(12.99495, abs=1e-5)
+    by_hand = 100 * (true_a * 0.8 * 0.2 + true_b * 0.15 * 0.85)
+    assert by_hand == pytest.approx(14.20395, abs=1e-5)
     expected = expected_transitions(matrix, np.array([60, 40]), np.array([50, 50]))
     np.testing.assert_allclose(expected, [[0.0, by_hand], [by_hand, 0.0]])
     # Stands out where the Poisson tail P(X >= observed | mean E) is below 0.00135 (3 sigma, one-sided).
-    tail = 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(26))  # P(X >= 26)
-    assert 0.00135 > tail > 0.0005  # ... 26 cells stand out from 13 expected, 25 do not:
-    assert 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(25)) > 0.00135
-    assert stands_out(26, by_hand) and not stands_out(25, by_hand)
-    assert poisson_tail(26, by_hand) == pytest.approx(tail, rel=1e-9)
+    tail = 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(28))  # P(X >= 28)
+    assert 0.00135 > tail > 0.0005  # ... 28 cells stand out from 14.2 expected, 27 do not:
+    assert 1 - sum(math.exp(-by_hand) * by_hand**x / math.factorial(x) for x in range(27)) > 0.00135
+    assert stands_out(28, by_hand) and not stands_out(27, by_hand)
+    assert poisson_tail(28, by_hand) == pytest.approx(tail, rel=1e-9)
 
 
 def test_a_single_cell_stands_out_only_where_even_one_is_unlikely() -> None:
@@ -338,10 +338,10 @@ def test_a_single_cell_stands_out_only_where_even_one_is_unlikely() -> None:
 
 def test_the_table_marks_a_transition_beyond_the_noise_and_says_how_to_get_the_matrix_without_one() -> None:
     counts = np.array([[30, 30], [0, 40]])  # A -> B 30 cells: 60 A and 40 B before, 30 and 70 after
-    matrix = ErrorMatrix(("A", "B"), ((8, 1), (2, 9)), "hand")
+    matrix = ErrorMatrix(("A", "B"), ((8, 3), (2, 17)), "hand")
     expected = expected_transitions(matrix, counts.sum(axis=1), counts.sum(axis=0))
     table = ChangeTable(("A", "B"), counts, {}, 640.0 * 640.0, expected)
-    assert poisson_tail(30, expected[0, 1]) < 1e-4
+    assert poisson_tail(30, expected[0, 1]) < 0.00135
     assert table.stands_out(0, 1) is True and table.stands_out(1, 0) is False and table.stands_out(0, 0) is None
     assert ChangeTable(("A", "B"), counts, {}, None).stands_out(0, 1) is None
 
