@@ -163,6 +163,25 @@ def test_an_after_scene_shifted_by_whole_cells_is_aligned_onto_before(
     assert excluded["outside after"] == ROWS
 
 
+def test_clouds_at_one_date_are_masked_in_its_map_and_counted_as_excluded(
+    map_model: Path, synthetic_tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before, after, _ = scene_pair(synthetic_tiles, tmp_path / "scenes")
+    cells = TILE // 2  # SCL's 20 m pixels per cell side
+    scl = np.full((1, ROWS * cells, COLS * cells), 4, dtype=np.uint8)  # vegetation
+    scl[:, :cells, :cells] = 9  # cloud, high probability, over cell (0, 0)
+    mask = write_raster(tmp_path / "scenes" / "after_scl.tif", scl, transform=from_origin(*ORIGIN, 20, 20))
+    out = tmp_path / "clouds.tif"
+    assert run(before, after, "--out", out, "--checkpoint", map_model, "--after-mask", mask) == 0
+    assert "excluded cells: masked after 1, nodata after 1" in capsys.readouterr().out
+    excluded = {r["to"]: int(r["cells"]) for r in read_csv(out.with_suffix(".csv")) if r["from"] == "excluded"}
+    assert excluded["masked after"] == 1 and excluded["masked before"] == 0
+    with rasterio.open(out) as src:
+        assert src.read(1)[0, 0] == NODATA
+    assert run(before, after, "--out", out, "--checkpoint", map_model, "--mask", mask) == 2
+    assert "one mask file would put one date's clouds on both" in capsys.readouterr().err
+
+
 def test_scenes_that_do_not_overlap_get_a_one_line_error_and_nothing_is_written(
     map_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -251,7 +251,8 @@ def _bars(ax: Any, table: ChangeTable) -> None:
     unit = "ha" if table.cell_m2 else "cells"
     value = (lambda cells: table.hectares(cells)) if table.cell_m2 else (lambda cells: cells)
     colours = class_colours_of(table.class_names)
-    labels = [f"{table.class_names[i]} -> {table.class_names[j]}" for i, j in changes]
+    marks = {True: " *", False: "", None: ""}  # * stands out from the change error alone explains
+    labels = [f"{table.class_names[i]} -> {table.class_names[j]}{marks[table.stands_out(i, j)]}" for i, j in changes]
     ax.barh(
         range(len(changes)),
         [value(int(table.counts[c])) for c in changes],
@@ -269,7 +270,8 @@ def _bars(ax: Any, table: ChangeTable) -> None:
         ax.legend(fontsize=8, loc="lower right")
     ax.set_yticks(range(len(changes)), labels, fontsize=8)
     ax.set_xlabel(unit)
-    ax.set_title("main transitions" if changes else "no change", fontsize=9)
+    title = "main transitions" + (" (*: stands out from classifier error)" if table.expected is not None else "")
+    ax.set_title(title if changes else "no change", fontsize=9)
 
 
 def change_item(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from eurosat_pipeline.change.grid import (
@@ -42,6 +42,7 @@ from eurosat_pipeline.regions.tasks import Echo, RegionTask, Scene, SceneResult
 CHANGES = "changes.csv"
 MAPS = "maps"
 PAIRS_COLUMNS = ("before", "after")
+MASK_COLUMNS = ("before_mask", "after_mask")  # optional: each date's own mask file (SCL)
 CHANGES_COLUMNS = (
     "pair",
     "before",
@@ -68,12 +69,17 @@ class ChangeJob:
     echo: Echo = print
 
 
-def one_scene(given: str, role: str, stac_roots: Sequence[str] = ()) -> Scene:
-    """The single scene a BEFORE or AFTER argument names (an ItemCollection of several is refused)."""
+def one_scene(given: str, role: str, stac_roots: Sequence[str] = (), mask: str | None = None) -> Scene:
+    """The single scene a BEFORE or AFTER argument names (an ItemCollection of several is refused),
+    with its own date's ``mask`` file when given (its clouds are not the other date's)."""
     scenes = find_scenes([given], {}, stac_roots)
     if len(scenes) != 1:
         names = ", ".join(scene.name for scene in scenes[:4])
         raise ChangeError(f"{role} {given}: holds {len(scenes)} scenes ({names}, ...); give one scene per date")
+    if mask is not None:
+        if "://" not in mask and not Path(mask).is_file():
+            raise ChangeError(f"{role} mask {mask}: not found")
+        return replace(scenes[0], mask=mask)
     return scenes[0]
 
 
@@ -129,6 +135,7 @@ class PairOutcome:
 
     before: str
     after: str
+    masks: tuple[str | None, str | None] = (None, None)
     scenes: tuple[Scene, Scene] | None = None
     error: str = ""
     table: ChangeTable | None = None
@@ -152,8 +159,9 @@ class PairsResult:
         return [pair for pair in self.pairs if pair.error]
 
 
-def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """``before,after`` rows; relative paths are taken from the CSV's own folder."""
+def read_pairs(path: str | Path) -> list[PairOutcome]:
+    """``before,after`` rows (and optionally ``before_mask,after_mask``: each date's own mask file);
+    relative paths are taken from the CSV's own folder."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
@@ -169,7 +177,10 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
         given = [(row.get(column) or "").strip() for column in PAIRS_COLUMNS]
         if not all(given):
             raise ChangeError(f"--pairs {path}, line {line}: give both a before and an after path")
-        pairs.append(tuple(_from_folder(text, path.parent) for text in given))
+        before, after = (_from_folder(text, path.parent) for text in given)
+        masks = [(row.get(column) or "").strip() for column in MASK_COLUMNS]
+        masks_here = tuple(_from_folder(mask, path.parent) if mask else None for mask in masks)
+        pairs.append(PairOutcome(before, after, masks_here))
     if not pairs:
         raise ChangeError(f"--pairs {path}: no pairs")
     return pairs
@@ -186,7 +197,7 @@ def change_pairs(
 ) -> PairsResult:
     """Each pair's change into ``out_dir`` (see the module's docstring)."""
     out_dir = Path(out_dir)
-    outcomes = [PairOutcome(before, after) for before, after in read_pairs(pairs_csv)]
+    outcomes = read_pairs(pairs_csv)
     for outcome in outcomes:
         _find_pair(outcome, job, stac_roots)
     distinct: dict[tuple[str, ...], Scene] = {}
@@ -206,7 +217,10 @@ def change_pairs(
 def _find_pair(outcome: PairOutcome, job: ChangeJob, stac_roots: Sequence[str]) -> None:
     """The pair's two scenes, and its overlap from their headers; a failure is the pair's alone."""
     try:
-        scenes = one_scene(outcome.before, "BEFORE", stac_roots), one_scene(outcome.after, "AFTER", stac_roots)
+        scenes = (
+            one_scene(outcome.before, "BEFORE", stac_roots, outcome.masks[0]),
+            one_scene(outcome.after, "AFTER", stac_roots, outcome.masks[1]),
+        )
         outcome.scenes = scenes
         if scenes[0].inputs() == scenes[1].inputs():
             raise ChangeError(f"BEFORE and AFTER are one scene ({outcome.before})")

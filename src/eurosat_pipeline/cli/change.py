@@ -56,6 +56,13 @@ def add_change(commands: argparse._SubParsersAction) -> None:
         metavar="SHARE",
         help=f"the share of BEFORE's footprint AFTER must cover (default: {DEFAULT_MIN_OVERLAP})",
     )
+    change.add_argument(
+        "--before-mask",
+        metavar="FILE",
+        help="BEFORE's own mask raster (e.g. its date's Sentinel-2 SCL; --mask-classes says which values); "
+        "a STAC item's scl asset is used without it",
+    )
+    change.add_argument("--after-mask", metavar="FILE", help="AFTER's own mask raster, as --before-mask")
     add_model_options(change, views=1)  # as map: a granule is ~30,000 tiles
     add_map_settings(change)
     add_executors(change)
@@ -86,6 +93,13 @@ def run_change(args: argparse.Namespace) -> int:
 
 
 def _check_form(args: argparse.Namespace) -> None:
+    if args.mask is not None and args.mask.casefold() != "none":
+        raise PipelineError(
+            f"--mask {args.mask}: one mask file would put one date's clouds on both; give --before-mask and "
+            "--after-mask (or before_mask and after_mask columns in --pairs)"
+        )
+    if args.pairs is not None and (args.before_mask or args.after_mask):
+        raise PipelineError("with --pairs, give each pair's masks in its before_mask and after_mask columns")
     if args.pairs is None:
         if len(args.scenes) != 2 or args.out is None:
             raise PipelineError("give BEFORE AFTER --out CHANGE.tif (or --pairs PAIRS.CSV --out-dir DIR)")
@@ -98,8 +112,8 @@ def _pair_scenes(args: argparse.Namespace) -> tuple[Scene, Scene]:
     from eurosat_pipeline.maps.scenes import BandFiles
 
     scenes = (
-        one_scene(args.scenes[0], "BEFORE", args.stac_roots),
-        one_scene(args.scenes[1], "AFTER", args.stac_roots),
+        one_scene(args.scenes[0], "BEFORE", args.stac_roots, args.before_mask),
+        one_scene(args.scenes[1], "AFTER", args.stac_roots, args.after_mask),
     )
     if args.bands is not None and any(isinstance(scene, BandFiles) for scene in scenes):
         raise PipelineError(
