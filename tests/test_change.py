@@ -383,3 +383,20 @@ def test_the_item_of_two_stac_dates_has_their_start_and_end(tmp_path: Path, offl
         properties["end_datetime"]
     )
     assert os.path.basename(item["assets"]["data"]["href"]) == "c.tif"
+
+
+def test_pairs_on_a_dask_local_cluster_give_the_changes_of_the_maps_it_made(
+    map_model: Path, synthetic_tiles: dict[str, list[np.ndarray]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("distributed")
+    scene_pair(synthetic_tiles, tmp_path / "scenes")
+    pairs = tmp_path / "scenes" / "pairs.csv"
+    pairs.write_text("before,after\nbefore.tif,after.tif\n")
+    out = tmp_path / "changes"
+    command = ["change", "--pairs", str(pairs), "--out-dir", str(out), "--checkpoint", str(map_model)]
+    assert cli([*command, "--dask-local", "1"]) == 0
+    assert "mapping 2 scene(s): Dask" in capsys.readouterr().out
+    first, second = read_map(out / "maps" / "before.tif"), read_map(out / "maps" / "after.tif")
+    rows = read_csv(out / "before__after.change.csv")
+    assert {(r["from"], r["to"]): int(r["cells"]) for r in rows if r["from"] != "excluded"} == crosstab(first, second)
+    assert read_csv(out / "changes.csv")[0]["status"] == "done"
