@@ -247,11 +247,12 @@ def write_picture(path: Path, table: ChangeTable, codes: np.ndarray, title: str)
 
 
 def _bars(ax: Any, table: ChangeTable) -> None:
+    """The main changes as bars (hectares, else cells), each with its expected-from-error mark."""
     changes = table.transitions(changed_only=True)[:SHOWN][::-1]
     unit = "ha" if table.cell_m2 else "cells"
     value = (lambda cells: table.hectares(cells)) if table.cell_m2 else (lambda cells: cells)
     colours = class_colours_of(table.class_names)
-    marks = {True: " *", False: "", None: ""}  # * stands out from the change error alone explains
+    marks = {True: " *", False: "", None: ""}  # *: more change than classifier error explains
     labels = [f"{table.class_names[i]} -> {table.class_names[j]}{marks[table.stands_out(i, j)]}" for i, j in changes]
     ax.barh(
         range(len(changes)),
