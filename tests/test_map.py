@@ -37,8 +37,8 @@ from eurosat_pipeline.maps.mapping import (
     ring_rows,
 )
 from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap
-from eurosat_pipeline.maps.scenes import RasterScene
 from eurosat_pipeline.regions.tasks import RegionTask
+from eurosat_pipeline.scenes.sources import RasterScene
 
 from .conftest import REAL_EUROSAT, REPO_ROOT
 

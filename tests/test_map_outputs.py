@@ -16,6 +16,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from eurosat_pipeline.core.classes import CLASSES
+from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.maps.accuracy import (
     ErrorMatrix,
     ReferenceSamples,
@@ -24,7 +25,7 @@ from eurosat_pipeline.maps.accuracy import (
     read_reference,
 )
 from eurosat_pipeline.maps.outputs import MapOutputs, summary, write_geotiff, write_map_files
-from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+from eurosat_pipeline.maps.result import NODATA, LandUseMap
 from eurosat_pipeline.maps.stac import CLASSIFICATION, MapRecord, region_collection
 
 UTM33 = "EPSG:32633"

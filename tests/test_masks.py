@@ -1,4 +1,4 @@
-"""Cloud masks, uncertain cells and class probabilities in maps (maps/masks.py, issue 43's item 2).
+"""Cloud masks, uncertain cells and class probabilities in maps (scenes/masks.py, issue 43's item 2).
 
 The claims are about which cells are classified, how they are counted and what the files say, never
 about how well the suite's tiny model classifies: every map with a mask is compared with the same
@@ -17,13 +17,14 @@ from rasterio.transform import from_origin
 from rio_cogeo.cogeo import cog_validate
 
 from eurosat_pipeline.cli.main import main as cli
+from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.inference.engines import load_predictor
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.mapping import MapSettings, make_map
-from eurosat_pipeline.maps.masks import MaskSpec, windows_to_skip
 from eurosat_pipeline.maps.outputs import read_map
-from eurosat_pipeline.maps.result import NODATA, TILE, CellStatus, MapError
-from eurosat_pipeline.maps.scenes import find_scenes
+from eurosat_pipeline.maps.result import NODATA, TILE, CellStatus
+from eurosat_pipeline.scenes.masks import MaskSpec, windows_to_skip
+from eurosat_pipeline.scenes.sources import find_scenes
 
 from .test_map import SCENE_TRANSFORM, TILE_HA, UTM33, grid_of_labels, mosaic, read_csv, write_raster
 from .test_region import earth_search_item, scene_bands
@@ -261,8 +262,8 @@ def test_a_scenes_own_mask_file_masks_its_map_and_is_part_of_its_fingerprint(
     scene: Path, map_model: Path, tmp_path: Path
 ) -> None:
     """One date's SCL for `eurosat change`: the scene carries its mask; a file given for all wins."""
-    from eurosat_pipeline.maps.scenes import RasterScene
     from eurosat_pipeline.regions.tasks import RegionTask
+    from eurosat_pipeline.scenes.sources import RasterScene
 
     mask = write_mask(tmp_path / "scl.tif", scl(CLOUDS))
     task = RegionTask(ModelOptions(map_model), MapSettings())

@@ -19,7 +19,13 @@ from eurosat_pipeline.core.files import read_json
 from eurosat_pipeline.data.dataset import open_images, prepare_dataset
 from eurosat_pipeline.data.split import split_archive
 from eurosat_pipeline.model.classifier import build_model
-from eurosat_pipeline.model.stem import adapted_weight, stem_conv_name
+from eurosat_pipeline.model.stem import (
+    NEW_BANDS_START,
+    NEW_BANDS_WORDS,
+    adapted_weight,
+    new_band_filters,
+    stem_conv_name,
+)
 from eurosat_pipeline.training.train import TrainPaths, train
 
 from .conftest import evaluated_accuracy, tiny_config
@@ -199,7 +205,7 @@ def test_bands_param_is_type_checked() -> None:
         tiny_config(bands=[True])
 
 
-def test_stem_keeps_rgb_filters_and_starts_other_bands_from_their_mean() -> None:
+def test_stem_keeps_rgb_filters_and_starts_other_bands_by_the_rule() -> None:
     weight = torch.randn(8, 3, 3, 3)
     roles = (None, 2, 1, 0, None)  # B01, B02 (blue), B03 (green), B04 (red), B08
     adapted = adapted_weight(weight, roles)
@@ -207,7 +213,9 @@ def test_stem_keeps_rgb_filters_and_starts_other_bands_from_their_mean() -> None
     assert adapted.shape == (8, 5, 3, 3)
     torch.testing.assert_close(adapted[:, 3], weight[:, 0] * scale)  # red keeps red's filter
     torch.testing.assert_close(adapted[:, 1], weight[:, 2] * scale)  # blue keeps blue's
-    torch.testing.assert_close(adapted[:, 0], weight.mean(dim=1) * scale)
+    new = new_band_filters(weight, 2)  # B01 and B08, in band order
+    torch.testing.assert_close(adapted[:, 0], new[0] * scale)
+    torch.testing.assert_close(adapted[:, 4], new[1] * scale)
     torch.testing.assert_close(adapted_weight(weight, (0, 1, 2)), weight)
 
 
@@ -224,8 +232,8 @@ def test_pretrained_model_for_four_bands_adapts_the_real_stem() -> None:
     adapted = four.backbone.get_submodule(name).weight
     assert adapted.shape[1] == 4 and four.head[-1].out_features == 2
     torch.testing.assert_close(adapted[:, 0], original[:, 0] * 0.75)
-    torch.testing.assert_close(adapted[:, 3], original.mean(dim=1) * 0.75)
-    assert "B08 start from the mean RGB filter" in four.stem_adaptation
+    torch.testing.assert_close(adapted[:, 3], new_band_filters(original, 1)[0] * 0.75)
+    assert f"B08 start from {NEW_BANDS_WORDS[NEW_BANDS_START]}" in four.stem_adaptation
     # every other weight is the pretrained one
     rest = [k for k in rgb.backbone.state_dict() if not k.startswith(name)]
     assert all(torch.equal(rgb.backbone.state_dict()[k], four.backbone.state_dict()[k]) for k in rest)
@@ -300,7 +308,8 @@ def test_an_extra_band_is_learned_with_the_cpu_recipe(tmp_path: Path) -> None:
     summary = train(config, paths)
     accuracy = evaluated_accuracy(paths, reports)
     print(f"test accuracy {accuracy:.2%}; {summary['freezing']}")
-    assert "B04 <- red, B03 <- green, B02 <- blue; B08 start from the mean RGB filter" in summary["stem_adaptation"]
+    kept = "B04 <- red, B03 <- green, B02 <- blue"
+    assert f"{kept}; B08 start from {NEW_BANDS_WORDS[NEW_BANDS_START]}" in summary["stem_adaptation"]
     assert "the adapted stem learns from phase 2" in summary["freezing"]
     # Far above chance (50 %) and above the 71-76 % a frozen stem reached, yet wide of the edge: the
     # tiny run learns a little differently on each CPU kind and thread count.
@@ -429,9 +438,9 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_model: dict, tmp_path: Path) -> None:
+    from eurosat_pipeline.core.errors import MapError
     from eurosat_pipeline.inference.options import ModelOptions
     from eurosat_pipeline.maps.mapping import MapSettings, make_map
-    from eurosat_pipeline.maps.result import MapError
 
     model = ModelOptions(nir_model["checkpoint"], device="cpu")
     scene = write_scene(tmp_path / "rgb.tif", scene_of(np.array([[1000]]), (0, 1, 2))[:3], None)
@@ -447,9 +456,9 @@ def test_map_refuses_a_scene_with_too_few_bands_naming_what_the_model_needs(nir_
 
 def test_map_refuses_a_scene_of_another_value_type_than_the_models(nir_model: dict, tmp_path: Path) -> None:
     """A uint16 model takes values as they are: an 8-bit scene of its bands is refused, naming both types."""
+    from eurosat_pipeline.core.errors import MapError
     from eurosat_pipeline.inference.options import ModelOptions
     from eurosat_pipeline.maps.mapping import make_map
-    from eurosat_pipeline.maps.result import MapError
 
     pixels = (scene_of(np.array([[1000, 2500]]), (0, 1, 2, 3)) // 16).astype(np.uint8)
     scene = write_scene(tmp_path / "eight-bit.tif", pixels, nir_model["names"])

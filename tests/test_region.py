@@ -35,7 +35,11 @@ from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.mapping import S2_DN_MAX, MapSettings, make_map
 from eurosat_pipeline.maps.outputs import write_geotiff
 from eurosat_pipeline.maps.result import NODATA, TILE
-from eurosat_pipeline.maps.scenes import (
+from eurosat_pipeline.regions.executors import DaskCluster, InProcess
+from eurosat_pipeline.regions.mosaic import write_mosaics
+from eurosat_pipeline.regions.region import finished, map_region
+from eurosat_pipeline.regions.tasks import RegionTask, SceneResult, model_here, model_loads, worker_predictor
+from eurosat_pipeline.scenes.sources import (
     BandFiles,
     band_files_in,
     find_scenes,
@@ -43,10 +47,6 @@ from eurosat_pipeline.maps.scenes import (
     model_band_names,
     sentinel2_band,
 )
-from eurosat_pipeline.regions.executors import DaskCluster, InProcess
-from eurosat_pipeline.regions.mosaic import write_mosaics
-from eurosat_pipeline.regions.region import finished, map_region
-from eurosat_pipeline.regions.tasks import RegionTask, SceneResult, model_here, model_loads, worker_predictor
 
 from .test_map import UTM33, grid_of_labels, mosaic, read_csv, write_raster
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
-from eurosat_pipeline.maps.scenes import REMOTE_GDAL_OPTIONS, BandFiles, RasterScene, is_remote
+from eurosat_pipeline.core.errors import MapError
+from eurosat_pipeline.maps.result import NODATA, LandUseMap
+from eurosat_pipeline.scenes.sources import REMOTE_GDAL_OPTIONS, BandFiles, RasterScene, is_remote
 
 #: An AFTER status beyond :class:`CellStatus`: the BEFORE cell lies outside AFTER's map.
 OUTSIDE = 4

@@ -28,9 +28,10 @@ import numpy as np
 from eurosat_pipeline.change.grid import ChangeError
 from eurosat_pipeline.change.table import ChangeTable
 from eurosat_pipeline.core.classes import class_colours_of
+from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.core.files import atomic_path, csv_text, writing
 from eurosat_pipeline.maps.outputs import COG_BLOCK
-from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+from eurosat_pipeline.maps.result import NODATA, LandUseMap
 from eurosat_pipeline.maps.stac import CLASSIFICATION, COG, footprint, parse_time, relative_href, stac_class_name
 
 MAX_CLASSES = 15  # 15 x 15 codes fit below the nodata value 255

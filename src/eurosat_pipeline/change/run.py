@@ -34,10 +34,10 @@ from eurosat_pipeline.change.table import ChangeTable, cross_tabulate
 from eurosat_pipeline.core.errors import PipelineError
 from eurosat_pipeline.core.files import write_csv
 from eurosat_pipeline.maps.outputs import read_map
-from eurosat_pipeline.maps.scenes import find_scenes, scene_name
 from eurosat_pipeline.regions.executors import Executor
 from eurosat_pipeline.regions.region import map_scenes
 from eurosat_pipeline.regions.tasks import Echo, RegionTask, Scene, SceneResult
+from eurosat_pipeline.scenes.sources import find_scenes, scene_name
 
 CHANGES = "changes.csv"
 MAPS = "maps"

@@ -109,7 +109,7 @@ def _check_form(args: argparse.Namespace) -> None:
 
 def _pair_scenes(args: argparse.Namespace) -> tuple[Scene, Scene]:
     from eurosat_pipeline.change.run import one_scene
-    from eurosat_pipeline.maps.scenes import BandFiles
+    from eurosat_pipeline.scenes.sources import BandFiles
 
     scenes = (
         one_scene(args.scenes[0], "BEFORE", args.stac_roots, args.before_mask),

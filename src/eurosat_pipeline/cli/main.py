@@ -268,8 +268,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _map(args: argparse.Namespace) -> int:
     from eurosat_pipeline.maps.mapping import make_map
     from eurosat_pipeline.maps.outputs import summary
-    from eurosat_pipeline.maps.scenes import BandFiles, find_scenes
     from eurosat_pipeline.regions.tasks import RegionTask
+    from eurosat_pipeline.scenes.sources import BandFiles, find_scenes
 
     if args.out is None and args.out_dir is None:
         raise PipelineError("say where the map goes: --out MAP.tif for one scene, --out-dir DIR for any number")

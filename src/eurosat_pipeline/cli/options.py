@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from eurosat_pipeline.core.choices import ENGINES, FORMATS
 from eurosat_pipeline.core.views import DEFAULT_VIEWS, VIEW_COUNTS
-from eurosat_pipeline.maps.masks import DEFAULT_MASK_CLASSES
+from eurosat_pipeline.scenes.masks import DEFAULT_MASK_CLASSES
 
 if TYPE_CHECKING:
     from eurosat_pipeline.inference.options import ModelOptions
     from eurosat_pipeline.maps.mapping import MapSettings
-    from eurosat_pipeline.maps.masks import MaskSpec
+    from eurosat_pipeline.scenes.masks import MaskSpec
 
 ONNX_HELP = (
     "use this ONNX file (from the export stage) instead of a checkpoint; it runs on the CPU with the "
@@ -174,7 +174,7 @@ def _class_list(text: str) -> tuple[int, ...]:
 
 def mask_spec(args: argparse.Namespace) -> MaskSpec | None:
     """``--mask`` and ``--mask-classes`` as one value (None for ``--mask none``)."""
-    from eurosat_pipeline.maps.masks import MaskSpec
+    from eurosat_pipeline.scenes.masks import MaskSpec
 
     if args.mask is not None and args.mask.casefold() == "none":
         return None

@@ -23,6 +23,10 @@ class CheckpointError(PipelineError):
     """A file is not a usable checkpoint of this pipeline."""
 
 
+class MapError(PipelineError):
+    """A scene, a mask, the band choice or a map's output path cannot be used."""
+
+
 class StorageError(PipelineError):
     """An output cannot be written: the disk is full, over quota, read-only or not writable by us."""
 

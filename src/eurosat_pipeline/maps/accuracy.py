@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.maps.result import NODATA, LandUseMap, MapError
+from eurosat_pipeline.core.errors import MapError
+from eurosat_pipeline.maps.result import NODATA, LandUseMap
 
 Z95 = 1.96  # the normal quantile of a two-sided 95 % interval
 REFERENCE_COLUMNS = ("x", "y", "class")

@@ -1,7 +1,7 @@
 """Land-use maps from whole scenes: a raster in, a georeferenced map of classes out.
 
 A scene is one raster file, or a :class:`SceneSource` that reads like one: Sentinel-2 as it is
-published, one file per band or a STAC item (:mod:`eurosat_pipeline.maps.scenes`). Many scenes at
+published, one file per band or a STAC item (:mod:`eurosat_pipeline.scenes.sources`). Many scenes at
 once: :mod:`eurosat_pipeline.regions.region`.
 
 The scene is cut into windows of the model's patch size, the size of its training images (EuroSAT's
@@ -61,7 +61,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +70,15 @@ import numpy as np
 
 from eurosat_pipeline.core.classes import CLASSES
 from eurosat_pipeline.core.dataspec import RGB_ROLES, BandMatch, DataSpec
-from eurosat_pipeline.core.errors import DatasetError
+from eurosat_pipeline.core.errors import DatasetError, MapError
 from eurosat_pipeline.core.files import atomic_path
 from eurosat_pipeline.inference.engines import Predictor
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.accuracy import ErrorMatrix, ReferenceSamples
-from eurosat_pipeline.maps.masks import (
+from eurosat_pipeline.maps.outputs import MapOutputs, write_map_files
+from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap, Stopwatch
+from eurosat_pipeline.maps.stac import MapRecord
+from eurosat_pipeline.scenes.masks import (
     DEFAULT_MASK,
     MaskSpec,
     clear_percent,
@@ -85,9 +87,7 @@ from eurosat_pipeline.maps.masks import (
     open_mask,
     windows_to_skip,
 )
-from eurosat_pipeline.maps.outputs import MapOutputs, write_map_files
-from eurosat_pipeline.maps.result import NODATA, TILE, LandUseMap, MapError, Stopwatch
-from eurosat_pipeline.maps.stac import MapRecord
+from eurosat_pipeline.scenes.sources import open_scene
 
 SCALES = ("auto", "s2", "minmax", "none")
 S2_DN_MAX = 2750  # EuroSAT's own stretch: DN 0..2750 -> 1..255
@@ -108,7 +108,7 @@ UINT8 = np.dtype(np.uint8)
 
 
 class SceneSource(Protocol):
-    """A scene that is not one raster file (one file per band: :mod:`eurosat_pipeline.maps.scenes`):
+    """A scene that is not one raster file (one file per band: :mod:`eurosat_pipeline.scenes.sources`):
     opened once the model says which bands it needs, as an object that reads like a rasterio dataset."""
 
     name: str  # the preview's title
@@ -140,7 +140,7 @@ class MapSettings:
     #: Pixels between overlapping windows, the map cell's side; None: the model's patch size (no
     #: overlap, one window per cell). Checked against the model's patch when it is loaded (check_stride).
     stride: int | None = None
-    #: The cloud mask (maps/masks.py): a file, or the scene's own ``scl`` asset (the default, when it
+    #: The cloud mask (scenes/masks.py): a file, or the scene's own ``scl`` asset (the default, when it
     #: has one); None: no mask even where the scene has one.
     mask: MaskSpec | None = DEFAULT_MASK
     #: Cells whose top-1 probability is below this (0..1) are left NODATA, counted as uncertain.
@@ -252,7 +252,7 @@ def mask_of(scene: Path | SceneSource, settings: MapSettings) -> str | None:
 def _mask_shares(
     path: str | None, spec: MaskSpec | None, src: object, stride: int, stack: contextlib.ExitStack
 ) -> np.ndarray | None:
-    """Each map cell's masked share (maps/masks.py), or None without a mask."""
+    """Each map cell's masked share (scenes/masks.py), or None without a mask."""
     if path is None or spec is None:
         return None
     mask = stack.enter_context(open_mask(path, src))
@@ -290,23 +290,6 @@ def _reserve(outputs: MapOutputs, stack: contextlib.ExitStack) -> dict[str, Path
         return {key: stack.enter_context(atomic_path(path)) for key, path in outputs.named().items()}
     except OSError as err:
         raise MapError(f"{outputs.tif}: cannot write there ({err.strerror or err})") from err
-
-
-@contextlib.contextmanager
-def open_scene(path: Path) -> Iterator[object]:
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    if not path.is_file():
-        raise MapError(f"{path}: not found")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            src = rasterio.open(path)
-        except RasterioIOError as err:
-            raise MapError(f"{path}: not a raster GDAL can read ({err})") from err
-    with src:
-        yield src
 
 
 def check_scene_size(src: object, tile: int) -> None:

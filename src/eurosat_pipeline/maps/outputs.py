@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from eurosat_pipeline.core.classes import class_colours_of
+from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.core.files import csv_text, writing
 from eurosat_pipeline.maps.accuracy import PROXY_NOTE, adjusted_rows
-from eurosat_pipeline.maps.result import NODATA, CellStatus, LandUseMap, MapError
+from eurosat_pipeline.maps.result import NODATA, CellStatus, LandUseMap
 from eurosat_pipeline.maps.stac import MapRecord, map_item, write_item
 
 #: Space a map write may need beyond its pixels (TIFF headers, tile index, the COG's temporary copy).

@@ -13,12 +13,10 @@ from enum import IntEnum
 import numpy as np
 
 from eurosat_pipeline.core.classes import IMAGE_SIZE
-from eurosat_pipeline.core.errors import PipelineError
+from eurosat_pipeline.scenes.masks import MIN_CLEAR_PERCENT
 
 TILE = IMAGE_SIZE  # EuroSAT patches: 64 x 64 pixels of 10 m (other models: their own patch size)
 NODATA = 255
-#: A cell with less of its pixels clear of the mask (percent) is masked: not classified at all.
-MIN_CLEAR_PERCENT = 50
 
 
 class CellStatus(IntEnum):
@@ -28,10 +26,6 @@ class CellStatus(IntEnum):
     MASKED = 1  # mostly cloud, shadow, cirrus (or the mask's other classes): never classified
     UNCERTAIN = 2  # classified below --min-confidence: its confidence is kept, its class is not
     NODATA = 3  # the scene's own nodata, partial edge cells, or no whole window over it
-
-
-class MapError(PipelineError):
-    """The scene, the band choice or the output path cannot be used."""
 
 
 class Stopwatch:

@@ -20,10 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from eurosat_pipeline.core.errors import first_line
+from eurosat_pipeline.core.errors import MapError, first_line
 from eurosat_pipeline.core.exports import EXPORT_NAME
 from eurosat_pipeline.inference.options import ModelOptions
-from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.platform.cores import available_cores, core_share
 from eurosat_pipeline.regions.tasks import Echo, RegionTask, Scene, SceneResult, map_scene
 

@@ -1,6 +1,6 @@
 """Land-use maps of a region: many scenes in one command, a map per scene, a summary and a mosaic.
 
-A scene (:mod:`eurosat_pipeline.maps.scenes`: a raster, band files, a STAC item) is one task:
+A scene (:mod:`eurosat_pipeline.scenes.sources`: a raster, band files, a STAC item) is one task:
 :func:`map_scene` maps it with :func:`eurosat_pipeline.maps.mapping.make_map`, unchanged, into a
 private temporary folder and returns the finished files' bytes (a map is 64x smaller than its
 scene: tens of kB, the preview a few hundred). The command's own process writes them into the
@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.core.files import atomic_path, read_json, sha256_of, write_csv, write_json
 from eurosat_pipeline.maps.outputs import MapOutputs
-from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.maps.stac import region_collection
 from eurosat_pipeline.regions.executors import Executor
 from eurosat_pipeline.regions.mosaic import MOSAIC, write_mosaics

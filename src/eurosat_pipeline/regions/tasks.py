@@ -15,15 +15,14 @@ from dataclasses import astuple, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from eurosat_pipeline.core.errors import PipelineError, first_line
+from eurosat_pipeline.core.errors import MapError, PipelineError, first_line
 from eurosat_pipeline.core.stage import user_error
 from eurosat_pipeline.inference.engines import Predictor, load_predictor
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.maps.accuracy import fingerprint as matrix_fingerprint
 from eurosat_pipeline.maps.mapping import MapSettings, make_map
-from eurosat_pipeline.maps.result import MapError
-from eurosat_pipeline.maps.scenes import BandFiles, RasterScene
 from eurosat_pipeline.platform.cores import core_share
+from eurosat_pipeline.scenes.sources import BandFiles, RasterScene
 
 Scene = RasterScene | BandFiles
 Echo = Callable[[str], None]

@@ -45,7 +45,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from eurosat_pipeline.core.classes import class_colours_of
-from eurosat_pipeline.core.errors import PipelineError, first_line
+from eurosat_pipeline.core.errors import MapError, PipelineError, first_line
 from eurosat_pipeline.core.limits import (
     SERVE_FILES_PER_REQUEST,
     SERVE_IMAGE_PIXELS,
@@ -60,7 +60,6 @@ from eurosat_pipeline.inference.images import declared_pixels, read_image_bytes
 from eurosat_pipeline.inference.options import ModelOptions
 from eurosat_pipeline.inference.predict import top_classes
 from eurosat_pipeline.maps.mapping import MapSettings, check_stride, make_map, tile_of
-from eurosat_pipeline.maps.result import MapError
 from eurosat_pipeline.serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)

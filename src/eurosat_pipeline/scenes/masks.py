@@ -9,7 +9,7 @@ resampled to the scene's pixels by nearest neighbour (class codes must not be av
 cell rows, so memory never grows with the scene's height; each map cell's masked share is the mean
 over its pixels.
 
-A cell with less than :data:`~eurosat_pipeline.maps.result.MIN_CLEAR_PERCENT` % clear is *masked*:
+A cell with less than :data:`MIN_CLEAR_PERCENT` % clear is *masked*:
 NODATA in the map, counted in its own row of the area table. A window whose cells are mostly
 masked (on average) is not classified at all. Partly masked cells are classified, and
 ``MAP.clear.tif`` says what share of each was clear.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eurosat_pipeline.maps.result import MIN_CLEAR_PERCENT, MapError
+from eurosat_pipeline.core.errors import MapError
 
 #: Sentinel-2 L2A scene classification: the classes a mask may name, for messages and docs.
 SCL_CLASSES = {
@@ -45,6 +45,8 @@ SCL_CLASSES = {
     11: "snow",
 }
 DEFAULT_MASK_CLASSES = (3, 8, 9, 10)
+#: A cell with less of its pixels clear of the mask (percent) is masked: not classified at all.
+MIN_CLEAR_PERCENT = 50
 CELL_ROWS_PER_READ = 16  # cell rows of the mask resampled at a time (bounds memory by the width)
 
 

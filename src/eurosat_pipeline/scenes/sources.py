@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,7 @@ import numpy as np
 # One table of Sentinel-2's names (core.bands); its file-name word pattern finds bands in file names.
 from eurosat_pipeline.core.bands import band_word_in, sentinel2_band, without_band_words
 from eurosat_pipeline.core.dataspec import DataSpec
-from eurosat_pipeline.maps.mapping import open_scene
-from eurosat_pipeline.maps.result import MapError
+from eurosat_pipeline.core.errors import MapError
 
 _RESOLUTION_WORD = re.compile(r"(?:^|[_\-. ])(\d+)m(?=$|[_\-. ])", re.IGNORECASE)
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
@@ -336,6 +336,23 @@ class BandStack:
     def _empty(self, count: int, window: object, kind: np.dtype) -> np.ndarray:
         rows, cols = (self.height, self.width) if window is None else (int(window.height), int(window.width))
         return np.empty((count, rows, cols), dtype=kind)
+
+
+@contextlib.contextmanager
+def open_scene(path: Path) -> Iterator[object]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    if not path.is_file():
+        raise MapError(f"{path}: not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except RasterioIOError as err:
+            raise MapError(f"{path}: not a raster GDAL can read ({err})") from err
+    with src:
+        yield src
 
 
 # ---------------------------------------------------------------------------------------------
