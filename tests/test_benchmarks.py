@@ -100,6 +100,18 @@ def test_stride_benchmark_smoke_run_maps_a_shifted_mosaic_at_each_stride(map_mod
     assert "| stride | per-pixel accuracy |" in result.stdout
 
 
+def test_change_example_smoke_run_scores_the_change_map_against_its_truth(map_model: Path, tmp_path: Path) -> None:
+    """Synthetic tiles and the suite's tiny model: the claims are about the bookkeeping (every cell
+    of the grid scored once, the cloud excluded, the truth's transitions counted), not the model."""
+    result = smoke_run("change_example.py", tmp_path, "--checkpoint", str(map_model))
+    report = json.loads((tmp_path / "report.json").read_text())
+    true_cells = sum(row["cells"] for row in report["true_transitions"].values())
+    assert report["unchanged_cells"] + true_cells + report["excluded_cells"] == report["rows"] * report["cols"]
+    assert report["excluded_cells"] == 6  # the cloud's 4 cells and the 2 of its shadow inside the scene
+    assert true_cells > 0 and all(0 <= row["found"] <= row["cells"] for row in report["true_transitions"].values())
+    assert report["synthetic"] is True and "masked after" in result.stdout
+
+
 def test_phase2_profile_smoke_run_compares_the_pipeline_step_with_the_bare_one(tmp_path: Path) -> None:
     out = tmp_path / "phase2.json"
     result = smoke_run("phase2_profile.py", out)
