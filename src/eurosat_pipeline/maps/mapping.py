@@ -46,12 +46,19 @@ as empty (or equal to ``nodata`` when given; 0, Sentinel-2's NODATA value, with 
 when ``nodata`` is not given) is not classified; nor are the partial windows at the
 right and bottom edges. A map cell that no classified window covers gets the map's nodata value, 255.
 
+**Masks** (:mod:`eurosat_pipeline.scenes.masks`): a STAC item's ``scl`` asset, a scene's own mask
+file or ``MapSettings.mask``'s file give each cell a masked share; cells less than half clear are
+NODATA and counted as masked, and windows mostly masked are never classified. ``min_confidence``
+leaves cells below it NODATA (uncertain, their confidence kept). :meth:`LandUseMap.status` says which.
+
 **Outputs**, written to temporary names and renamed only when all are complete (the folder is
 checked to be writable before any classification): ``MAP.tif`` (uint8 class indices, nodata 255,
 a colour table with the t-SNE colours, the class names in a ``classes`` tag, the scene's CRS and
 the scene's transform scaled by the stride, 64 by default), ``MAP.png`` (the scene beside the map, with a legend of
 classes and areas), ``MAP.csv`` (cells, in a ``tiles`` column, and hectares per class) and, when asked,
-``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255). Areas need a
+``MAP.confidence.tif`` (the top-1 probability in percent, uint8, nodata 255), with a mask
+``MAP.clear.tif`` (percent of each cell clear of it) and with ``probabilities`` ``MAP.probabilities.tif``
+(a band per class, 0..255). Areas need a
 projected CRS: for a geographic CRS (degrees) or none, the hectares are left empty and the result
 says why (a note printed by the command), while the tile counts are still written.
 """
