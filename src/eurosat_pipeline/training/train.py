@@ -23,6 +23,7 @@ from eurosat_pipeline.core.files import atomic_path, read_json, write_json, writ
 from eurosat_pipeline.data.dataset import images_path_for, read_info
 from eurosat_pipeline.data.split import read_split, stats_path_for
 from eurosat_pipeline.model.checkpoints import fingerprint, resumable
+from eurosat_pipeline.model.stem import stem_must_learn
 from eurosat_pipeline.platform.accelerators import (
     PrecisionChoice,
     choose_compile,
@@ -143,6 +144,8 @@ def _train_in(
     L.seed_everything(config.seed, workers=True)
     dataset_info = read_info(paths.dataset_info)
     data = data_spec(dataset_info, read_band_stats(paths.band_stats_file), config.bands, config.band_names)
+    asked_cached = config.phase1_cached_features
+    config = phase1_for_bands(config, data)
     resume_from = resumable(work.last, run_fingerprint, config.max_epochs) if config.resume else None
     if resume_from is None and launched_as_rank_zero():
         work.clear()
@@ -163,8 +166,28 @@ def _train_in(
     if not trainer.is_global_zero:
         return {}
     facts = _run_facts(config, accelerator, placement, precision, module, data, datamodule)
+    if asked_cached and not config.phase1_cached_features:
+        facts["freezing"] += f"; {PHASE1_ON_IMAGES}"
     fit = FinishedFit(trainer, best, history, time.perf_counter() - started, resume_from)
     return _publish(config, paths, work, fit, {**facts, "data": dataset_info})
+
+
+PHASE1_ON_IMAGES = (
+    "phase 1 on images, not on cached features (phase1_cached_features): bands beyond RGB need the "
+    "adapted stem to learn from the start"
+)
+
+
+def phase1_for_bands(config: Config, data: DataSpec) -> Config:
+    """The config as trained: a cached phase 1 trains the head on what the frozen network's start
+    shows, so with bands beyond RGB (an adapted stem that must learn) phase 1 runs on images, the
+    stem learning with the head. Measured on real EuroSAT with made band differences over 5 seeds
+    (docs/your-own-data.md): mean pair accuracy 93.5 -> 97.0 % (worst 85 -> 92.5 %), about a third
+    more training time; RGB models are unchanged."""
+    if config.phase1_cached_features and stem_must_learn(config.pretrained, data.rgb_roles):
+        log.info("%s", PHASE1_ON_IMAGES)
+        return config.replace(phase1_cached_features=False)
+    return config
 
 
 def _module(config: Config, data: DataSpec, run_fingerprint: str, resumed: bool) -> LandUseClassifier:
