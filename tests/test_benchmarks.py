@@ -75,9 +75,9 @@ def test_cpu_benchmark_smoke_run_measures_every_engine_against_the_peak(tmp_path
     assert "load average" in result.stdout
 
 
-def test_map_benchmark_smoke_run_times_whole_commands(tmp_path: Path) -> None:
+def test_map_benchmark_smoke_run_times_whole_commands(map_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "map.json"
-    smoke_run("map_speed.py", out)
+    smoke_run("map_speed.py", out, "--checkpoint", str(map_model))  # the suite's tiny model: no second training
     report = json.loads(out.read_text())
     assert [row["scene"] for row in report["results"]] == ["rgb-smoke", "uint16-smoke"]
     for row in report["results"]:
