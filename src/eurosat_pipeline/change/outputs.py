@@ -30,7 +30,7 @@ from eurosat_pipeline.change.table import ChangeTable
 from eurosat_pipeline.core.classes import class_colours_of
 from eurosat_pipeline.core.errors import MapError
 from eurosat_pipeline.core.files import atomic_path, csv_text, writing
-from eurosat_pipeline.maps.outputs import COG_BLOCK
+from eurosat_pipeline.maps.outputs import cog_writer, rgb_of
 from eurosat_pipeline.maps.result import NODATA, LandUseMap
 from eurosat_pipeline.maps.stac import CLASSIFICATION, COG, footprint, parse_time, relative_href, stac_class_name
 
@@ -133,32 +133,14 @@ def code_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]
     table = {}
     for i in range(k):
         for j, name in enumerate(names):
-            hex_colour = colours[name].lstrip("#")
-            rgb = tuple(int(hex_colour[n : n + 2], 16) for n in (0, 2, 4))
-            table[i * k + j] = UNCHANGED if i == j else (*rgb, 255)
+            table[i * k + j] = UNCHANGED if i == j else (*rgb_of(colours[name]), 255)
     table[NODATA] = (0, 0, 0, 0)
     return table
 
 
 def write_change_tif(path: Path, codes: np.ndarray, grid: LandUseMap, names: tuple[str, ...]) -> None:
     """The codes as a COG on BEFORE's grid (overviews by mode: a block's most common code)."""
-    import rasterio
-
-    profile = {
-        "driver": "COG",
-        "width": codes.shape[1],
-        "height": codes.shape[0],
-        "count": 1,
-        "dtype": "uint8",
-        "nodata": NODATA,
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "compress": "deflate",
-        "blocksize": COG_BLOCK,
-        "overview_resampling": "mode",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(codes, 1)
+    with cog_writer(path, codes, (grid.crs, grid.transform), "mode", NODATA) as dst:
         dst.update_tags(
             change_classes=",".join(names),
             change_coding=f"from * {len(names)} + to, class indices in change_classes' order; {NODATA}: not compared",

@@ -6,10 +6,12 @@ name and renamed only when all are complete; and the summary the command prints.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,14 +177,53 @@ def add_adjusted_areas(result: LandUseMap, record: MapRecord) -> None:
 def class_colours(names: tuple[str, ...]) -> dict[int, tuple[int, int, int, int]]:
     """The t-SNE's fixed per-class colours as a GeoTIFF colour table."""
     colours = class_colours_of(names)
-    table = {i: (*_rgb(colours[name]), 255) for i, name in enumerate(names)}
+    table = {i: (*rgb_of(colours[name]), 255) for i, name in enumerate(names)}
     table[NODATA] = (0, 0, 0, 0)
     return table
 
 
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
+def rgb_of(hex_colour: str) -> tuple[int, int, int]:
     value = hex_colour.lstrip("#")
     return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+@contextlib.contextmanager
+def cog_writer(
+    path: Path, values: np.ndarray, grid: tuple[object, object], resampling: str, nodata: int | None = None
+) -> Iterator[object]:
+    """A cloud-optimised GeoTIFF open for writing ``values`` (``bands x rows x cols`` uint8, or one
+    band as ``rows x cols``) on ``grid`` (CRS, transform), overviews by ``resampling``, ``nodata`` if any: the one
+    place maps and change maps are written. A write the storage refuses for want of room is
+    ENOSPC (a message, never a GDAL traceback)."""
+    import rasterio
+    from rasterio._err import CPLE_BaseError  # the COG driver's write errors come unwrapped
+    from rasterio.errors import RasterioError
+
+    bands = values[None] if values.ndim == 2 else values
+    profile = {
+        "driver": "COG",
+        "width": bands.shape[2],
+        "height": bands.shape[1],
+        "count": bands.shape[0],
+        "dtype": "uint8",
+        "crs": grid[0],
+        "transform": grid[1],
+        "compress": "deflate",
+        "blocksize": COG_BLOCK,
+        "overview_resampling": resampling,
+        "nodata": nodata,
+    }
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(bands)
+            yield dst
+    except (RasterioError, CPLE_BaseError) as err:
+        # GDAL says only "Write failed" or "IO error writing tag data" (libtiff prints the reason):
+        # short space is the usual cause. A COG is written twice (a temporary GTiff, then the copy
+        # with its overviews), so the room it needs is well over the pixels' bytes.
+        if shutil.disk_usage(path.parent).free < 2 * bands.nbytes + WRITE_HEADROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
+        raise
 
 
 def write_geotiff(
@@ -195,53 +236,21 @@ def write_geotiff(
     meaning: str = CONFIDENCE_MEANING,
 ) -> None:
     """One uint8 band at tile resolution as a cloud-optimised GeoTIFF (any size: a map smaller than a
-    tile is one tile, without overviews); with ``colours``, the class colour table and names, and
-    overviews by mode (a block's most common class), else by average (the confidence)."""
-    import rasterio
-    from rasterio._err import CPLE_BaseError  # the COG driver's write errors come unwrapped
-    from rasterio.errors import RasterioError
-
-    profile = {
-        "driver": "COG",
-        "width": values.shape[1],
-        "height": values.shape[0],
-        "count": 1,
-        "dtype": "uint8",
-        "nodata": NODATA,
-        "crs": crs,
-        "transform": transform,
-        "compress": "deflate",
-        "blocksize": COG_BLOCK,
-        "overview_resampling": "mode" if colours else "average",
-    }
-    try:
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(values, 1)
-            dst.update_tags(classes=",".join(names))
-            if colours:
-                dst.write_colormap(1, class_colours(names))
-            else:
-                dst.update_tags(1, meaning=meaning)
-    except (RasterioError, CPLE_BaseError) as err:
-        # GDAL says only "Write failed" or "IO error writing tag data" (libtiff prints the reason):
-        # short space is the usual cause. A COG is written twice (a temporary GTiff, then the copy
-        # with its overviews), so the room it needs is well over the pixels' bytes.
-        if shutil.disk_usage(path.parent).free < 2 * values.nbytes + WRITE_HEADROOM:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from err
-        raise
+    tile is one tile, without overviews), nodata 255; with ``colours``, the class colour table and
+    names, and overviews by mode (a block's most common class), else by average (the confidence)."""
+    with cog_writer(path, values, (crs, transform), "mode" if colours else "average", NODATA) as dst:
+        dst.update_tags(classes=",".join(names))
+        if colours:
+            dst.write_colormap(1, class_colours(names))
+        else:
+            dst.update_tags(1, meaning=meaning)
 
 
 def write_probabilities(path: Path, result: LandUseMap) -> None:
     """Each class's blended probability (0..255) as a band named by its class, a COG whose internal
     mask marks the cells not classified."""
-    import rasterio
-
     values = np.moveaxis(result.probabilities, 2, 0)
-    rows, cols = result.classes.shape
-    profile = {"driver": "COG", "width": cols, "height": rows, "count": values.shape[0], "dtype": "uint8"}
-    profile |= {"crs": result.crs, "transform": result.transform, "compress": "deflate", "blocksize": COG_BLOCK}
-    with rasterio.open(path, "w", **profile, overview_resampling="average") as dst:
-        dst.write(values)
+    with cog_writer(path, values, (result.crs, result.transform), "average") as dst:
         dst.write_mask(np.where(result.classes == NODATA, 0, 255).astype(np.uint8))
         dst.descriptions = result.class_names
         dst.update_tags(meaning="class probability x 255", classes=",".join(result.class_names))
