@@ -91,6 +91,7 @@ class Config(BaseModel):
     image_size: Annotated[int, Field(ge=32, le=1024, description="pixels")] = 224
     weight_decay: Annotated[float, Field(ge=0)] = 1.0e-4
     label_smoothing: Share = 0.1
+    ema_decay: Share = 0.0
     seed: int = 42
     # augmentation
     random_flips: bool = True

@@ -34,6 +34,7 @@ RECIPE_KEYS = (
     "min_lr",
     "weight_decay",
     "label_smoothing",
+    "ema_decay",
     "random_flips",
     "jitter_brightness",
     "jitter_contrast",

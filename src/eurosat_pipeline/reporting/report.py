@@ -30,6 +30,7 @@ KEY_PARAMS = (
     "image_size",
     "weight_decay",
     "label_smoothing",
+    "ema_decay",
     "seed",
 )
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, WeightAveraging
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from eurosat_pipeline.core.records import write_history
 
@@ -110,3 +111,54 @@ def epoch_line(row: dict[str, Any], max_epochs: int) -> str:
         f"epoch {row['epoch']}/{max_epochs}  phase {row['phase']}  train loss {row['train_loss']:.4f}  "
         f"val loss {row['val_loss']:.4f}  val acc {row['val_acc']:.2%}  {row['images_per_s']:,.0f} images/s"
     )
+
+
+class PhaseTwoEMA(WeightAveraging):
+    """An exponential moving average of the weights over phase 2 (``ema_decay``), from Lightning's
+    own :class:`WeightAveraging`: validation, the checkpoints' ``state_dict`` (so ``best.ckpt`` and
+    everything built from it) and the final model are the average; the raw weights go on training.
+
+    Phase 1 is left alone: averaging a frozen backbone's head from its random start would only lag,
+    so the average starts as a copy of the weights phase 1 ends with. Until then nothing is swapped
+    or saved as the average (the base class would validate and checkpoint its setup-time copy).
+    """
+
+    def __init__(self, decay: float) -> None:
+        # The foreach EMA also handles integer buffers (BatchNorm's counters), which the per-tensor one does not.
+        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = decay
+        self.started = False  # the average holds phase-2 weights (set on its first update, or on resume)
+
+    def averaging(self) -> bool:
+        return self.started
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if pl_module.phase() == 2:
+            super().on_train_batch_end(trainer, pl_module, *args)
+            self.started = True
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            # The raw weights' non-finite flag, read before the average (whose copy of the flag is
+            # an average too) is swapped in: no checkpoint of a broken state is written.
+            pl_module.check_finite()
+        if self.averaging():
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averaging():
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averaging():
+            super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.averaging():
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint from phase 1 has no average yet: the average starts when phase 2 does.
+        if "current_model_state" in checkpoint:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+            self.started = True

@@ -32,7 +32,13 @@ from eurosat_pipeline.platform.accelerators import (
     resolve_accelerator,
 )
 from eurosat_pipeline.platform.placement import Placement, place_run, share_cpu_cores, strategy_for, world_size
-from eurosat_pipeline.training.callbacks import BestCheckpoints, EpochLines, HistoryWriter, own_checkpoint_folders
+from eurosat_pipeline.training.callbacks import (
+    BestCheckpoints,
+    EpochLines,
+    HistoryWriter,
+    PhaseTwoEMA,
+    own_checkpoint_folders,
+)
 from eurosat_pipeline.training.datamodule import EuroSATDataModule
 from eurosat_pipeline.training.embeddings import TSNELogger
 from eurosat_pipeline.training.module import LandUseClassifier
@@ -212,7 +218,10 @@ def _callbacks(
 ) -> list[Callback]:
     # A progress bar only on a terminal; in DVC's and CI's logs one line per epoch instead.
     lines = [] if sys.stdout.isatty() else [EpochLines(history, config.max_epochs)]
+    # EMA (ema_decay): validation and the checkpoints see the average of the phase-2 weights.
+    averaging = [PhaseTwoEMA(config.ema_decay)] if config.ema_decay else []
     return [
+        *averaging,
         best,
         last,
         LearningRateMonitor(logging_interval="step"),
