@@ -84,3 +84,19 @@ def test_checkpoints_hold_the_average_and_the_raw_weights_to_resume(runs: dict[s
     assert _same(checkpoint["current_model_state"], raw)
     (first_epoch,) = paths.checkpoints.glob("best-001-*.ckpt")
     assert "current_model_state" not in load_checkpoint(first_epoch)  # phase 1: no average yet
+
+
+def test_the_ema_benchmark_scores_the_average_and_the_raw_weights_of_one_run(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
+    from benchmarks.ema_raw import accuracies, raw_weights_checkpoint
+
+    paths, probe = runs["ema"]
+    (last_epoch,) = paths.checkpoints.glob("best-003-*.ckpt")
+    raw = raw_weights_checkpoint(last_epoch, tmp_path / "raw.ckpt")
+    weights = load_checkpoint(raw)["state_dict"]
+    assert _same(weights, {k: v for k, v in probe.raw[3].items() if k in weights})
+    found = accuracies(raw, paths.archive.parent)
+    assert set(found) == {"test_acc_1_views", "test_acc_8_views"} and all(0 <= v <= 1 for v in found.values())
+    with pytest.raises(SystemExit, match="no raw weights beside the average"):
+        raw_weights_checkpoint(runs["plain"][0].best, tmp_path / "none.ckpt")
