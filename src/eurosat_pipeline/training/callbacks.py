@@ -126,11 +126,7 @@ class PhaseTwoEMA(WeightAveraging):
     def __init__(self, decay: float) -> None:
         # The foreach EMA also handles integer buffers (BatchNorm's counters), which the per-tensor one does not.
         super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.decay = decay
         self.started = False  # the average holds phase-2 weights (set on its first update, or on resume)
-
-    def averaging(self) -> bool:
-        return self.started
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if pl_module.phase() == 2:
@@ -142,19 +138,19 @@ class PhaseTwoEMA(WeightAveraging):
             # The raw weights' non-finite flag, read before the average (whose copy of the flag is
             # an average too) is swapped in: no checkpoint of a broken state is written.
             pl_module.check_finite()
-        if self.averaging():
+        if self.started:
             super().on_validation_epoch_start(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.averaging():
+        if self.started:
             super().on_validation_epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.averaging():
+        if self.started:
             super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if self.averaging():
+        if self.started:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
