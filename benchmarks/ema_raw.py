@@ -18,9 +18,12 @@ from typing import Any
 
 import torch
 
-from eurosat_pipeline.data.loading import load_splits
-from eurosat_pipeline.model.checkpoints import load_checkpoint, load_classifier
-from eurosat_pipeline.model.inference import default_device, predict_logits
+from eurosat_pipeline.model.checkpoints import load_checkpoint
+
+try:  # imported as benchmarks.ema_raw (the tests) or run as a script (its own folder is on sys.path)
+    from benchmarks.tta import measure
+except ModuleNotFoundError:
+    from tta import measure
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWS = (1, 8)
@@ -37,14 +40,8 @@ def raw_weights_checkpoint(checkpoint: Path, out: Path) -> Path:
 
 
 def accuracies(checkpoint: Path, data: Path) -> dict[str, float]:
-    model, _ = load_classifier(checkpoint)
-    test = load_splits(data / "eurosat.zip", data / "split.csv", ("test",), model.data, data / "images.npy")["test"]
-    device = default_device()
-    found = {}
-    for views in VIEWS:
-        predicted = predict_logits(model, test, device, views=views).argmax(dim=1)
-        found[f"test_acc_{views}_views"] = (predicted == test.labels).float().mean().item()
-    return found
+    rows = measure(checkpoint, data, ("test",), VIEWS)
+    return {f"test_acc_{row['views']}_views": row["acc"] for row in rows}
 
 
 def main() -> None:

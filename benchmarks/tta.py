@@ -30,14 +30,16 @@ from eurosat_pipeline.platform.accelerators import cpu_kind
 REPO = Path(__file__).resolve().parents[1]
 
 
-def measure(checkpoint: Path, data: Path, splits: tuple[str, ...] = ("val", "test")) -> list[dict[str, Any]]:
+def measure(
+    checkpoint: Path, data: Path, splits: tuple[str, ...] = ("val", "test"), view_counts: tuple[int, ...] = VIEW_COUNTS
+) -> list[dict[str, Any]]:
     model, _ = load_classifier(checkpoint)
     loaded = load_splits(data / "eurosat.zip", data / "split.csv", splits, model.data, data / "images.npy")
     device = default_device()
     rows = []
     for split in splits:
         images = loaded[split]
-        for views in VIEW_COUNTS:
+        for views in view_counts:
             started = time.perf_counter()
             predicted = predict_logits(model, images, device, views=views).argmax(dim=1)
             seconds = time.perf_counter() - started
