@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from eurosat_pipeline import __version__
 from eurosat_pipeline.cli.change import add_change
+from eurosat_pipeline.cli.demo import QUALITIES
 from eurosat_pipeline.cli.options import (
     add_executors,
     add_map_settings,
@@ -79,7 +80,7 @@ def _add_demo(commands: Commands) -> None:
     )
     demo.add_argument(
         "--quality",
-        choices=("default", "best"),
+        choices=QUALITIES,
         default="default",
         help="with --data: 'best' trains longer on larger inputs to reach the published EfficientNet-B0 anchor "
         "(docs/results.md has the accuracy and time of each)",
