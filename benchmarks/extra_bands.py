@@ -118,23 +118,34 @@ def geotiff(pixels: np.ndarray) -> bytes:
         return memory.read()
 
 
+def parts_of(layout: str) -> int:
+    """How many classes the split class becomes."""
+    return len(CASES) if layout == "cases" else 2
+
+
 def images(
-    source: Path, layout: str, classes: tuple[str, ...], per_class: int, seed: int
+    source: Path, layout: str, classes: tuple[str, ...], per_class: int, seed: int, balanced: bool = False
 ) -> Iterator[tuple[Path, bytes]]:
-    """``(class folder / file name, GeoTIFF bytes)`` for the chosen classes (the first is split)."""
+    """``(class folder / file name, GeoTIFF bytes)`` for the chosen classes (the first is split).
+    ``balanced``: the split class takes ``per_class`` images per part, so that every class the model
+    sees has as many (otherwise each part is a minority class, and the classifier's prior leans
+    against it on the images whose red, green and blue look like another class)."""
     rng = np.random.default_rng(seed)
     split, taken = classes[0], dict.fromkeys(classes, 0)
+    limit = {name: per_class for name in classes} | {split: per_class * (parts_of(layout) if balanced else 1)}
     for class_name, stem, jpeg in members(source, None):
-        if class_name not in classes or taken[class_name] >= per_class:
+        if class_name not in classes or taken[class_name] >= limit[class_name]:
             continue
         folder, levels = level_of(class_name, split, taken[class_name], rng, layout)
         taken[class_name] += 1
         yield Path(folder) / f"{stem}.tif", geotiff(bands_of(layout, reflectance_of(jpeg), levels, rng))
 
 
-def write_dataset(source: Path, layout: str, out: Path, classes: tuple[str, ...], per_class: int, seed: int) -> int:
+def write_dataset(
+    source: Path, layout: str, out: Path, classes: tuple[str, ...], per_class: int, seed: int, balanced: bool = False
+) -> int:
     count = 0
-    for name, data in images(source, layout, classes, per_class, seed):
+    for name, data in images(source, layout, classes, per_class, seed, balanced):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
         count += 1
@@ -239,6 +250,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the class folders into")
     parser.add_argument("--classes", nargs="+", help="real classes to use; the first is split in two")
     parser.add_argument("--per-class", type=int, default=600, help="real images of each class (default: 600)")
+    parser.add_argument(
+        "--balanced",
+        action="store_true",
+        help="the split class takes --per-class images per part (each class the model sees has as many)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the made bands' seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="with --train: train once per training seed")
     parser.add_argument(
@@ -250,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     classes = tuple(args.classes or DEFAULT_CLASSES[args.layout])
     if not args.out.exists():
-        written = write_dataset(args.zip, args.layout, args.out, classes, args.per_class, args.seed)
+        written = write_dataset(args.zip, args.layout, args.out, classes, args.per_class, args.seed, args.balanced)
         print(f"{written} images, {args.layout}, classes {', '.join(classes)} ({classes[0]} split) -> {args.out}")
     if args.train is not None:
         overrides = dict(item.split("=", 1) for item in args.train)

@@ -128,3 +128,26 @@ def test_the_band_benchmark_reports_each_case_over_the_seeds(
         "bright": {"per_seed": [1.0, 0.9], "mean": pytest.approx(0.95), "worst": 0.9},
         "dark": {"per_seed": [0.8, 1.0], "mean": pytest.approx(0.9), "worst": 0.8},
     }
+
+
+def test_the_balanced_band_benchmark_gives_each_part_as_many_images_as_a_whole_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without ``--balanced`` each of the split class's four parts is a quarter the size of the other
+    classes; with it, every class the model sees has ``--per-class`` images."""
+    from collections import Counter
+
+    from benchmarks import extra_bands
+
+    source = [(name, f"{name}_{n}", b"") for name in ("Pasture", "Forest", "SeaLake") for n in range(20)]
+    monkeypatch.setattr(extra_bands, "members", lambda path, per_class: iter(source))
+    monkeypatch.setattr(extra_bands, "reflectance_of", lambda jpeg: np.full((3, 4, 4), 500, np.uint16))
+    monkeypatch.setattr(extra_bands, "geotiff", lambda pixels: b"")
+
+    def counts(balanced: bool) -> Counter[str]:
+        made = extra_bands.images(Path("zip"), "cases", ("Pasture", "Forest", "SeaLake"), 4, 0, balanced)
+        return Counter(name.parent.name for name, _ in made)
+
+    parts = ("Pasture-plain", "Pasture-bright", "Pasture-dark", "Pasture-both")
+    assert counts(balanced=False) == {"Forest": 4, "SeaLake": 4} | dict.fromkeys(parts, 1)
+    assert counts(balanced=True) == {"Forest": 4, "SeaLake": 4} | dict.fromkeys(parts, 4)
