@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,13 +144,15 @@ def images(
 
 def write_dataset(
     source: Path, layout: str, out: Path, classes: tuple[str, ...], per_class: int, seed: int, balanced: bool = False
-) -> int:
-    count = 0
+) -> Counter[str]:
+    """Write the images; their count per class folder (a class the source has too few images of for
+    ``per_class`` shows here with fewer, rather than passing unnoticed)."""
+    counts: Counter[str] = Counter()
     for name, data in images(source, layout, classes, per_class, seed, balanced):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_bytes(data)
-        count += 1
-    return count
+        counts[name.parent.name] += 1
+    return counts
 
 
 def apply_ablation(ablation: dict[str, str]) -> None:
@@ -267,7 +270,9 @@ def main() -> None:
     classes = tuple(args.classes or DEFAULT_CLASSES[args.layout])
     if not args.out.exists():
         written = write_dataset(args.zip, args.layout, args.out, classes, args.per_class, args.seed, args.balanced)
-        print(f"{written} images, {args.layout}, classes {', '.join(classes)} ({classes[0]} split) -> {args.out}")
+        names = ", ".join(classes)
+        print(f"{written.total()} images, {args.layout}, classes {names} ({classes[0]} split) -> {args.out}")
+        print("per class folder: " + ", ".join(f"{name} {count}" for name, count in sorted(written.items())))
     if args.train is not None:
         overrides = dict(item.split("=", 1) for item in args.train)
         work = args.out.with_name(args.out.name + ".work")

@@ -131,7 +131,7 @@ def test_the_band_benchmark_reports_each_case_over_the_seeds(
 
 
 def test_the_balanced_band_benchmark_gives_each_part_as_many_images_as_a_whole_class(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Without ``--balanced`` each of the split class's four parts is a quarter the size of the other
     classes; with it, every class the model sees has ``--per-class`` images."""
@@ -145,8 +145,10 @@ def test_the_balanced_band_benchmark_gives_each_part_as_many_images_as_a_whole_c
     monkeypatch.setattr(extra_bands, "geotiff", lambda pixels: b"")
 
     def counts(balanced: bool) -> Counter[str]:
-        made = extra_bands.images(Path("zip"), "cases", ("Pasture", "Forest", "SeaLake"), 4, 0, balanced)
-        return Counter(name.parent.name for name, _ in made)
+        out = tmp_path / str(balanced)
+        written = extra_bands.write_dataset(Path("zip"), "cases", out, ("Pasture", "Forest", "SeaLake"), 4, 0, balanced)
+        assert written == Counter(path.parent.name for path in out.glob("*/*.tif"))  # what it reports is on disk
+        return written
 
     parts = ("Pasture-plain", "Pasture-bright", "Pasture-dark", "Pasture-both")
     assert counts(balanced=False) == {"Forest": 4, "SeaLake": 4} | dict.fromkeys(parts, 1)
