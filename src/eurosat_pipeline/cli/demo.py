@@ -74,7 +74,9 @@ BEST_QUALITY_OVERRIDES: dict[str, str] = {
     "image_size": "128",
     "phase2_epochs": "6",
 }
-QUALITIES = ("default", "best")
+# What each `--quality` adds to the real-data overrides; its keys are the choices `eurosat demo` takes.
+QUALITY_PRESETS: dict[str, dict[str, str]] = {"default": {}, "best": BEST_QUALITY_OVERRIDES}
+QUALITIES = tuple(QUALITY_PRESETS)
 PROTECTED = ("params.yaml", "dvc.lock")
 BACKUP_DIR = Path(".dvc/tmp/demo-backup")
 
@@ -94,9 +96,8 @@ def demo_overrides(data: str | Path | None = None, quality: str = "default") -> 
     path = Path(data).expanduser()
     if not path.exists():
         raise PipelineError(f"--data {data}: no such file or folder (a EuroSAT zip or folder is expected).")
-    preset = BEST_QUALITY_OVERRIDES if quality == "best" else {}
     # Absolute: queued experiments run in a temporary copy of the repository.
-    return {**REAL_DATA_OVERRIDES, **preset, "data_source": str(path.resolve())}
+    return {**REAL_DATA_OVERRIDES, **QUALITY_PRESETS[quality], "data_source": str(path.resolve())}
 
 
 def demo_args(extra: Sequence[str] = (), data: str | Path | None = None, quality: str = "default") -> list[str]:
