@@ -31,6 +31,7 @@ Red, green and blue are Level-1C digital numbers, the inverse of EuroSAT's stret
 from __future__ import annotations
 
 import argparse
+import shutil
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -146,12 +147,18 @@ def write_dataset(
     source: Path, layout: str, out: Path, classes: tuple[str, ...], per_class: int, seed: int, balanced: bool = False
 ) -> Counter[str]:
     """Write the images; their count per class folder (a class the source has too few images of for
-    ``per_class`` shows here with fewer, rather than passing unnoticed)."""
+    ``per_class`` shows here with fewer, rather than passing unnoticed). They go to a sibling folder
+    renamed to ``out`` at the end: a run killed half-way leaves no ``out``, which a later run would
+    otherwise take as finished and train on."""
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     counts: Counter[str] = Counter()
     for name, data in images(source, layout, classes, per_class, seed, balanced):
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_bytes(data)
+        (partial / name).parent.mkdir(parents=True, exist_ok=True)
+        (partial / name).write_bytes(data)
         counts[name.parent.name] += 1
+    partial.rename(out)
     return counts
 
 
