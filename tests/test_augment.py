@@ -89,6 +89,54 @@ def test_flips_are_independent_per_image() -> None:
     assert all(60 < n < 140 for n in counts.values()), counts
 
 
+def _dihedral_views(image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The 8 flips and quarter-turns of a square image, by name (torch's own rot90 and flip)."""
+    turns = {f"rot{90 * k}": torch.rot90(image, k, dims=(-2, -1)) for k in range(4)}
+    mirrored = {f"flip-rot{90 * k}": torch.rot90(image.flip(-1), k, dims=(-2, -1)) for k in range(4)}
+    return turns | mirrored
+
+
+@pytest.mark.parametrize(
+    ("flips", "quarter_turns", "expected"),
+    [
+        (True, False, {"rot0", "rot180", "flip-rot0", "flip-rot180"}),
+        (False, True, {"rot0", "rot90", "rot180", "rot270"}),
+        (True, True, {"rot0", "rot90", "rot180", "rot270", "flip-rot0", "flip-rot90", "flip-rot180", "flip-rot270"}),
+    ],
+    ids=["flips", "quarter-turns", "both"],
+)
+def test_flips_and_quarter_turns_draw_each_of_their_views_equally_often(
+    flips: bool, quarter_turns: bool, expected: set[str]
+) -> None:
+    torch.manual_seed(3)
+    base = torch.arange(32.0).view(1, 2, 4, 4)  # no symmetry: each view is a different array
+    out = random_flips(base.expand(1600, 2, 4, 4), flips, quarter_turns)
+    views = _dihedral_views(base[0])
+    counts = {name: sum(bool(torch.equal(o, ref)) for o in out) for name, ref in views.items()}
+    assert sum(counts.values()) == 1600, "every output must be one of the 8 views of its input"
+    assert {name for name, count in counts.items() if count} == expected
+    share = 1600 / len(expected)
+    assert all(0.75 * share < counts[name] < 1.25 * share for name in expected), counts
+
+
+def test_quarter_turns_refuse_non_square_images_by_the_key_that_asks_for_them() -> None:
+    with pytest.raises(ValueError, match="random_quarter_turns"):
+        random_flips(torch.zeros(2, 3, 4, 6), quarter_turns=True)
+    assert random_flips(torch.zeros(2, 3, 4, 6)).shape == (2, 3, 4, 6)
+
+
+def test_the_train_transform_turns_only_when_asked() -> None:
+    torch.manual_seed(4)
+    image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8).expand(64, 3, 16, 16)
+    no_jitter = (0.0, 0.0, 0.0, 0.0)
+    plain = BatchTransform(imagenet_preprocessing(16), random_flips=True, jitter=no_jitter)(image, train=True)
+    turned = BatchTransform(imagenet_preprocessing(16), jitter=no_jitter, quarter_turns=True)(image, train=True)
+    reference = BatchTransform(imagenet_preprocessing(16), jitter=no_jitter)(image[:1], train=False)[0]
+    rot90 = torch.rot90(reference, 1, dims=(-2, -1))
+    assert not any(torch.equal(x, rot90) for x in plain)
+    assert any(torch.equal(x, rot90) for x in turned)
+
+
 @pytest.mark.parametrize(
     "preprocessing",
     [imagenet_preprocessing(224), Preprocessing(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")],

@@ -95,6 +95,7 @@ class Config(BaseModel):
     seed: int = 42
     # augmentation
     random_flips: bool = True
+    random_quarter_turns: bool = False
     jitter_brightness: Share = 0.2
     jitter_contrast: Share = 0.2
     jitter_saturation: Share = 0.2

@@ -88,20 +88,41 @@ class ColorJitterBatch(nn.Module):
         return self.yiq_to_rgb @ rotation @ self.rgb_to_yiq
 
 
-def random_flips(images: Tensor) -> Tensor:
-    """Independent horizontal and vertical flips, each with probability 0.5 per image.
+def random_flips(images: Tensor, flips: bool = True, quarter_turns: bool = False) -> Tensor:
+    """Random flips and quarter-turns per image: one gather of pixel positions, no host sync.
 
-    Both flips are one gather of pixel positions: a single pass over the batch, no host sync.
+    ``flips``: independent horizontal and vertical flips, each with probability 0.5 (the 4 views
+    that keep rows as rows). ``quarter_turns``: a turn by 0, 90, 180 or 270 degrees, each with
+    probability 1/4. Both: each of the 8 flips and quarter-turns of a square (the views
+    ``tta_views`` averages at test time) with probability 1/8. A scene seen from above has no
+    "up", so every one of them is as real as the original. Quarter-turns need square images (a
+    turned ``H x W`` batch is ``W x H``).
     """
     n, channels, height, width = images.shape
+    if quarter_turns and height != width:
+        raise ValueError(
+            f"random_quarter_turns needs square images, got {height} x {width} px: set random_quarter_turns: false"
+        )
     device = images.device
-    horizontal = torch.rand(n, 1, 1, device=device) < 0.5
-    vertical = torch.rand(n, 1, 1, device=device) < 0.5
+    horizontal, vertical, transpose = (torch.zeros(n, 1, 1, dtype=torch.bool, device=device) for _ in range(3))
+    if flips:
+        horizontal, vertical = torch.rand(n, 1, 1, device=device) < 0.5, torch.rand(n, 1, 1, device=device) < 0.5
+    if quarter_turns:
+        transpose = torch.rand(n, 1, 1, device=device) < 0.5
+        if not flips:
+            # Exactly one flip then a transpose is a quarter-turn; no transpose after none or both
+            # flips is no turn or a half-turn: the transpose bit and one coin give the four turns.
+            horizontal = torch.rand(n, 1, 1, device=device) < 0.5
+            vertical = horizontal ^ transpose
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
-    rows = torch.where(vertical, height - 1 - rows, rows)
-    cols = torch.where(horizontal, width - 1 - cols, cols)
-    source = (rows * width + cols).view(n, 1, height * width).expand(n, channels, height * width)
+    rows = torch.where(vertical, height - 1 - rows, rows)  # n x H x 1
+    cols = torch.where(horizontal, width - 1 - cols, cols)  # n x 1 x W
+    source = rows * width + cols
+    if quarter_turns:
+        # Flip, then transpose: output[i, j] = flipped[j, i].
+        source = torch.where(transpose, rows.transpose(1, 2) * width + cols.transpose(1, 2), source)
+    source = source.view(n, 1, height * width).expand(n, channels, height * width)
     return images.flatten(2).gather(2, source).view_as(images)
 
 
@@ -143,12 +164,14 @@ class BatchTransform(nn.Module):
         jitter: tuple[float, float, float, float] = (0.2, 0.2, 0.2, 0.1),
         channels_last: bool = False,
         rgb: bool = True,
+        quarter_turns: bool = False,
     ) -> None:
         super().__init__()
         self.preprocessing = preprocessing
         self.image_size = preprocessing.image_size
         self.interpolation = InterpolationMode(preprocessing.interpolation)
         self.flips = random_flips
+        self.quarter_turns = quarter_turns
         self.channels_last = channels_last
         self.jitter: nn.Module | None = None
         if rgb and any(jitter):
@@ -172,8 +195,8 @@ class BatchTransform(nn.Module):
         if images.shape[1] != self.mean.shape[1]:
             raise ValueError(f"the model takes {self.mean.shape[1]} band(s), got images with {images.shape[1]}")
         x = images.float().div_(self.input_scale)  # a new tensor: the steps below never touch the input
-        if train and self.flips:
-            x = random_flips(x)
+        if train and (self.flips or self.quarter_turns):
+            x = random_flips(x, self.flips, self.quarter_turns)
         if train and self.jitter is not None:
             x = self.jitter(x)
         # Normalising before the resize is exact (both are linear, and the resize kernels sum to

@@ -36,6 +36,7 @@ RECIPE_KEYS = (
     "label_smoothing",
     "ema_decay",
     "random_flips",
+    "random_quarter_turns",
     "jitter_brightness",
     "jitter_contrast",
     "jitter_saturation",

@@ -53,7 +53,12 @@ class LandUseClassifier(L.LightningModule):
             self.config.jitter_hue,
         )
         self.transform = BatchTransform(
-            self.model.preprocessing, self.config.random_flips, jitter, self.config.channels_last, rgb=self.data.is_rgb8
+            self.model.preprocessing,
+            self.config.random_flips,
+            jitter,
+            self.config.channels_last,
+            rgb=self.data.is_rgb8,
+            quarter_turns=self.config.random_quarter_turns,
         )
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.criterion = nn.CrossEntropyLoss(label_smoothing=self.config.label_smoothing)

@@ -348,7 +348,9 @@ def read_band_stats(path: Path) -> dict[str, Any]:
 
 def _augmentation(config: Config, data: DataSpec) -> str:
     """Which jitter the run used, in words (for the summary and the model card)."""
-    flips = "random flips, " if config.random_flips else ""
+    used = {"flips": config.random_flips, "quarter-turns": config.random_quarter_turns}
+    moves = [name for name, on in used.items() if on]
+    flips = f"random {' and '.join(moves)}, " if moves else ""
     if data.is_rgb8:
         return f"{flips}colour jitter (brightness, contrast, saturation, hue) on 8-bit RGB"
     return f"{flips}band jitter (one brightness factor per image, contrast per band); no hue or saturation (not RGB)"
