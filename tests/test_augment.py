@@ -119,10 +119,22 @@ def test_flips_and_quarter_turns_draw_each_of_their_views_equally_often(
     assert all(0.75 * share < counts[name] < 1.25 * share for name in expected), counts
 
 
-def test_quarter_turns_refuse_non_square_images_by_the_key_that_asks_for_them() -> None:
-    with pytest.raises(ValueError, match="random_quarter_turns"):
-        random_flips(torch.zeros(2, 3, 4, 6), quarter_turns=True)
-    assert random_flips(torch.zeros(2, 3, 4, 6)).shape == (2, 3, 4, 6)
+def test_non_square_images_turn_after_the_resize_to_the_models_square() -> None:
+    """A turned H x W image is W x H; resized to the model's S x S it is the transpose of the
+    unturned image's resize, so a batch of non-square images can still be turned."""
+    torch.manual_seed(5)
+    image = torch.randint(0, 256, (1, 3, 12, 20), dtype=torch.uint8)
+    no_jitter = (0.0, 0.0, 0.0, 0.0)
+    preprocessing = imagenet_preprocessing(16)
+    turned = BatchTransform(preprocessing, False, no_jitter, quarter_turns=True)(image.expand(64, 3, 12, 20), True)
+    assert turned.shape == (64, 3, 16, 16)
+    eval_ = BatchTransform(preprocessing, False, no_jitter)
+    expected = [eval_(torch.rot90(image, k, dims=(-2, -1)).contiguous(), train=False)[0] for k in range(4)]
+    for k, reference in enumerate(expected):
+        hits = sum(bool(torch.allclose(x, reference, atol=1e-5)) for x in turned)
+        assert 4 < hits < 28, f"{90 * k} degrees: {hits} of 64"
+    with pytest.raises(ValueError, match="12 x 20"):
+        random_flips(image.float(), quarter_turns=True)
 
 
 def test_the_train_transform_turns_only_when_asked() -> None:

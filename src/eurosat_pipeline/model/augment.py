@@ -18,6 +18,7 @@ differences from the per-sample version, measured for accuracy in benchmarks/REA
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -88,22 +89,23 @@ class ColorJitterBatch(nn.Module):
         return self.yiq_to_rgb @ rotation @ self.rgb_to_yiq
 
 
-def random_flips(images: Tensor, flips: bool = True, quarter_turns: bool = False) -> Tensor:
-    """Random flips and quarter-turns per image: one gather of pixel positions, no host sync.
+class ViewDraw(NamedTuple):
+    """Per image (``n x 1 x 1`` booleans): flip left-right, flip upside-down, then transpose."""
+
+    horizontal: Tensor
+    vertical: Tensor
+    transpose: Tensor
+
+
+def draw_views(n: int, device: torch.device, flips: bool = True, quarter_turns: bool = False) -> ViewDraw:
+    """Which flip or quarter-turn each of ``n`` images gets.
 
     ``flips``: independent horizontal and vertical flips, each with probability 0.5 (the 4 views
     that keep rows as rows). ``quarter_turns``: a turn by 0, 90, 180 or 270 degrees, each with
-    probability 1/4. Both: each of the 8 flips and quarter-turns of a square (the views
-    ``tta_views`` averages at test time) with probability 1/8. A scene seen from above has no
-    "up", so every one of them is as real as the original. Quarter-turns need square images (a
-    turned ``H x W`` batch is ``W x H``).
+    probability 1/4. Both: each of the 8 flips and quarter-turns (the views ``tta_views`` averages
+    at test time) with probability 1/8. A scene seen from above has no "up", so every one of them
+    is as real as the original.
     """
-    n, channels, height, width = images.shape
-    if quarter_turns and height != width:
-        raise ValueError(
-            f"random_quarter_turns needs square images, got {height} x {width} px: set random_quarter_turns: false"
-        )
-    device = images.device
     horizontal, vertical, transpose = (torch.zeros(n, 1, 1, dtype=torch.bool, device=device) for _ in range(3))
     if flips:
         horizontal, vertical = torch.rand(n, 1, 1, device=device) < 0.5, torch.rand(n, 1, 1, device=device) < 0.5
@@ -114,16 +116,31 @@ def random_flips(images: Tensor, flips: bool = True, quarter_turns: bool = False
             # flips is no turn or a half-turn: the transpose bit and one coin give the four turns.
             horizontal = torch.rand(n, 1, 1, device=device) < 0.5
             vertical = horizontal ^ transpose
+    return ViewDraw(horizontal, vertical, transpose)
+
+
+def apply_views(images: Tensor, draw: ViewDraw, transpose: bool = True) -> Tensor:
+    """``draw``'s flips (and, with ``transpose``, its transposes: square images only) as one gather
+    of pixel positions: a single pass over the batch, no host sync."""
+    n, channels, height, width = images.shape
+    if transpose and height != width:
+        raise ValueError(f"a transposed {height} x {width} image is {width} x {height}: it cannot join the batch")
+    device = images.device
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
-    rows = torch.where(vertical, height - 1 - rows, rows)  # n x H x 1
-    cols = torch.where(horizontal, width - 1 - cols, cols)  # n x 1 x W
+    rows = torch.where(draw.vertical, height - 1 - rows, rows)  # n x H x 1
+    cols = torch.where(draw.horizontal, width - 1 - cols, cols)  # n x 1 x W
     source = rows * width + cols
-    if quarter_turns:
+    if transpose:
         # Flip, then transpose: output[i, j] = flipped[j, i].
-        source = torch.where(transpose, rows.transpose(1, 2) * width + cols.transpose(1, 2), source)
+        source = torch.where(draw.transpose, rows.transpose(1, 2) * width + cols.transpose(1, 2), source)
     source = source.view(n, 1, height * width).expand(n, channels, height * width)
     return images.flatten(2).gather(2, source).view_as(images)
+
+
+def random_flips(images: Tensor, flips: bool = True, quarter_turns: bool = False) -> Tensor:
+    """Random flips and quarter-turns (:func:`draw_views`) of square images, per image."""
+    return apply_views(images, draw_views(images.shape[0], images.device, flips, quarter_turns), quarter_turns)
 
 
 class BandJitterBatch(nn.Module):
@@ -195,13 +212,22 @@ class BatchTransform(nn.Module):
         if images.shape[1] != self.mean.shape[1]:
             raise ValueError(f"the model takes {self.mean.shape[1]} band(s), got images with {images.shape[1]}")
         x = images.float().div_(self.input_scale)  # a new tensor: the steps below never touch the input
+        late_transpose = None
         if train and (self.flips or self.quarter_turns):
-            x = random_flips(x, self.flips, self.quarter_turns)
+            draw = draw_views(x.shape[0], x.device, self.flips, self.quarter_turns)
+            square = x.shape[-1] == x.shape[-2]
+            x = apply_views(x, draw, transpose=self.quarter_turns and square)
+            if self.quarter_turns and not square:
+                late_transpose = draw.transpose.unsqueeze(1)
         if train and self.jitter is not None:
             x = self.jitter(x)
         # Normalising before the resize is exact (both are linear, and the resize kernels sum to
         # one) and touches 12x fewer pixels.
         x = resize(x.sub_(self.mean).div_(self.std), self.image_size, self.interpolation)
+        if late_transpose is not None:
+            # A non-square image turns after the resize to the model's square: resizing each axis
+            # on its own commutes with swapping them, so this is the turned image, resized.
+            x = torch.where(late_transpose, x.transpose(-1, -2), x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
