@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from eurosat_pipeline.core.config import Config, config_from_mapping, load_config
+from eurosat_pipeline.core.config import Config, config_from_mapping, load_config, stored_config
 from eurosat_pipeline.core.errors import ConfigError
 
 from .conftest import REPO_ROOT
@@ -41,6 +41,15 @@ def test_numbers_follow_yaml_1_2_like_dvc(tmp_path: Path) -> None:
 
 def test_missing_keys_take_the_recipe_defaults(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "seed: 7\n")) == Config(seed=7)
+
+
+def test_a_checkpoint_from_before_quarter_turns_says_it_trained_without_them() -> None:
+    """Today's recipe turns (the default); a stored config that lacks the key trained without."""
+    older = Config().to_dict()
+    del older["random_quarter_turns"]
+    assert Config().random_quarter_turns
+    assert not stored_config(older, source="old.ckpt").random_quarter_turns
+    assert stored_config(Config().to_dict(), source="new.ckpt") == Config()
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ class Config(BaseModel):
     seed: int = 42
     # augmentation
     random_flips: bool = True
-    random_quarter_turns: bool = False
+    random_quarter_turns: bool = True
     jitter_brightness: Share = 0.2
     jitter_contrast: Share = 0.2
     jitter_saturation: Share = 0.2
@@ -241,6 +241,16 @@ def config_from_mapping(raw: Mapping[str, Any], source: str = "params") -> Confi
         return Config.model_validate(dict(raw))
     except ValidationError as err:
         raise ConfigError(f"{source}: {_explain(err.errors()[0])}") from None
+
+
+# Keys added after checkpoints were first written, with the value those older runs trained with
+# where it differs from today's default: a stored config without the key trained without it.
+OLDER_RUNS_LACKED: dict[str, Any] = {"random_quarter_turns": False}
+
+
+def stored_config(raw: Mapping[str, Any], source: str) -> Config:
+    """The config a checkpoint was trained with (what its recipe and model card say)."""
+    return config_from_mapping({**OLDER_RUNS_LACKED, **raw}, source)
 
 
 def _explain(error: Mapping[str, Any]) -> str:

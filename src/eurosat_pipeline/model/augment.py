@@ -1,12 +1,14 @@
-"""Batched pixel work on the training device: flips, colour (or band) jitter, normalisation, resize.
+"""Batched pixel work on the training device: flips and quarter-turns, colour (or band) jitter,
+normalisation, resize.
 
 The recipe's per-sample PIL pipeline (resize 64 -> 224, random flips, ColorJitter(0.2, 0.2, 0.2,
 0.1), normalisation with the backbone's own mean and std) done on whole uint8 batches, where the
-batch lives. Deliberate
-differences from the per-sample version, measured for accuracy in benchmarks/README.md:
+batch lives, plus random quarter-turns (``random_quarter_turns``; docs/recipe.md says what they
+gained). Deliberate differences from the per-sample version, measured for accuracy in
+benchmarks/README.md:
 
-- Flips and jitter run at the native 64 px, before the resize: 12x fewer pixels. Flips, the
-  linear colour maps and normalisation commute exactly with bilinear resizing.
+- Flips, turns and jitter run at the native 64 px, before the resize: 12x fewer pixels. Flips,
+  turns, the linear colour maps and normalisation commute exactly with bilinear resizing.
 - Colour jitter is one fused per-image colour transform (as NVIDIA DALI's ColorTwist): brightness,
   contrast and saturation use torchvision's formulas and factor ranges, composed in a random order
   (one order per batch, as Kornia does) into a 3x3 matrix plus offset per image, clamped to [0, 1]

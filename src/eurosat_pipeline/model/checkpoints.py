@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eurosat_pipeline.core.config import Config, config_from_mapping
+from eurosat_pipeline.core.config import Config, stored_config
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import CheckpointError, ConfigError, first_line
 from eurosat_pipeline.core.files import sha256_of
@@ -70,7 +70,7 @@ def read_stored_model(path: str | Path, checkpoint: dict[str, Any] | None = None
     checkpoint without them is from an older train stage and gets an error that says to retrain."""
     checkpoint = load_checkpoint(path) if checkpoint is None else checkpoint
     try:
-        config = config_from_mapping(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
+        config = stored_config(checkpoint["hyper_parameters"]["config"], source=f"{path} (stored config)")
         data = stored_data(checkpoint, path)
         if PREPROCESSING_KEY not in checkpoint:
             raise CheckpointError(f"{path}: no stored preprocessing; {RETRAIN}")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from eurosat_pipeline.core.config import Config, config_from_mapping
+from eurosat_pipeline.core.config import Config, stored_config
 from eurosat_pipeline.core.dataspec import DataSpec
 from eurosat_pipeline.core.errors import TrainingError
 from eurosat_pipeline.model.augment import BatchTransform
@@ -42,7 +42,7 @@ class LandUseClassifier(L.LightningModule):
         # checkpoint alone rebuilds the model.
         self.save_hyperparameters("config", "data")
         self.frozen_modules: list[nn.Module] = []  # phase 2's frozen leading layers (kept in eval mode)
-        self.config: Config = config_from_mapping(config, source="checkpoint config")
+        self.config: Config = stored_config(config, source="checkpoint config")
         self.data = DataSpec.from_dict(data)
         self.model = build_model(self.config, self.data, load_pretrained=load_pretrained)
         self.learning_stem, self.phase2_frozen = self._stem_and_frozen_layers()
