@@ -200,3 +200,18 @@ def test_serve_load_benchmark_compares_the_service_with_its_engine(map_model: Pa
         assert row["ratio_to_engine"] == pytest.approx(row["images_per_s"] / report["engine"]["images_per_s"])
     assert rows["no batching"]["images_per_engine_call"] == 1.0
     assert "| server | p50 | p99 |" in result.stdout and "load average" in result.stdout
+
+
+def test_augment_cost_benchmark_times_the_transform_with_and_without_turns() -> None:
+    script = REPO_ROOT / "benchmarks" / "augment_cost.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--sizes", "32", "--batches", "2", "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        f"32 px, random_quarter_turns={turns}" for turns in ("false", "true", "false", "true")
+    ]

@@ -65,11 +65,12 @@ REAL_DATA_OVERRIDES: dict[str, str] = {
     "tsne_interval": "2",
 }
 # `--quality best`: the CPU recipe on 128 px inputs (EuroSAT's 64 px upsampled on the device:
-# pretrained networks see larger objects better), with 6 unfrozen epochs instead of 7, at the
-# like-for-like published anchor (98.1 % single view, EfficientNet-B0 at 64 px) on both seeds
-# measured, at about three times the default's training time. docs/results.md has the frontier it
-# was chosen from (96 px falls short; 5 unfrozen epochs at 128 px missed on one seed by one test
-# image; an EMA of the weights lost 0.2 points).
+# pretrained networks see larger objects better), with 6 unfrozen epochs instead of 7, at about
+# three times the default's training time: 98.74-98.93 % with the default 8 views and 98.00-98.41 %
+# with one on the two seeds measured (the like-for-like published anchor, EfficientNet-B0 at 64 px,
+# is 98.1 % with one). docs/results.md has the frontier it was chosen from (96 px falls short; 5
+# unfrozen epochs at 128 px missed on one seed by one test image; an EMA of the weights lost 0.2
+# points).
 BEST_QUALITY_OVERRIDES: dict[str, str] = {
     "image_size": "128",
     "phase2_epochs": "6",
