@@ -591,6 +591,25 @@ def test_a_rerun_skips_finished_scenes_and_remaps_what_changed(
     assert finished(out, scenes[0], changed.fingerprint(scenes[0])) is None
 
 
+def test_a_stride_equal_to_the_models_patch_is_the_same_setting_as_no_stride(
+    catalogue: dict[str, Any], model: Path, tmp_path: Path
+) -> None:
+    """``--stride 64`` on a 64 px model maps exactly what no ``--stride`` maps: a rerun that names
+    (or drops) it finds the scenes finished; a finer stride maps them again."""
+    scenes = find_scenes([str(catalogue["items"])])[:1]
+    out = tmp_path / "maps"
+    first = map_region(scenes, out, task_of(model), InProcess(), lambda _: None)
+    assert [r.status for r in first.scenes] == ["mapped"]
+    hashed = replace(task_of(model), model=replace(task_of(model).model, sha256=sha256_of(model)))
+    for stride, status in ((TILE, "done"), (None, "done"), (TILE // 2, "mapped")):
+        task = replace(hashed, settings=replace(hashed.settings, stride=stride))
+        assert [r.status for r in map_region(scenes, out, task, InProcess(), lambda _: None).scenes] == [status]
+    # mapped last at TILE // 2: neither the patch given nor none given finds that map finished
+    for stride in (TILE, None):
+        task = replace(hashed, settings=replace(hashed.settings, stride=stride))
+        assert finished(out, scenes[0], task.fingerprint(scenes[0])) is None
+
+
 def test_a_rerun_with_other_settings_leaves_nothing_of_the_old_settings_of_a_scene_that_fails(
     catalogue: dict[str, Any], model: Path, tmp_path: Path
 ) -> None:

@@ -203,7 +203,7 @@ def finished(out_dir: Path, scene: Scene, fingerprint: dict[str, Any]) -> SceneR
         record = read_json(path)
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+    if not isinstance(record, dict) or record.get("fingerprint") != _as_mapped(fingerprint, record):
         return None
     if not record.get("files") or not all((out_dir / name).is_file() for name in record["files"]):
         return None
@@ -212,6 +212,16 @@ def finished(out_dir: Path, scene: Scene, fingerprint: dict[str, Any]) -> SceneR
     except KeyError:  # a record of another version: map the scene again
         return None
     return SceneResult(scene.name, "done", **fields)
+
+
+def _as_mapped(fingerprint: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint with the stride the map used: no stride given means the model's patch (the
+    record's ``patch``; the model's hash is the same), so ``--stride 64`` on a 64 px model and no
+    ``--stride`` are one setting and a rerun that names it does not map the region again."""
+    patch = record.get("patch")
+    if fingerprint.get("stride") is None and isinstance(patch, int) and patch > 0:
+        return {**fingerprint, "stride": patch}
+    return fingerprint
 
 
 def forget(out_dir: Path, scene: Scene) -> None:
@@ -236,7 +246,8 @@ def _write_scene(out_dir: Path, scene: Scene, result: SceneResult, fingerprint: 
         with atomic_path(out_dir / name) as tmp:
             tmp.write_bytes(data)
     record = {k: v for k, v in asdict(result).items() if k not in ("files", "status", "error")}
-    write_json(_record_path(out_dir, scene.name), {**record, "files": sorted(result.files), "fingerprint": fingerprint})
+    as_mapped = {**fingerprint, "stride": result.stride or fingerprint["stride"]}  # concrete: see _as_mapped
+    write_json(_record_path(out_dir, scene.name), {**record, "files": sorted(result.files), "fingerprint": as_mapped})
     result.files = {}  # written: do not hold every map's bytes until the end
 
 

@@ -68,7 +68,7 @@ class RegionTask:
             # The counts behind MAP.csv's error-adjusted areas.
             "accuracy": matrix_fingerprint(settings.accuracy),
             "reference": matrix_fingerprint(settings.reference),
-            "stride": settings.stride,  # None: the model's patch (the model's hash stands for it)
+            "stride": settings.stride,  # None: the model's patch; a record holds the stride as mapped
             "mask": None if settings.mask is None else [settings.mask.path, list(settings.mask.classes)],
             "min_confidence": settings.min_confidence,
             "probabilities": settings.probabilities,
@@ -89,6 +89,8 @@ class SceneResult:
     worker: str = ""
     engine: str = ""
     notes: list[str] = field(default_factory=list)
+    patch: int = 0  # the model's patch, pixels a side (0: not mapped here)
+    stride: int = 0  # the map cell's side in pixels as mapped: the patch when no stride was given
     files: dict[str, bytes] = field(default_factory=dict)  # output name -> bytes, until written
     fatal: bool = False  # the model itself failed (to load): no scene can be mapped
 
@@ -196,6 +198,8 @@ def map_scene(scene: Scene, task: RegionTask) -> SceneResult:
         worker=worker,
         engine=result.engine,
         notes=list(result.notes),
+        patch=result.tile,
+        stride=result.stride,
         files=files,
     )
 
